@@ -1,0 +1,24 @@
+"""`lmg bench ...`: benchmarks that print a same-run baseline beside every figure."""
+
+from __future__ import annotations
+
+import importlib
+
+# Each benchmark module exposes NAME, HELP, add_arguments(parser) and run(args) -> int.
+BENCHMARKS = ("bench.codec", "bench.storage")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="run a benchmark (figures are ratios against a same-run baseline)")
+    group = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    group.required = True
+    for name in BENCHMARKS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        sub = group.add_parser(module.NAME, help=module.HELP)
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run)

@@ -1,0 +1,22 @@
+"""陇明公 terminal protocol V1: pure message types, codes and codec (no I/O, no clock).
+
+Import from here: `encode`, `decode_frame`, `FrameDecoder`, the message classes, the code
+tables and the error tree. See docs/protocol.md for the wire format.
+"""
+
+from protocol.codec import FrameDecoder, decode_frame, encode
+from protocol.codes import Capability, Direction, MessageType, ResultCode, VerifyMode, WorkerRole
+from protocol.errors import (
+    BadChecksum,
+    EncodeError,
+    FrameTooLarge,
+    MalformedBody,
+    NotAFrame,
+    ProtocolError,
+    UnsupportedMessage,
+    UnsupportedVersion,
+)
+from protocol.identity import is_valid_id_number
+from protocol.messages import *  # noqa: F401,F403 - the message classes are the API
+from protocol.messages import MESSAGE_CLASSES, PUNCH_RECORD_SIZE
+from protocol.schema import MAX_FRAME_SIZE, PROTOCOL_VERSION
