@@ -1,0 +1,103 @@
+"""The storage layer's one error tree.
+
+Every exception the store raises on purpose derives from `StoreError`, so the server can
+tell "the store said no" from a bug. The split that matters to the server:
+
+- `StoreUnavailable`: the operation was NOT committed because the database could not be
+  written or reached (disk full, I/O error, read-only file, PostgreSQL down or cut off,
+  store overloaded). Nothing in the failed batch was reported stored. The server answers
+  the device with a nack so it resends; the store recovers by itself when the fault clears.
+- everything else: the request itself was wrong (unknown device, bad photo offset, hash
+  mismatch); retrying the same request gives the same answer.
+
+Messages are written for the operator who reads them in a log: what was wrong, what to do.
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of every error the storage layer raises on purpose."""
+
+
+class StoreUnavailable(StoreError):
+    """The database could not be written or reached; nothing of this call was committed.
+
+    Transient from the caller's point of view: nack the device, it resends, and the
+    same records are then stored (or reported DUPLICATE if an earlier try did commit
+    after all, e.g. an I/O error raised after the data reached the disk).
+    """
+
+
+class StoreClosed(StoreError):
+    """The store was closed; the call was not attempted."""
+
+
+class StoreUrlError(StoreError, ValueError):
+    """A `--store` URL or data directory that this lmg cannot use; the message says why."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer lmg than this one; it is left untouched."""
+
+    def __init__(self, found: int, known: int, where: str) -> None:
+        self.found = found
+        self.known = known
+        super().__init__(
+            f"database schema at {where} is version {found} but this lmg knows up to {known}: "
+            f"upgrade lmg or point --store at another database"
+        )
+
+
+class UnknownDevice(StoreError, LookupError):
+    """No device with that serial is provisioned."""
+
+    def __init__(self, serial: str) -> None:
+        self.serial = serial
+        super().__init__(f"no device with serial {serial!r} is provisioned; add it first")
+
+
+class DeviceExists(StoreError):
+    """A device with that serial is already provisioned."""
+
+    def __init__(self, serial: str) -> None:
+        self.serial = serial
+        super().__init__(
+            f"a device with serial {serial!r} is already provisioned; "
+            f"rotate its secret instead of adding it again"
+        )
+
+
+class PhotoError(StoreError):
+    """A photo upload request that cannot be applied as sent."""
+
+
+class PhotoTooLarge(PhotoError):
+    """The announced photo size, or offset + chunk, exceeds what the store accepts."""
+
+
+class PhotoOffsetMismatch(PhotoError):
+    """The chunk does not start where the stored partial upload ends.
+
+    `expected_offset` is where the device must resume (0 if nothing is kept).
+    """
+
+    def __init__(self, sha256_hex: str, offset: int, expected_offset: int) -> None:
+        self.offset = offset
+        self.expected_offset = expected_offset
+        super().__init__(
+            f"photo {sha256_hex}: chunk offset {offset} is not where the upload stands; "
+            f"resume at offset {expected_offset}"
+        )
+
+
+class PhotoHashMismatch(PhotoError):
+    """The completed upload does not hash to the announced SHA-256; the partial was discarded."""
+
+    def __init__(self, sha256_hex: str, actual_hex: str) -> None:
+        self.sha256_hex = sha256_hex
+        self.actual_hex = actual_hex
+        super().__init__(
+            f"photo upload announced SHA-256 {sha256_hex} but the bytes received hash to {actual_hex}; "
+            f"the partial upload was discarded, upload the photo again from offset 0"
+        )

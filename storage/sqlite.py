@@ -1,0 +1,671 @@
+"""SQLite store: the embedded default (`sqlite:///path/to/lmg.db`).
+
+Threads and connections:
+- ONE writer thread owns the only write connection (plain `sqlite3`, autocommit mode,
+  explicit BEGIN IMMEDIATE / COMMIT). Every write is one call into that thread: a whole
+  group-commit batch (INSERT OR IGNORE via executemany, outbox rows, COMMIT) is one hop,
+  never one await per statement. The thread is ours rather than aiosqlite's because
+  aiosqlite exposes one hop per statement; the single-thread executor gives the same
+  "one connection, one thread" model with whole-transaction calls.
+- `sqlite_readers` read threads, each with its own connection (PRAGMA query_only): in
+  WAL mode readers see the last commit and never block the writer, nor it them.
+
+Durability: journal_mode=WAL and synchronous=FULL (configurable) by default, so COMMIT
+returns after the WAL is fsynced; a caller is answered only after that.
+
+Faults: an sqlite3.OperationalError or DatabaseError in a write (disk full, I/O error,
+read-only file, locked) rolls the transaction back, closes the connection and raises
+StoreUnavailable to every caller of that call/batch; the next call reopens the
+connection, so the store heals by itself once the fault clears. `WriterFaults` lets
+tests inject such errors at COMMIT or reopen the writer read-only (URI mode=ro).
+
+One process writes a database file at a time; a second gateway on the same file is not
+supported (use PostgreSQL to scale out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from storage.api import (
+    DUPLICATE, STORED, AuditEntry, Command, CommandState, Device, Outcome,
+    OutboxItem, OutboxStatus, Presence, Punch, PunchIn, PunchOutcome, RejectedPunch,
+    check_device_fields, wall_clock_ms,
+)
+from storage.backend import (
+    COMMAND_COLUMNS, DEVICE_COLUMNS, PUNCH_COLUMNS, REJECTED_COLUMNS, BackendStore,
+    new_secret, punch_row, rejected_row,
+)
+from storage.blobs import BlobStore
+from storage.config import StoreConfig
+from storage.errors import DeviceExists, StoreClosed, StoreUnavailable, UnknownDevice
+from storage.migrations import SQLITE_LEDGER, Migration, load_migrations, plan
+
+_INSERT_PUNCH = f"INSERT OR IGNORE INTO punches ({PUNCH_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+_INSERT_REJECTED = (f"INSERT OR IGNORE INTO rejected_punches ({REJECTED_COLUMNS}) "
+                    f"VALUES (?,?,?,?,?,?,?,?,?,?,?)")
+# Every punch with an id above the batch's watermark was added by this batch.
+_OUTBOX_FROM_WATERMARK = (
+    "INSERT INTO outbox (punch_id, device_serial, next_attempt_at_ms, created_at_ms) "
+    "SELECT id, device_serial, ?, ? FROM punches WHERE id > ? ORDER BY id"
+)
+_PUNCH_SELECT = f"SELECT {PUNCH_COLUMNS} FROM punches"
+_OUTBOX_ITEM_SELECT = (
+    "SELECT o.id, o.attempts, o.next_attempt_at_ms, o.last_error, o.created_at_ms, o.state, "
+    "p.device_serial, p.record_no, p.worker_id, p.punch_time_ms, p.direction, p.verify_mode, "
+    "p.temperature_dc, p.photo_sha256, p.photo_size, p.received_at_ms "
+    "FROM outbox o JOIN punches p ON p.id = o.punch_id"
+)
+# Claimable: pending, due, and no earlier item of the same device leased or backing off
+# (those are the pending items not due yet), so a device's punches leave in order.
+_CLAIM = (
+    "WITH blocked AS (SELECT device_serial, min(id) AS first_id FROM outbox"
+    " WHERE state = 'pending' AND next_attempt_at_ms > :now GROUP BY device_serial) "
+    + _OUTBOX_ITEM_SELECT
+    + " LEFT JOIN blocked b ON b.device_serial = o.device_serial"
+    " WHERE o.state = 'pending' AND o.next_attempt_at_ms <= :now"
+    " AND (b.first_id IS NULL OR o.id < b.first_id) ORDER BY o.id LIMIT :limit"
+)
+
+
+class WriterFaults:
+    """Test hook: make the writer behave as on a sick disk. Thread-safe.
+
+    `fail_next_commits(n, message)` raises sqlite3.OperationalError(message) at the
+    next n COMMITs (after the batch's statements ran, so the rollback path is real).
+    `read_only = True` makes the writer reopen the file with URI mode=ro, so SQLite
+    itself refuses writes ("attempt to write a readonly database"); chmod would not stop
+    root, who runs the tests.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failures: list[str] = []
+        self._read_only = False
+        self.generation = 0  # bumped when the writer must reopen its connection
+
+    def fail_next_commits(self, count: int, message: str = "disk I/O error") -> None:
+        with self._lock:
+            self._failures.extend([message] * count)
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    @read_only.setter
+    def read_only(self, value: bool) -> None:
+        with self._lock:
+            if value != self._read_only:
+                self._read_only = value
+                self.generation += 1
+
+    def before_commit(self) -> None:
+        with self._lock:
+            message = self._failures.pop(0) if self._failures else None
+        if message is not None:
+            raise sqlite3.OperationalError(message)
+
+
+def _unavailable(path: Path, exc: sqlite3.Error) -> StoreUnavailable:
+    text = str(exc)
+    if "full" in text:
+        hint = "free space on the file system of the data directory"
+    elif "readonly" in text or "read-only" in text:
+        hint = "make the database file, its -wal/-shm files and its directory writable"
+    elif "locked" in text or "busy" in text:
+        hint = "another process holds the database; stop it (only one lmg may write a SQLite file)"
+    elif "unable to open" in text:
+        hint = "check that the data directory exists and is writable"
+    else:
+        hint = "check the disk (dmesg) and the database file"
+    return StoreUnavailable(
+        f"SQLite store {path}: {text}; nothing of this call was stored ({hint}); "
+        f"devices will resend"
+    )
+
+
+def _is_environmental(exc: BaseException) -> bool:
+    # IntegrityError and ProgrammingError are DatabaseError subclasses but mean a bug or
+    # a rejected value, not a sick disk.
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
+    )
+
+
+class _Writer:
+    """The one write connection and its thread."""
+
+    def __init__(self, path: Path, config: StoreConfig, faults: WriterFaults) -> None:
+        self.path = path
+        self.config = config
+        self.faults = faults
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="lmg-sqlite-writer")
+        self._conn: sqlite3.Connection | None = None
+        self._generation = -1
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.faults.read_only:
+            conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True,
+                                   isolation_level=None, check_same_thread=False)
+        else:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot switch {self.path} to WAL (got {mode})")
+            conn.execute(f"PRAGMA synchronous={self.config.sqlite_synchronous.upper()}")
+            conn.execute(f"PRAGMA busy_timeout={int(self.config.sqlite_busy_timeout_ms)}")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def connection(self) -> sqlite3.Connection:
+        """In the writer thread: the open connection, reopened after a fault."""
+        generation = self.faults.generation
+        if self._conn is not None and self._generation != generation:
+            self._drop()
+        if self._conn is None:
+            try:
+                self._conn = self._connect()
+            except sqlite3.Error as exc:
+                raise _unavailable(self.path, exc) from exc
+            self._generation = generation
+        return self._conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+    def _transaction(self, fn: Callable[..., Any], args: tuple) -> Any:
+        conn = self.connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            result = fn(conn, *args)
+            self.faults.before_commit()
+            conn.execute("COMMIT")
+            return result
+        except BaseException as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if _is_environmental(exc):
+                self._drop()  # reopen on the next call: no half-broken connection survives
+                raise _unavailable(self.path, exc) from exc
+            raise
+
+    def _plain(self, fn: Callable[..., Any], args: tuple) -> Any:
+        conn = self.connection()
+        try:
+            return fn(conn, *args)
+        except BaseException as exc:
+            if _is_environmental(exc):
+                self._drop()
+                raise _unavailable(self.path, exc) from exc
+            raise
+
+    async def write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run fn(conn, *args) in one transaction in the writer thread; one hop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._transaction, fn, args)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run fn(conn, *args) in the writer thread without a surrounding transaction."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._plain, fn, args)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._drop)
+        self._executor.shutdown(wait=True)
+
+
+class _Readers:
+    """Read connections, one per read thread, opened on first use."""
+
+    def __init__(self, path: Path, config: StoreConfig) -> None:
+        self.path = path
+        self.config = config
+        self._executor = ThreadPoolExecutor(config.sqlite_readers, thread_name_prefix="lmg-sqlite-read")
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[sqlite3.Connection] = []
+
+    def _call(self, fn: Callable[..., Any], args: tuple) -> Any:
+        conn = getattr(self._local, "conn", None)
+        try:
+            if conn is None:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                conn.execute(f"PRAGMA busy_timeout={int(self.config.sqlite_busy_timeout_ms)}")
+                conn.execute("PRAGMA query_only=ON")
+                self._local.conn = conn
+                with self._lock:
+                    self._all.append(conn)
+            return fn(conn, *args)
+        except sqlite3.Error as exc:
+            if _is_environmental(exc):
+                self._local.conn = None
+                if conn is not None:
+                    with self._lock:
+                        if conn in self._all:
+                            self._all.remove(conn)
+                    conn.close()
+                raise _unavailable(self.path, exc) from exc
+            raise
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn, args)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+
+
+# ----------------------------------------------------------------- writer-thread work
+
+
+def _write_punches(conn: sqlite3.Connection, records: list[PunchIn], now_ms: int) -> list[PunchOutcome]:
+    """One group-commit batch, inside the writer's transaction."""
+    outcomes: list[PunchOutcome] = []
+    first_seen: dict[tuple[str, int], int] = {}  # key -> index of its outcome
+    rows: list[tuple] = []
+    rejected: list[tuple] = []
+    for record in records:
+        if record.reject_reason is not None:
+            outcomes.append(PunchOutcome(Outcome.REJECTED, record.reject_reason))
+            rejected.append(rejected_row(record, now_ms))
+            continue
+        key = (record.device_serial, record.record_no)
+        if key in first_seen:
+            outcomes.append(DUPLICATE)
+            continue
+        first_seen[key] = len(outcomes)
+        outcomes.append(STORED)
+        rows.append(punch_row(record, now_ms))
+    if rows:
+        # The single writer makes this exact: SQLite gives each new row max(id) + 1, so
+        # the rows this INSERT OR IGNORE added are exactly those above the watermark.
+        watermark = conn.execute("SELECT coalesce(max(id), 0) FROM punches").fetchone()[0]
+        inserted = conn.executemany(_INSERT_PUNCH, rows).rowcount
+        if inserted:
+            conn.execute(_OUTBOX_FROM_WATERMARK, (now_ms, now_ms, watermark))
+        if inserted != len(rows):
+            added = set(conn.execute(
+                "SELECT device_serial, record_no FROM punches WHERE id > ?", (watermark,)))
+            for key, index in first_seen.items():
+                if key not in added:
+                    outcomes[index] = DUPLICATE
+    if rejected:
+        conn.executemany(_INSERT_REJECTED, rejected)
+    return outcomes
+
+
+def _migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...], where: str,
+             now_ms: int) -> int:
+    conn.execute(SQLITE_LEDGER)
+    current = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+    for migration in plan(current, migrations, where):
+        try:
+            conn.executescript(
+                "BEGIN IMMEDIATE;\n" + migration.sql
+                + f"\nINSERT INTO schema_migrations (version, name, applied_at_ms) "
+                  f"VALUES ({migration.version}, '{migration.name}', {int(now_ms)});\nCOMMIT;"
+            )
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        current = migration.version
+    return current
+
+
+def _device(row: tuple) -> Device:
+    return Device(row[0], row[1], row[2], row[3], bool(row[4]), row[5], bool(row[6]), row[7],
+                  row[8], row[9])
+
+
+def _command(row: tuple) -> Command:
+    return Command(row[0], row[1], row[2], row[3], CommandState(row[4]), *row[5:])
+
+
+def _outbox_item(row: tuple) -> OutboxItem:
+    return OutboxItem(id=row[0], attempts=row[1], next_attempt_at_ms=row[2], last_error=row[3],
+                      created_at_ms=row[4], dead=row[5] == "dead", punch=Punch(*row[6:]))
+
+
+def _ids_json(ids: Sequence[int]) -> str:
+    return orjson.dumps([int(i) for i in ids]).decode()
+
+
+class SqliteStore(BackendStore):
+    """The embedded store. Open with `await SqliteStore.open(path, data_dir=...)`."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: Path, *, data_dir: str | os.PathLike[str], config: StoreConfig,
+                 clock_ms: Callable[[], int], blobs: BlobStore | None) -> None:
+        super().__init__(data_dir=data_dir, config=config, clock_ms=clock_ms, blobs=blobs,
+                         batches_in_flight=config.group_commit_batches_in_flight_sqlite)
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self.faults = WriterFaults()
+        self._writer = _Writer(path, config, self.faults)
+        self._readers = _Readers(path, config)
+
+    @classmethod
+    async def open(
+        cls, path: str | os.PathLike[str], *, data_dir: str | os.PathLike[str] | None = None,
+        config: StoreConfig | None = None, migrations: tuple[Migration, ...] | None = None,
+        clock_ms: Callable[[], int] = wall_clock_ms, blobs: BlobStore | None = None,
+    ) -> SqliteStore:
+        """Open (creating if missing) and migrate the database at `path`.
+
+        Raises SchemaTooNew, StoreUnavailable (cannot create/open/write the file).
+        """
+        path = Path(path)
+        data_dir = Path(data_dir) if data_dir is not None else path.parent
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"cannot create the directory {path.parent} for the SQLite store: {exc}; "
+                f"choose a writable --data-dir or --store"
+            ) from exc
+        store = cls(path, data_dir=data_dir, config=config or StoreConfig(), clock_ms=clock_ms,
+                    blobs=blobs)
+        try:
+            await store._writer.run(_migrate, migrations or load_migrations("sqlite"), str(path),
+                                    clock_ms())
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._close_group()
+        await self._writer.close()
+        await self._readers.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed("the store is closed")
+
+    async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self._check_open()
+        return await self._writer.write(fn, *args)
+
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self._check_open()
+        return await self._readers.run(fn, *args)
+
+    async def _query(self, sql: str, params: Sequence[Any] | dict = ()) -> list[tuple]:
+        return await self._read(lambda conn: conn.execute(sql, params).fetchall())
+
+    async def schema_version(self) -> int:
+        rows = await self._query("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        return rows[0][0]
+
+    # punches ------------------------------------------------------------------------
+    async def _commit_punches(self, records: list[PunchIn]) -> list[PunchOutcome]:
+        return await self._writer.write(_write_punches, records, self.clock_ms())
+
+    async def count_punches(self, device_serial: str | None = None) -> int:
+        if device_serial is None:
+            rows = await self._query("SELECT count(*) FROM punches")
+        else:
+            rows = await self._query("SELECT count(*) FROM punches WHERE device_serial = ?",
+                                     (device_serial,))
+        return rows[0][0]
+
+    async def get_punch(self, device_serial: str, record_no: int) -> Punch | None:
+        rows = await self._query(f"{_PUNCH_SELECT} WHERE device_serial = ? AND record_no = ?",
+                                 (device_serial, record_no))
+        return Punch(*rows[0]) if rows else None
+
+    async def iter_punches(self, device_serial: str | None = None) -> AsyncIterator[Punch]:
+        page = 1000  # rows per read hop: one hop costs ~50 µs, a row ~1 µs
+        after: tuple[str, int] = ("", -1)
+        while True:
+            if device_serial is None:
+                rows = await self._query(
+                    f"{_PUNCH_SELECT} WHERE (device_serial, record_no) > (?, ?) "
+                    f"ORDER BY device_serial, record_no LIMIT {page}", after)
+            else:
+                rows = await self._query(
+                    f"{_PUNCH_SELECT} WHERE device_serial = ? AND record_no > ? "
+                    f"ORDER BY record_no LIMIT {page}", (device_serial, after[1]))
+            for row in rows:
+                yield Punch(*row)
+            if len(rows) < page:
+                return
+            after = (rows[-1][0], rows[-1][1])
+
+    async def list_rejected_punches(self, *, limit: int = 100) -> list[RejectedPunch]:
+        rows = await self._query(
+            f"SELECT {REJECTED_COLUMNS} FROM rejected_punches ORDER BY id DESC LIMIT ?", (limit,))
+        return [RejectedPunch(*row) for row in rows]
+
+    # devices ------------------------------------------------------------------------
+    async def add_device(self, serial: str, *, project_code: str, region_code: str,
+                         secret: bytes | None = None, firmware: str = "") -> Device:
+        check_device_fields(serial, project_code, region_code)
+        secret = new_secret(secret)
+        device = Device(serial, secret, project_code, region_code, True, None, False, firmware, 0,
+                        self.clock_ms())
+
+        def insert(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                             (device.serial, device.secret, device.project_code, device.region_code,
+                              1, None, 0, device.firmware, 0, device.created_at_ms))
+            except sqlite3.IntegrityError as exc:
+                raise DeviceExists(serial) from exc
+
+        await self._write(insert)
+        return device
+
+    async def get_device(self, serial: str) -> Device | None:
+        rows = await self._query(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE serial = ?", (serial,))
+        return _device(rows[0]) if rows else None
+
+    async def list_devices(self, *, after_serial: str = "", limit: int = 1000) -> list[Device]:
+        rows = await self._query(
+            f"SELECT {DEVICE_COLUMNS} FROM devices WHERE serial > ? ORDER BY serial LIMIT ?",
+            (after_serial, limit))
+        return [_device(row) for row in rows]
+
+    async def set_device_enabled(self, serial: str, enabled: bool) -> None:
+        def update(conn: sqlite3.Connection) -> int:
+            return conn.execute("UPDATE devices SET enabled = ? WHERE serial = ?",
+                                (int(enabled), serial)).rowcount
+
+        if not await self._write(update):
+            raise UnknownDevice(serial)
+
+    async def rotate_device_secret(self, serial: str, secret: bytes | None = None) -> bytes:
+        secret = new_secret(secret)
+
+        def update(conn: sqlite3.Connection) -> int:
+            return conn.execute("UPDATE devices SET secret = ? WHERE serial = ?",
+                                (secret, serial)).rowcount
+
+        if not await self._write(update):
+            raise UnknownDevice(serial)
+        return secret
+
+    async def update_presence(self, updates: Sequence[Presence]) -> int:
+        if not updates:
+            return 0
+        rows = [(u.last_seen_ms, int(u.online), u.firmware, u.roster_version, u.serial)
+                for u in updates]
+
+        def update(conn: sqlite3.Connection) -> int:
+            return conn.executemany(
+                "UPDATE devices SET last_seen_ms = ?, online = ?, firmware = coalesce(?, firmware), "
+                "roster_version = coalesce(?, roster_version) WHERE serial = ?", rows).rowcount
+
+        return await self._write(update)
+
+    # photos -------------------------------------------------------------------------
+    async def _photo_size(self, sha256: bytes) -> int | None:
+        rows = await self._query("SELECT size FROM photos WHERE sha256 = ?", (sha256,))
+        return rows[0][0] if rows else None
+
+    async def _record_photo(self, sha256: bytes, size: int) -> None:
+        now = self.clock_ms()
+        await self._write(lambda conn: conn.execute(
+            "INSERT OR IGNORE INTO photos (sha256, size, stored_at_ms) VALUES (?, ?, ?)",
+            (sha256, size, now)))
+
+    async def _punch_photo_sha(self, device_serial: str, record_no: int) -> bytes | None:
+        rows = await self._query(
+            "SELECT p.photo_sha256 FROM punches p JOIN photos ph ON ph.sha256 = p.photo_sha256 "
+            "WHERE p.device_serial = ? AND p.record_no = ?", (device_serial, record_no))
+        return rows[0][0] if rows else None
+
+    # outbox -------------------------------------------------------------------------
+    async def claim_outbox(self, limit: int, now_ms: int, lease_ms: int) -> list[OutboxItem]:
+        if limit <= 0:
+            return []
+        until = now_ms + lease_ms
+
+        def claim(conn: sqlite3.Connection) -> list[OutboxItem]:
+            rows = conn.execute(_CLAIM, {"now": now_ms, "limit": limit}).fetchall()
+            conn.executemany(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at_ms = ? WHERE id = ?",
+                [(until, row[0]) for row in rows])
+            return [_outbox_item((row[0], row[1] + 1, until) + row[3:]) for row in rows]
+
+        return await self._write(claim)
+
+    async def ack_outbox(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        params = [(int(i),) for i in ids]
+        return await self._write(
+            lambda conn: conn.executemany("DELETE FROM outbox WHERE id = ?", params).rowcount)
+
+    async def fail_outbox(self, ids: int | Sequence[int], error: str, next_attempt_at_ms: int) -> int:
+        ids = [ids] if isinstance(ids, int) else list(ids)
+        params = [(error, next_attempt_at_ms, int(i)) for i in ids]
+        return await self._write(lambda conn: conn.executemany(
+            "UPDATE outbox SET last_error = ?, next_attempt_at_ms = ? "
+            "WHERE id = ? AND state = 'pending'", params).rowcount)
+
+    async def dead_letter(self, ids: Sequence[int], reason: str) -> int:
+        params = [(reason, int(i)) for i in ids]
+        return await self._write(lambda conn: conn.executemany(
+            "UPDATE outbox SET state = 'dead', last_error = ? WHERE id = ? AND state = 'pending'",
+            params).rowcount)
+
+    async def list_dead_letters(self, *, limit: int = 100) -> list[OutboxItem]:
+        rows = await self._query(
+            f"{_OUTBOX_ITEM_SELECT} WHERE o.state = 'dead' ORDER BY o.id LIMIT ?", (limit,))
+        return [_outbox_item(row) for row in rows]
+
+    async def retry_dead_letters(self, ids: Sequence[int] | None = None) -> int:
+        now = self.clock_ms()
+        if ids is None:
+            return await self._write(lambda conn: conn.execute(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = ? "
+                "WHERE state = 'dead'", (now,)).rowcount)
+        params = [(now, int(i)) for i in ids]
+        return await self._write(lambda conn: conn.executemany(
+            "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = ? "
+            "WHERE id = ? AND state = 'dead'", params).rowcount)
+
+    async def outbox_status(self, now_ms: int) -> OutboxStatus:
+        def status(conn: sqlite3.Connection) -> OutboxStatus:
+            pending, oldest = conn.execute(
+                "SELECT count(*), min(created_at_ms) FROM outbox WHERE state = 'pending'").fetchone()
+            dead = conn.execute("SELECT count(*) FROM outbox WHERE state = 'dead'").fetchone()[0]
+            age = max(0.0, (now_ms - oldest) / 1000.0) if oldest is not None else 0.0
+            return OutboxStatus(pending=pending, oldest_age_s=age, dead_letters=dead)
+
+        return await self._read(status)
+
+    # downlink commands ---------------------------------------------------------------
+    async def enqueue_command(self, serial: str, command_type: int, payload: bytes, *,
+                              expires_at_ms: int | None = None) -> int:
+        now = self.clock_ms()
+        return await self._write(lambda conn: conn.execute(
+            "INSERT INTO commands (device_serial, command_type, payload, created_at_ms, expires_at_ms) "
+            "VALUES (?, ?, ?, ?, ?)", (serial, command_type, bytes(payload), now, expires_at_ms)
+        ).lastrowid)
+
+    async def pending_commands(self, serial: str, limit: int = 16) -> list[Command]:
+        rows = await self._query(
+            f"SELECT {COMMAND_COLUMNS} FROM commands WHERE device_serial = ? "
+            f"AND state IN ('queued', 'sent') ORDER BY id LIMIT ?", (serial, limit))
+        return [_command(row) for row in rows]
+
+    async def get_command(self, command_id: int) -> Command | None:
+        rows = await self._query(f"SELECT {COMMAND_COLUMNS} FROM commands WHERE id = ?", (command_id,))
+        return _command(rows[0]) if rows else None
+
+    async def _update_command(self, sql: str, params: tuple) -> bool:
+        return bool(await self._write(lambda conn: conn.execute(sql, params).rowcount))
+
+    async def mark_command_sent(self, command_id: int, seq: int) -> bool:
+        return await self._update_command(
+            "UPDATE commands SET state = 'sent', seq = ?, sent_at_ms = ? "
+            "WHERE id = ? AND state IN ('queued', 'sent')", (seq, self.clock_ms(), command_id))
+
+    async def complete_command(self, command_id: int, result_code: int) -> bool:
+        return await self._update_command(
+            "UPDATE commands SET state = 'done', result_code = ?, completed_at_ms = ? "
+            "WHERE id = ? AND state IN ('queued', 'sent')", (result_code, self.clock_ms(), command_id))
+
+    async def cancel_command(self, command_id: int) -> bool:
+        return await self._update_command(
+            "UPDATE commands SET state = 'cancelled', completed_at_ms = ? "
+            "WHERE id = ? AND state IN ('queued', 'sent')", (self.clock_ms(), command_id))
+
+    async def expire_commands(self, now_ms: int) -> int:
+        return await self._write(lambda conn: conn.execute(
+            "UPDATE commands SET state = 'expired', completed_at_ms = ? "
+            "WHERE state IN ('queued', 'sent') AND expires_at_ms <= ?", (now_ms, now_ms)).rowcount)
+
+    # audit --------------------------------------------------------------------------
+    async def audit(self, event: str, subject: str, detail: dict[str, Any] | None = None,
+                    address: str | None = None) -> int:
+        text = orjson.dumps(detail or {}).decode()
+        now = self.clock_ms()
+        return await self._write(lambda conn: conn.execute(
+            "INSERT INTO audit_log (at_ms, event, subject, detail, address) VALUES (?, ?, ?, ?, ?)",
+            (now, event, subject, text, address)).lastrowid)
+
+    async def list_audit(self, *, limit: int = 100, event: str | None = None) -> list[AuditEntry]:
+        if event is None:
+            rows = await self._query(
+                "SELECT id, at_ms, event, subject, detail, address FROM audit_log "
+                "ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = await self._query(
+                "SELECT id, at_ms, event, subject, detail, address FROM audit_log "
+                "WHERE event = ? ORDER BY id DESC LIMIT ?", (event, limit))
+        return [AuditEntry(r[0], r[1], r[2], r[3], orjson.loads(r[4]), r[5]) for r in rows]
+
