@@ -53,6 +53,7 @@ HOT_MESSAGE_TYPES = (MessageType.HEARTBEAT, MessageType.PUNCH, MessageType.PUNCH
 _HEADER = struct.Struct(fixed_format(FRAME_HEADER))
 _CHECKSUM = struct.Struct(fixed_format(__import__("construct").Struct("c" / CHECKSUM)))
 _crc32 = zlib.crc32
+_MAGIC_FIRST = MAGIC[0]
 _DETAIL_LIMIT = 160  # characters of a construct error kept for logs; never sent to the peer
 
 
@@ -253,13 +254,18 @@ class FrameDecoder:
         checksum_unpack = _CHECKSUM.unpack_from
         max_body = self._max_body
         decoders = BODY_DECODERS
-        while size - pos >= HEADER_SIZE:
+        while pos < size:
             if not buf.startswith(MAGIC, pos):
+                if pos == size - 1 and buf[pos] == _MAGIC_FIRST:
+                    break  # a lone first magic byte: wait for the next one
                 found = buf.find(MAGIC, pos + 1)
-                skip_to = found if found >= 0 else size - 1
-                self.skipped_bytes += skip_to - pos
-                pos = skip_to
+                if found < 0:  # keep a trailing first magic byte, drop the rest
+                    found = size - 1 if buf[size - 1] == _MAGIC_FIRST else size
+                self.skipped_bytes += found - pos
+                pos = found
                 continue
+            if size - pos < HEADER_SIZE:
+                break  # wait for the rest of the header
             _magic, version, _flags, msg_type, seq, body_len = header_unpack(buf, pos)
             if body_len > max_body:
                 out.append(FrameTooLarge(f"declared body of {body_len} bytes exceeds {max_body}", seq=seq, msg_type=msg_type))
@@ -283,12 +289,6 @@ class FrameDecoder:
                 self.rejected += 1
             out.append(item)
             pos = body_end + CHECKSUM_SIZE
-        if size - pos > 0 and size - pos < HEADER_SIZE and not buf.startswith(MAGIC[:1], pos):
-            # a partial header must start with the magic's first byte; anything else is garbage
-            found = buf.find(MAGIC[:1], pos + 1)
-            skip_to = found if found >= 0 else size
-            self.skipped_bytes += skip_to - pos
-            pos = skip_to
         if pos:
             del buf[:pos]
         return out

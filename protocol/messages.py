@@ -30,6 +30,7 @@ from protocol.schema import (
     Row,
     Text,
     counted_rows,
+    unwrap,
     sized_rows,
 )
 
@@ -66,7 +67,7 @@ def _typed_hash(self):
 
 def data_field_names(schema: Struct) -> list[str]:
     """Schema fields a caller supplies: everything except counts/sizes rebuilt from data."""
-    return [sc.name for sc in schema.subcons if not isinstance(sc.subcon, Rebuild)]
+    return [sc.name for sc in schema.subcons if not isinstance(unwrap(sc), Rebuild)]
 
 
 def message(msg_type: MessageType, *fields):
@@ -269,7 +270,7 @@ class TimeSyncReply(NamedTuple):
     "ref_seq" / U32 * "seq of the frame being acknowledged",
     "ref_type" / U16 * "msg_type of the frame being acknowledged",
     "server_time_ms" / U64 * "sender's clock, Unix ms UTC (lets a terminal notice drift)",
-    *counted_rows("results", "result_count", U16, RECORD_RESULT),
+    *counted_rows("results", "result_count", U16, RECORD_RESULT, "one row per record answered (empty for non-record frames)"),
 )
 class Ack(NamedTuple):
     ref_seq: int
@@ -303,7 +304,7 @@ class Punch(NamedTuple):
 
 @message(
     MessageType.PUNCH_BATCH,
-    *sized_rows("records", "record_count", "record_size", PUNCH_RECORD),
+    *sized_rows("records", "record_count", "record_size", PUNCH_RECORD, "punch records (table: punch record)"),
 )
 class PunchBatch(NamedTuple):
     records: tuple
@@ -465,7 +466,7 @@ class SetTime(NamedTuple):
     seq: int = 0
 
 
-@message(MessageType.CONFIG_GET, *counted_rows("keys", "key_count", U8, CONFIG_KEY))
+@message(MessageType.CONFIG_GET, *counted_rows("keys", "key_count", U8, CONFIG_KEY, "keys to read"))
 class ConfigGet(NamedTuple):
     keys: tuple
     seq: int = 0
@@ -474,7 +475,7 @@ class ConfigGet(NamedTuple):
 @message(
     MessageType.CONFIG_REPLY,
     "ref_seq" / U32 * "seq of the CONFIG_GET",
-    *counted_rows("entries", "entry_count", U8, CONFIG_ENTRY),
+    *counted_rows("entries", "entry_count", U8, CONFIG_ENTRY, "keys and their values; unknown keys are left out"),
 )
 class ConfigReply(NamedTuple):
     ref_seq: int
@@ -482,7 +483,7 @@ class ConfigReply(NamedTuple):
     seq: int = 0
 
 
-@message(MessageType.CONFIG_SET, *counted_rows("entries", "entry_count", U8, CONFIG_ENTRY))
+@message(MessageType.CONFIG_SET, *counted_rows("entries", "entry_count", U8, CONFIG_ENTRY, "keys and the values to set"))
 class ConfigSet(NamedTuple):
     entries: tuple
     seq: int = 0

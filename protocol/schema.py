@@ -133,24 +133,25 @@ class Row(Adapter):
         return dict(zip(self.row_class._fields, obj))
 
 
-def counted_rows(name: str, count_name: str, count_type, row: Row):
+def counted_rows(name: str, count_name: str, count_type, row: Row, doc: str):
     """`count_name` (rebuilt from the list) followed by that many `row`s named `name`."""
     return (
-        count_name / Rebuild(count_type, len_(this[name])),
-        name / Array(this[count_name], row),
+        count_name / Rebuild(count_type, len_(this[name])) * f"number of `{name}` rows that follow",
+        name / Array(this[count_name], row) * doc,
     )
 
 
-def sized_rows(name: str, count_name: str, size_name: str, row: Row):
+def sized_rows(name: str, count_name: str, size_name: str, row: Row, doc: str):
     """Count, per-row size, then rows of that size: rows may grow in later versions.
 
     A receiver reads the fields it knows from the start of each row and skips the rest,
     so an older peer ignores trailing fields it does not know.
     """
     return (
-        count_name / Rebuild(U16, len_(this[name])),
-        size_name / Rebuild(U16, row.sizeof()),
-        name / Array(this[count_name], FixedSized(this[size_name], row)),
+        count_name / Rebuild(U16, len_(this[name])) * f"number of `{name}` rows that follow",
+        size_name / Rebuild(U16, row.sizeof())
+        * f"bytes per row: {row.sizeof()} in V1; read the fields you know, skip the rest of each row",
+        name / Array(this[count_name], FixedSized(this[size_name], row)) * doc,
     )
 
 

@@ -64,7 +64,7 @@ def feed_in_chunks(stream: bytes, cuts: list[int]):
     return decoder, out
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(__import__("os").environ.get("LMG_FUZZ_EXAMPLES", "600")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stream=streams, cuts=st.lists(st.integers(0, 1 << 16), max_size=12))
 def test_any_stream_in_any_chunking(stream, cuts):
     whole_decoder, whole = feed_in_chunks(stream, [])
