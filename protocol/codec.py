@@ -239,6 +239,14 @@ class FrameDecoder:
         self.frames = 0  # frames whose checksum verified
         self.rejected = 0  # ProtocolError values returned
 
+    def _resync(self, buf: bytearray, pos: int, size: int) -> int:
+        """Skip garbage from `pos` to the next possible magic; count what was skipped."""
+        found = buf.find(MAGIC, pos + 1)
+        if found < 0:  # keep a trailing first magic byte, drop the rest
+            found = size - 1 if buf[size - 1] == _MAGIC_FIRST and size - 1 > pos else size
+        self.skipped_bytes += found - pos
+        return found
+
     @property
     def buffered(self) -> int:
         """Bytes held waiting for the rest of a frame."""
@@ -254,28 +262,22 @@ class FrameDecoder:
         checksum_unpack = _CHECKSUM.unpack_from
         max_body = self._max_body
         decoders = BODY_DECODERS
-        while pos < size:
-            if not buf.startswith(MAGIC, pos):
-                if pos == size - 1 and buf[pos] == _MAGIC_FIRST:
-                    break  # a lone first magic byte: wait for the next one
-                found = buf.find(MAGIC, pos + 1)
-                if found < 0:  # keep a trailing first magic byte, drop the rest
-                    found = size - 1 if buf[size - 1] == _MAGIC_FIRST else size
-                self.skipped_bytes += found - pos
-                pos = found
+        magic_bytes, frame_version, header_size, checksum_size = MAGIC, FRAME_VERSION, HEADER_SIZE, CHECKSUM_SIZE
+        frames = 0
+        while size - pos >= header_size:
+            magic, version, _flags, msg_type, seq, body_len = header_unpack(buf, pos)
+            if magic != magic_bytes:
+                pos = self._resync(buf, pos, size)
                 continue
-            if size - pos < HEADER_SIZE:
-                break  # wait for the rest of the header
-            _magic, version, _flags, msg_type, seq, body_len = header_unpack(buf, pos)
             if body_len > max_body:
                 out.append(FrameTooLarge(f"declared body of {body_len} bytes exceeds {max_body}", seq=seq, msg_type=msg_type))
                 self.rejected += 1
                 self.skipped_bytes += 1
                 pos += 1  # treat the magic as garbage and look for the next one
                 continue
-            body_start = pos + HEADER_SIZE
+            body_start = pos + header_size
             body_end = body_start + body_len
-            if body_end + CHECKSUM_SIZE > size:
+            if body_end + checksum_size > size:
                 break  # wait for the rest of this frame
             if _crc32(buf[pos:body_end]) != checksum_unpack(buf, body_end)[0]:
                 out.append(BadChecksum("CRC-32 mismatch", seq=seq, msg_type=msg_type))
@@ -283,12 +285,24 @@ class FrameDecoder:
                 self.skipped_bytes += 1
                 pos += 1
                 continue
-            self.frames += 1
-            item = _body(seq, msg_type, version, buf, body_start, body_end, decoders)
-            if isinstance(item, ProtocolError):
-                self.rejected += 1
-            out.append(item)
-            pos = body_end + CHECKSUM_SIZE
+            frames += 1
+            pos = body_end + checksum_size
+            decoder = decoders.get(msg_type) if version == frame_version else None
+            if decoder is not None:
+                try:
+                    out.append(decoder(buf, body_start, body_end, seq))
+                    continue
+                except ProtocolError as exc:
+                    exc.seq, exc.msg_type = seq, msg_type
+                    out.append(exc)
+            else:  # unknown version or type
+                out.append(_body(seq, msg_type, version, buf, body_start, body_end, decoders))
+            self.rejected += 1
+        while pos < size and not buf.startswith(MAGIC, pos):  # a partial header must begin with the magic
+            if pos == size - 1 and buf[pos] == _MAGIC_FIRST:
+                break  # a lone first magic byte: wait for the next one
+            pos = self._resync(buf, pos, size)
+        self.frames += frames
         if pos:
             del buf[:pos]
         return out

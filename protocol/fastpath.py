@@ -84,7 +84,7 @@ def _flatten_row(row: Row, prefix: str, group: _Group) -> str:
         leaf = _leaf(sc, f"{prefix}{len(group.leaves)}")
         group.leaves.append(leaf)
         parts.append(_decode_expr(leaf))
-    return f"{row.row_class.__name__}({', '.join(parts)})"
+    return f"_new({row.row_class.__name__}, ({', '.join(parts)},))"
 
 
 def _decode_expr(leaf: _Leaf) -> str:
@@ -169,6 +169,9 @@ def compile_codec(cls, schema: Struct) -> FastCodec:
         "MalformedBody": MalformedBody,
         "EncodeError": EncodeError,
         "struct_error": struct.error,
+        # NamedTuple instances built with tuple.__new__ skip the generated __new__ frame:
+        # about 0.14 us instead of 0.34 us per object here, and a batch builds hundreds.
+        "_new": tuple.__new__,
         cls.__name__: cls,
     }
     head_fmt = plan.head.fmt
@@ -196,7 +199,7 @@ def compile_codec(cls, schema: Struct) -> FastCodec:
         env["_row_iter"] = struct.Struct(row_fmt).iter_unpack
         env["_row_pack"] = struct.Struct(row_fmt).pack
         row_vars = ", ".join(leaf.name for leaf in row_leaves)
-        row_expr = f"{row.row_class.__name__}({', '.join(_decode_expr(leaf) for leaf in row_leaves)})"
+        row_expr = f"_new({row.row_class.__name__}, ({', '.join(_decode_expr(leaf) for leaf in row_leaves)},))"
         plain = all(leaf.kind != "text" for leaf in row_leaves)
         count = plan.tail_count
         stride = plan.tail_size or str(row_size)
@@ -235,7 +238,7 @@ def compile_codec(cls, schema: Struct) -> FastCodec:
         field_exprs = plan.head_exprs + ["rows"]
     else:
         field_exprs = plan.head_exprs
-    lines.append(f"    return {cls.__name__}({', '.join(field_exprs + ['seq'])})")
+    lines.append(f"    return _new({cls.__name__}, ({', '.join(field_exprs + ['seq'])},))")
 
     # --- encoder: the same plan, read the other way ---
     enc = ["def encode(m):", "    try:"]

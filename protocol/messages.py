@@ -296,10 +296,31 @@ class Nack(NamedTuple):
 # --- uplink data -----------------------------------------------------------------------
 
 
-@message(MessageType.PUNCH, "record" / PUNCH_RECORD * "one punch record (table: punch record)")
+@message(MessageType.PUNCH, *PUNCH_RECORD.subcon.subcons)
 class Punch(NamedTuple):
-    record: PunchRecord
+    """One punch record on its own; the body is exactly the punch record's fields.
+
+    Flat rather than wrapping a PunchRecord: the hot path builds one object per frame
+    instead of two. `record` gives the PunchRecord view; `Punch.of(record, seq)` builds one.
+    """
+
+    record_no: int
+    punch_time_ms: int
+    worker_id: str
+    direction: int
+    verify_mode: int
+    temperature_dc: int
+    photo_size: int
+    photo_sha256: bytes
     seq: int = 0
+
+    @property
+    def record(self) -> PunchRecord:
+        return PunchRecord._make(self[:-1])
+
+    @classmethod
+    def of(cls, record: PunchRecord, seq: int = 0) -> "Punch":
+        return cls(*record, seq)
 
 
 @message(

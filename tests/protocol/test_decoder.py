@@ -23,7 +23,7 @@ def raw_frame(msg_type: int, seq: int, body: bytes, version: int = 1) -> bytes:
 
 
 def messages(n: int) -> list:
-    return [Punch(RECORD._replace(record_no=i), seq=i) for i in range(n)]
+    return [Punch.of(RECORD._replace(record_no=i), seq=i) for i in range(n)]
 
 
 def test_many_frames_in_one_read():

@@ -99,7 +99,7 @@ def test_batch_edge_cases_agree(body):
 
 def test_longer_rows_from_a_newer_peer_keep_the_known_fields():
     record = PunchRecord(5, 1_700_000_000_000, "11010519491231002X", 1, 1, 0, 0, bytes(32))
-    row = BODY_ENCODERS[Punch](Punch(record))
+    row = BODY_ENCODERS[Punch](Punch.of(record))
     body = batch_body(2, len(row) + 4, (row + b"NEW!") * 2)
     result = FAST_CODECS[MessageType.PUNCH_BATCH].decode(body, 0, len(body), 1)
     assert result == PunchBatch((record, record), 1)

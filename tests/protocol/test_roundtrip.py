@@ -45,10 +45,10 @@ def test_message_equality_is_type_aware():
 @pytest.mark.parametrize(
     "bad",
     [
-        Punch(PunchRecord(1, 2, "short", 1, 1, 0, 0, bytes(32))),  # worker id not 18 chars
-        Punch(PunchRecord(1, 2, "1" * 18, 1, 1, 0, 0, bytes(31))),  # sha not 32 bytes
-        Punch(PunchRecord(-1, 2, "1" * 18, 1, 1, 0, 0, bytes(32))),  # negative u32
-        Punch(PunchRecord(1, 2, "身" * 18, 1, 1, 0, 0, bytes(32))),  # not single-byte text
+        Punch.of(PunchRecord(1, 2, "short", 1, 1, 0, 0, bytes(32))),  # worker id not 18 chars
+        Punch.of(PunchRecord(1, 2, "1" * 18, 1, 1, 0, 0, bytes(31))),  # sha not 32 bytes
+        Punch.of(PunchRecord(-1, 2, "1" * 18, 1, 1, 0, 0, bytes(32))),  # negative u32
+        Punch.of(PunchRecord(1, 2, "身" * 18, 1, 1, 0, 0, bytes(32))),  # not single-byte text
         Ack(1, 2, 3, (RecordResult(1, 1 << 16),)),  # result over u16
         Ack(1, 2, 3, (), seq=1 << 32),  # seq over u32
     ],

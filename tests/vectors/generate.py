@@ -45,7 +45,7 @@ EXAMPLES: dict[str, tuple[str, object]] = {
     "ack": ("heartbeat acknowledged (no records)", Ack(3, MessageType.HEARTBEAT, T0 + 30_010, (), 6)),
     "ack_batch": ("batch of three: stored, duplicate, bad ID", Ack(7, MessageType.PUNCH_BATCH, T0 + 90_000, (RecordResult(2001, ResultCode.OK), RecordResult(2002, ResultCode.DUPLICATE), RecordResult(2003, ResultCode.INVALID_WORKER_ID)), 8)),
     "nack": ("unknown message type 0x0777", Nack(12, 0x0777, ResultCode.UNSUPPORTED_MESSAGE, 9)),
-    "punch": ("a face punch with a photo and a temperature", Punch(PUNCH, 5)),
+    "punch": ("a face punch with a photo and a temperature", Punch.of(PUNCH, 5)),
     "punch_batch": ("offline backlog of three records", PunchBatch((
         PunchRecord(2001, T0 + 6 * 3600_000, "620503199207081235", Direction.IN, VerifyMode.CARD, 0, 0, bytes(32)),
         PunchRecord(2002, T0 + 6 * 3600_000 + 4_000, "62292319781105003X", Direction.IN, VerifyMode.ID_CARD, 0, 0, bytes(32)),

@@ -1,0 +1,59 @@
+"""GB 11643 check digits."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocol.identity import check_digit, is_valid_id_number
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["11010519491231002X", "620102198503124516", "620503199207081235", "62292319781105003X", "440524188001010014"],
+)
+def test_known_valid_numbers(number):
+    assert is_valid_id_number(number)
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "110105194912310021",  # wrong check digit
+        "11010519491231002x",  # lower-case x is not the standard form
+        "11010519491231002",  # 17 characters
+        "1101051949123100211",  # 19 characters
+        "A1010519491231002X",
+        "１１０１０５１９４９１２３１００２X",  # full-width digits
+        "",
+    ],
+)
+def test_invalid_numbers(number):
+    assert not is_valid_id_number(number)
+
+
+digits17 = st.text(alphabet="0123456789", min_size=17, max_size=17)
+
+
+@given(digits17)
+def test_exactly_one_check_character_is_valid(first17):
+    valid = [c for c in "0123456789X" if is_valid_id_number(first17 + c)]
+    assert valid == [check_digit(first17)]
+
+
+@given(digits17, st.integers(0, 16), st.integers(1, 9))
+def test_every_single_digit_error_is_caught(first17, position, delta):
+    number = first17 + check_digit(first17)
+    wrong = number[:position] + str((int(number[position]) + delta) % 10) + number[position + 1 :]
+    assert not is_valid_id_number(wrong)
+
+
+@given(digits17, st.integers(0, 15))
+def test_adjacent_swaps_are_caught(first17, position):
+    number = first17 + check_digit(first17)
+    a, b = number[position], number[position + 1]
+    if a == b:
+        return
+    swapped = number[:position] + b + a + number[position + 2 :]
+    assert not is_valid_id_number(swapped)
