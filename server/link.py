@@ -1,0 +1,255 @@
+"""The thin glue between one transport and one `Session`: carries out the session's actions.
+
+TCP (`server.tcp`) and WebSocket (`server.websocket`) both feed a `TerminalLink`; they
+only supply four primitives (write, close, pause reading, resume reading) and the
+unsent-output size. Rules kept here:
+
+- Answers leave in the order frames arrived: while an action that awaits the store runs,
+  later items wait in `backlog` and the transport stops reading (back-pressure: a lagging
+  store slows the terminals down instead of growing buffers). At most one read's worth of
+  items is ever held.
+- A punch is acknowledged only after `Store.store_punches` returned, i.e. after commit;
+  if the store fails, the session answers NACK STORE_UNAVAILABLE and nothing is acked.
+- Unsent output above `max_unsent_bytes` means the peer does not read: it is closed.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+
+from protocol import FrameDecoder, ProtocolError, ResultCode, decode_frame, encode
+from server.session import (
+    AppendPhoto,
+    Authenticated,
+    AuthFailed,
+    Close,
+    DeviceView,
+    LoadDevice,
+    QueryPhoto,
+    Send,
+    Session,
+    State,
+    StatusReported,
+    StorePunches,
+)
+from storage import (
+    Outcome,
+    PhotoHashMismatch,
+    PhotoOffsetMismatch,
+    PhotoTooLarge,
+    PunchIn,
+    StoreError,
+)
+
+log = logging.getLogger("lmg.link")
+
+_OUTCOME_CODES = {Outcome.STORED: ResultCode.OK, Outcome.DUPLICATE: ResultCode.DUPLICATE}
+
+
+class TerminalLink(abc.ABC):
+    """One connection's session driver; subclasses implement the transport primitives."""
+
+    def __init__(self, gateway, peer_host: str, peer: str):
+        self.gateway = gateway
+        self.peer_host = peer_host
+        now = gateway.now_ms()
+        self.session = Session(peer=peer, nonce=os.urandom(16), connected_ms=now, limits=gateway.limits)
+        self.decoder = FrameDecoder(gateway.limits.max_frame_size)
+        self.backlog: list = []  # items held while busy; a list is 56 B, a deque 600+
+        self.busy = False
+        self.closed = False
+        gateway.link_opened(self)
+
+    # -- transport primitives (subclasses) -----------------------------------------------
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None:
+        """Queue bytes (one whole frame) for the peer; never blocks."""
+
+    @abc.abstractmethod
+    def unsent_bytes(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+
+    @abc.abstractmethod
+    def close_transport(self, abort: bool = False) -> None:
+        """Close after flushing (abort=True: drop unsent output at once)."""
+
+    @abc.abstractmethod
+    def pause_reading(self) -> None:
+        """Stop taking bytes from the peer until `resume_reading`."""
+
+    @abc.abstractmethod
+    def resume_reading(self) -> None:
+        """Take bytes from the peer again."""
+
+    # -- input from the transport ------------------------------------------------------
+    def bytes_received(self, data: bytes) -> None:
+        """TCP: any slice of the byte stream."""
+        self._process(self.decoder.feed(data))
+
+    def frame_received(self, data: bytes) -> None:
+        """WebSocket: one binary message, which must be exactly one frame."""
+        try:
+            item = decode_frame(data, max_frame_size=self.decoder.max_frame_size)
+        except ProtocolError as exc:
+            item = exc
+        self._process([item])
+
+    def transport_lost(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.session.state = State.CLOSED
+        self.backlog.clear()
+        self.gateway.link_closed(self)
+
+    # -- the loop over items -------------------------------------------------------------
+    def _process(self, items: list) -> None:
+        if self.busy or self.backlog:
+            self.backlog.extend(items)
+            return
+        now = self.gateway.now_ms()
+        session = self.session
+        for index, item in enumerate(items):
+            if self.closed:
+                return
+            if self._execute(session.receive(item, now)):
+                self.backlog.extend(items[index + 1 :])
+                self.pause_reading()
+                return
+        if session.state is State.AUTHENTICATED:
+            self.gateway.seen(session.serial, now)
+
+    def _drain(self) -> None:
+        """Continue with held-back items after an async action finished."""
+        while self.backlog and not self.busy and not self.closed:
+            item = self.backlog.pop(0)
+            now = self.gateway.now_ms()
+            self._execute(self.session.receive(item, now))
+        if not self.busy and not self.closed:
+            if self.session.state is State.AUTHENTICATED:
+                self.gateway.seen(self.session.serial, self.gateway.now_ms())
+            self.resume_reading()
+
+    def _execute(self, actions: list) -> bool:
+        """Carry out `actions`; True when one of them started async work (the link is busy)."""
+        for action in actions:
+            kind = type(action)
+            if kind is Send:
+                self._send(action.message)
+            elif kind is StorePunches:
+                self._start(self._store_punches(action))
+            elif kind is Close:
+                self._close(action)
+            elif kind is LoadDevice:
+                self._start(self._load_device(action))
+            elif kind is Authenticated:
+                self.gateway.authenticated(self, action)
+            elif kind is AuthFailed:
+                self.gateway.auth_failed(self, action)
+            elif kind is AppendPhoto:
+                self._start(self._append_photo(action))
+            elif kind is QueryPhoto:
+                self._start(self._query_photo(action))
+            elif kind is StatusReported:
+                self.gateway.status_reported(self, action.status)
+            else:  # pragma: no cover - a new action type without glue is a bug
+                raise TypeError(f"no glue for {action!r}")
+        return self.busy
+
+    def execute(self, actions: list) -> None:
+        """Run actions produced outside `receive` (takeover, shutdown, deadlines)."""
+        if not self.closed:
+            self._execute(actions)
+
+    def _send(self, message) -> None:
+        if self.closed:
+            return
+        self.write(encode(message, max_frame_size=self.decoder.max_frame_size))
+        if self.unsent_bytes() > self.gateway.config.max_unsent_bytes:
+            self.gateway.count("slow_reader_closed")
+            self._execute(self.session.too_slow_reader())
+
+    def _close(self, action: Close) -> None:
+        if self.closed:
+            return
+        log.debug("closing %s (%s): %s", self.session.peer, action.reason.name, action.detail)
+        self.gateway.count(f"closed_{action.reason.name.lower()}")
+        abort = action.reason is ResultCode.SERVER_BUSY  # a non-reader would never drain a graceful close
+        self.close_transport(abort=abort)
+        self.transport_lost()
+
+    # -- async actions -------------------------------------------------------------------
+    def _start(self, coroutine) -> None:
+        self.busy = True
+        self.gateway.spawn(self._finish(coroutine))
+
+    async def _finish(self, coroutine) -> None:
+        try:
+            actions = await coroutine
+        except Exception:  # noqa: BLE001 - a bug in one action must not kill the server
+            log.exception("action failed for %s", self.session.peer)
+            actions = self.session._close(ResultCode.SERVER_BUSY, "internal error")
+        self.busy = False
+        if not self.closed:
+            self._execute(actions)
+            self._drain()
+
+    async def _load_device(self, action: LoadDevice) -> list:
+        gateway = self.gateway
+        locked = gateway.guard.is_locked(self.peer_host, action.serial, gateway.now_ms())
+        device = None
+        if not locked:
+            try:
+                stored = await gateway.store.get_device(action.serial)
+            except StoreError:
+                log.warning("device lookup failed for %s", action.serial)
+                return self.session._close(ResultCode.STORE_UNAVAILABLE, "device lookup failed")
+            if stored is not None:
+                device = DeviceView(stored.serial, stored.secret, stored.enabled)
+        return self.session.device_loaded(device, locked, gateway.now_ms())
+
+    async def _store_punches(self, action: StorePunches) -> list:
+        serial = self.session.serial
+        records = []
+        for record, reason in action.records:
+            sha = record.photo_sha256 if record.photo_size else None
+            records.append(
+                PunchIn(serial, record.record_no, record.worker_id, record.punch_time_ms, record.direction,
+                        record.verify_mode, record.temperature_dc, sha, record.photo_size,
+                        int(reason) if reason is not None else None)
+            )
+        try:
+            outcomes = await self.gateway.store_punches(records)
+        except StoreError as exc:
+            log.warning("store failed for %d records from %s: %s", len(records), serial, exc)
+            return self.session.store_failed(action)
+        codes = [_OUTCOME_CODES.get(o.status) or ResultCode(o.reject_reason) for o in outcomes]
+        return self.session.punches_stored(action, codes, self.gateway.now_ms())
+
+    async def _append_photo(self, action: AppendPhoto) -> list:
+        chunk = action.chunk
+        try:
+            next_offset = await self.gateway.store.photo_append(
+                self.session.serial, chunk.photo_sha256, chunk.total_size, chunk.offset, chunk.data
+            )
+            result = ResultCode.OK
+        except PhotoOffsetMismatch as exc:
+            result, next_offset = ResultCode.PHOTO_OFFSET_MISMATCH, exc.expected_offset
+        except PhotoHashMismatch:
+            result, next_offset = ResultCode.PHOTO_HASH_MISMATCH, 0
+        except PhotoTooLarge:
+            result, next_offset = ResultCode.PHOTO_TOO_LARGE, 0
+        except StoreError:
+            result, next_offset = ResultCode.STORE_UNAVAILABLE, chunk.offset
+        return self.session.photo_result(chunk.photo_sha256, result, next_offset)
+
+    async def _query_photo(self, action: QueryPhoto) -> list:
+        query = action.query
+        try:
+            next_offset = await self.gateway.store.photo_status(self.session.serial, query.photo_sha256)
+            result = ResultCode.OK
+        except StoreError:
+            result, next_offset = ResultCode.STORE_UNAVAILABLE, 0
+        return self.session.photo_result(query.photo_sha256, result, next_offset)
