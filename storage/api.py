@@ -29,6 +29,8 @@ U32_MAX = 0xFFFF_FFFF
 SECRET_BYTES = 32
 SHA256_BYTES = 32
 WORKER_ID_CHARS = 18  # GB 11643 citizen ID number: 17 digits and a check character
+_I64_MIN = -(2**63)
+_I64_MAX = 2**63 - 1
 
 
 class Direction(enum.IntEnum):
@@ -129,33 +131,59 @@ class PunchIn:
     reject_reason: int | None = None
 
     def __post_init__(self) -> None:
+        # One expression on the fast path: this runs for every punch of every device,
+        # and the field-by-field version below cost 2.5 µs a record (a third of the
+        # event loop's share of a stored punch in `lmg bench storage`).
+        sha = self.photo_sha256
+        if (
+            type(self.record_no) is int and 0 <= self.record_no <= U32_MAX
+            and type(self.device_serial) is str and 0 < len(self.device_serial) <= 64
+            and type(self.worker_id) is str
+            and type(self.punch_time_ms) is int and _I64_MIN <= self.punch_time_ms <= _I64_MAX
+            and type(self.temperature_dc) is int and -32768 <= self.temperature_dc <= 32767
+            and type(self.photo_size) is int and 0 <= self.photo_size <= _I64_MAX
+            and (sha is None or (type(sha) is bytes and len(sha) == SHA256_BYTES))
+            and (
+                (self.reject_reason is None and len(self.worker_id) == WORKER_ID_CHARS
+                 and (self.direction == 1 or self.direction == 2)
+                 and type(self.direction) is int and type(self.verify_mode) is int
+                 and 1 <= self.verify_mode <= 4)
+                or (type(self.reject_reason) is int and 0 <= self.reject_reason <= 0xFFFF
+                    and len(self.worker_id) <= 64
+                    and type(self.direction) is int and type(self.verify_mode) is int
+                    and _I64_MIN <= self.direction <= _I64_MAX
+                    and _I64_MIN <= self.verify_mode <= _I64_MAX)
+            )
+        ):
+            return
+        raise ValueError(self._what_is_wrong())
+
+    def _what_is_wrong(self) -> str:
+        """The error message for a record that failed the fast check."""
         if type(self.record_no) is not int or not 0 <= self.record_no <= U32_MAX:
-            raise ValueError(f"record_no {self.record_no!r}: must be an int in 0..{U32_MAX}")
+            return f"record_no {self.record_no!r}: must be an int in 0..{U32_MAX}"
         if type(self.device_serial) is not str or not 1 <= len(self.device_serial) <= 64:
-            raise ValueError(f"device_serial {self.device_serial!r}: must be 1-64 characters")
+            return f"device_serial {self.device_serial!r}: must be 1-64 characters"
         if type(self.worker_id) is not str or len(self.worker_id) > 64:
-            raise ValueError(f"worker_id {self.worker_id!r}: must be a string of at most 64 characters")
-        for name in ("punch_time_ms", "direction", "verify_mode", "temperature_dc", "photo_size"):
+            return f"worker_id {self.worker_id!r}: must be a string of at most 64 characters"
+        for name in ("punch_time_ms", "direction", "verify_mode", "photo_size"):
             value = getattr(self, name)
-            if type(value) is not int or not -(2**63) <= value < 2**63:
-                raise ValueError(f"{name} {value!r}: must be an int that fits 64 bits")
+            if type(value) is not int or not _I64_MIN <= value <= _I64_MAX:
+                return f"{name} {value!r}: must be an int that fits 64 bits"
+        if self.photo_size < 0:
+            return f"photo_size {self.photo_size}: must not be negative"
+        if type(self.temperature_dc) is not int or not -32768 <= self.temperature_dc <= 32767:
+            return f"temperature_dc {self.temperature_dc!r}: must be an int in -32768..32767 (0.1 °C)"
         sha = self.photo_sha256
         if sha is not None and (type(sha) is not bytes or len(sha) != SHA256_BYTES):
-            raise ValueError(f"photo_sha256 must be {SHA256_BYTES} bytes or None")
+            return f"photo_sha256 must be {SHA256_BYTES} bytes or None"
         if self.reject_reason is not None:
-            if type(self.reject_reason) is not int or not 0 <= self.reject_reason <= 0xFFFF:
-                raise ValueError(f"reject_reason {self.reject_reason!r}: must be an int in 0..65535")
-            return  # a rejected record is kept as received, however wrong its fields are
+            return f"reject_reason {self.reject_reason!r}: must be an int in 0..65535"
         if len(self.worker_id) != WORKER_ID_CHARS:
-            raise ValueError(
-                f"worker_id {self.worker_id!r}: must be {WORKER_ID_CHARS} characters; "
-                f"set reject_reason to keep an invalid record for audit"
-            )
-        if self.direction not in (1, 2) or not 1 <= self.verify_mode <= 4:
-            raise ValueError(
-                f"direction {self.direction} / verify_mode {self.verify_mode} out of range; "
-                f"set reject_reason to keep an invalid record for audit"
-            )
+            return (f"worker_id {self.worker_id!r}: must be {WORKER_ID_CHARS} characters; "
+                    f"set reject_reason to keep an invalid record for audit")
+        return (f"direction {self.direction} / verify_mode {self.verify_mode} out of range "
+                f"(1-2 / 1-4); set reject_reason to keep an invalid record for audit")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,10 @@
 """Group commit: many callers' punches, one transaction, one thread hop.
 
-Callers `await submit(records)`; a single flusher task gathers what arrives within a
-short window (`group_commit_max_delay_ms` after the oldest waiting record, or at once
-when `group_commit_max_records` are waiting) and hands the whole batch to the backend's
-`commit` coroutine, which must write it in ONE transaction and return one outcome per
-record. Each caller is woken only after that commit returned, with its own slice of the
+Callers `await submit(records)`. What arrives within a short window
+(`group_commit_max_delay_ms` after the oldest waiting record, or at once when
+`group_commit_max_records` are waiting) becomes one batch, handed to the backend's
+`commit` coroutine, which must write it in ONE transaction (one thread hop on SQLite)
+and return one outcome per record. Each caller is woken only after that commit returned, with its own slice of the
 outcomes, or with the exception that failed the batch (`StoreUnavailable`).
 
 Rules:
@@ -13,7 +13,8 @@ Rules:
 - Records of a caller that was cancelled before its batch started are not written.
 - The queue is bounded (`max_queued_records`); a caller waits at most `enqueue_wait_ms`
   for room, then gets StoreUnavailable so the server can nack instead of piling up.
-- The flusher survives every failure of `commit`; one bad batch never wedges the next.
+- Every failure of `commit` reaches exactly the callers of that batch; the next batch
+  starts as if nothing happened, so one bad batch never wedges the store.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from storage.errors import StoreClosed, StoreError, StoreUnavailable
+from storage.errors import StoreClosed, StoreUnavailable
 
 Record = TypeVar("Record")
 Result = TypeVar("Result")
@@ -31,20 +32,22 @@ Result = TypeVar("Result")
 CommitBatch = Callable[[list], Awaitable[list]]
 
 
-class _Entry:
-    __slots__ = ("records", "future", "arrived")
-
-    def __init__(self, records: Sequence, future: asyncio.Future, arrived: float) -> None:
-        self.records = records
-        self.future = future
-        self.arrived = arrived
+# A waiting caller: (records, future, loop time it arrived). A tuple, not a class: one
+# is made per store_punches call, up to ~100 000 a second.
+_RECORDS, _FUTURE, _ARRIVED = 0, 1, 2
 
 
 class GroupCommit(Generic[Record, Result]):
     """Batches `submit` calls from many tasks into few `commit(records)` calls.
 
     `commit` receives a list of records and returns a list of results of the same
-    length, in the same order; it runs in the flusher task, at most `in_flight` at once.
+    length, in the same order; at most `in_flight` commits run at once.
+
+    There is no flusher task: a batch starts from `submit` (batch full), from a timer
+    (window over) or from the end of the previous commit. The next batch is started
+    BEFORE the finished batch's callers are woken, so the writer thread already works
+    on it while the event loop runs those callers (measured: without this the writer
+    sat idle half the time, 3 ms of every 6.5 ms batch at 1000 producers).
     """
 
     def __init__(
@@ -63,16 +66,18 @@ class GroupCommit(Generic[Record, Result]):
         self._max_delay_s = max_delay_ms / 1000.0
         self._max_queued = max_queued_records
         self._enqueue_wait_s = enqueue_wait_ms / 1000.0
-        self._slots = asyncio.Semaphore(in_flight)
-        self._entries: deque[_Entry] = deque()
+        self._max_in_flight = in_flight
+        self._name = name
+        self._loop = asyncio.get_running_loop()
+        self._entries: deque[tuple] = deque()
         self._queued = 0  # records in self._entries
-        self._wakeup = asyncio.Event()  # set when entries arrive for an idle flusher
-        self._full: asyncio.Future | None = None  # resolved when a full batch is waiting
-        self._room = asyncio.Event()
+        self._in_flight = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._room = asyncio.Event()  # set while the queue has room
         self._room.set()
+        self._drained: asyncio.Future | None = None  # close() waits on it
         self._closing = False
-        self._batches: set[asyncio.Task] = set()
-        self._flusher = asyncio.get_running_loop().create_task(self._run(), name=name)
+        self._tasks: set[asyncio.Task] = set()
 
     @property
     def queued_records(self) -> int:
@@ -84,30 +89,31 @@ class GroupCommit(Generic[Record, Result]):
         Raises what the batch's commit raised (StoreUnavailable), StoreUnavailable if
         no room frees up within enqueue_wait_ms, StoreClosed after close().
         """
+        count = len(records)
         if self._closing:
             raise StoreClosed("the store is closed; reopen it before storing punches")
-        if not records:
+        if not count:
             return []
-        count = len(records)
         if self._queued + count > self._max_queued and self._queued:
             await self._wait_for_room(count)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         future = loop.create_future()
-        self._entries.append(_Entry(records, future, loop.time()))
-        self._queued += count
-        if self._queued >= self._max_queued:
+        self._entries.append((records, future, loop.time()))
+        queued = self._queued = self._queued + count
+        if queued >= self._max_queued:
             self._room.clear()
-        if not self._wakeup.is_set():
-            self._wakeup.set()
-        full = self._full
-        if full is not None and self._queued >= self._max_records and not full.done():
-            full.set_result(None)
+        if self._in_flight < self._max_in_flight:
+            if queued >= self._max_records or self._max_delay_s <= 0:
+                self._start_batches()
+            elif self._timer is None:
+                self._timer = loop.call_at(self._entries[0][_ARRIVED] + self._max_delay_s,
+                                           self._on_timer)
         return await future
 
     async def _wait_for_room(self, count: int) -> None:
-        deadline = asyncio.get_running_loop().time() + self._enqueue_wait_s
+        deadline = self._loop.time() + self._enqueue_wait_s
         while self._queued + count > self._max_queued and self._queued:
-            remaining = deadline - asyncio.get_running_loop().time()
+            remaining = deadline - self._loop.time()
             if remaining <= 0:
                 raise StoreUnavailable(
                     f"store overloaded: {self._queued} records already wait for the disk "
@@ -122,57 +128,53 @@ class GroupCommit(Generic[Record, Result]):
                 raise StoreClosed("the store is closed; reopen it before storing punches")
 
     async def close(self) -> None:
-        """Stop accepting, commit everything queued, then stop the flusher."""
-        if self._closing:
-            return
+        """Stop accepting, commit everything queued, wait for it. Idempotent."""
         self._closing = True
-        self._wakeup.set()
-        full = self._full
-        if full is not None and not full.done():
-            full.set_result(None)
-        await self._flusher
+        if self._drained is None:
+            self._drained = self._loop.create_future()
+        self._start_batches()
+        await asyncio.shield(self._drained)
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._entries:
-                if self._closing:
-                    break
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            # Window: the oldest record waits at most max_delay for company.
-            remaining = self._entries[0].arrived + self._max_delay_s - loop.time()
-            if remaining > 0 and self._queued < self._max_records and not self._closing:
-                self._full = loop.create_future()
-                timer = loop.call_later(remaining, _resolve, self._full)
-                await self._full
-                timer.cancel()
-                self._full = None
-            await self._slots.acquire()
-            # Taken as late as possible: while the previous batch committed, more arrived.
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._start_batches()
+
+    def _start_batches(self) -> None:
+        """Start as many batches as slots allow and windows have closed (synchronous)."""
+        loop = self._loop
+        while self._entries and self._in_flight < self._max_in_flight:
+            if not self._closing and self._queued < self._max_records:
+                due = self._entries[0][_ARRIVED] + self._max_delay_s
+                if due > loop.time():
+                    if self._timer is None:
+                        self._timer = loop.call_at(due, self._on_timer)
+                    return
             batch = self._take_batch()
             if not batch:
-                self._slots.release()
                 continue
-            task = loop.create_task(self._commit_batch(batch))
-            self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
-        if self._batches:
-            await asyncio.gather(*self._batches, return_exceptions=True)
+            self._in_flight += 1
+            task = loop.create_task(self._commit_batch(batch), name=self._name)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if self._timer is not None and (not self._entries or self._in_flight >= self._max_in_flight):
+            self._timer.cancel()  # re-armed when a slot frees up
+            self._timer = None
+        if self._drained is not None and not self._entries and not self._in_flight:
+            if not self._drained.done():
+                self._drained.set_result(None)
 
-    def _take_batch(self) -> list[_Entry]:
-        batch: list[_Entry] = []
+    def _take_batch(self) -> list[tuple]:
+        batch: list[tuple] = []
         taken = 0
         entries = self._entries
         while entries:
             entry = entries[0]
-            size = len(entry.records)
+            size = len(entry[_RECORDS])
             if taken and taken + size > self._max_records:
                 break
             entries.popleft()
             self._queued -= size
-            if entry.future.cancelled():
+            if entry[_FUTURE].cancelled():
                 continue
             batch.append(entry)
             taken += size
@@ -180,46 +182,35 @@ class GroupCommit(Generic[Record, Result]):
             self._room.set()
         return batch
 
-    async def _commit_batch(self, batch: list[_Entry]) -> None:
+    async def _commit_batch(self, batch: list[tuple]) -> None:
+        error: BaseException | None = None
+        results: list = []
         try:
             if len(batch) == 1:
-                records = list(batch[0].records)
+                records = list(batch[0][_RECORDS])
             else:
-                records = [record for entry in batch for record in entry.records]
+                records = [record for entry in batch for record in entry[_RECORDS]]
             try:
                 results = await self._commit(records)
-            except StoreError as exc:
-                error: BaseException = exc
             except asyncio.CancelledError:
                 error = StoreClosed("the store was closed while this batch was being written")
                 raise
-            except Exception as exc:  # a bug in the backend: every caller must hear of it
+            except Exception as exc:  # StoreUnavailable, or a backend bug every caller must hear of
                 error = exc
             else:
                 if len(results) != len(records):
                     error = RuntimeError(
                         f"group commit: backend returned {len(results)} results for {len(records)} records"
                     )
-                else:
-                    start = 0
-                    for entry in batch:
-                        end = start + len(entry.records)
-                        if not entry.future.done():
-                            entry.future.set_result(results[start:end])
-                        start = end
-                    return
-            for entry in batch:
-                if not entry.future.done():
-                    entry.future.set_exception(error)
         finally:
-            for entry in batch:  # only reached with undone futures when cancelled
-                if not entry.future.done():
-                    entry.future.set_exception(
-                        StoreClosed("the store was closed while this batch was being written")
-                    )
-            self._slots.release()
-
-
-def _resolve(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
+            self._in_flight -= 1
+            self._start_batches()  # first: the writer gets the next batch before callers run
+            start = 0
+            for records, future, _ in batch:
+                end = start + len(records)
+                if not future.done():
+                    if error is None:
+                        future.set_result(results[start:end])
+                    else:
+                        future.set_exception(error)
+                start = end

@@ -1,0 +1,510 @@
+"""PostgreSQL store for scale-out (`postgresql://user@host:5432/db?schema=name`).
+
+Several gateway nodes may share one database. What makes that safe:
+- Punches: one statement per group-commit batch inserts the rows (unnest of column
+  arrays, sorted by key so two batches never lock the same keys in opposite orders),
+  skips existing keys with ON CONFLICT DO NOTHING, and adds exactly the inserted rows to
+  the outbox (RETURNING feeding an INSERT in the same statement). A key inserted
+  concurrently by another node's uncommitted batch makes ours wait for it, then report
+  DUPLICATE: stored once, whoever wins.
+- Outbox claims lock candidate rows with FOR UPDATE SKIP LOCKED, so forwarders on
+  different nodes never claim the same item at once, and keep per device only the
+  leading run of rows they locked, so a device's items never split between claimers.
+- Migrations run under a transaction-level advisory lock, so nodes starting together
+  upgrade once.
+
+The `schema` URL parameter puts every table in that schema (created if missing); each
+pooled connection gets it as search_path. Network faults, a server that is down or
+refusing writes, and timeouts (`pg_command_timeout_ms`) become StoreUnavailable; the
+pool replaces broken connections, so the store works again once the server is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from storage.api import (
+    DUPLICATE, STORED, AuditEntry, Command, CommandState, Device, Outcome, OutboxItem,
+    OutboxStatus, Presence, Punch, PunchIn, PunchOutcome, RejectedPunch, check_device_fields,
+    wall_clock_ms,
+)
+from storage.backend import (
+    COMMAND_COLUMNS, DEVICE_COLUMNS, PUNCH_COLUMNS, REJECTED_COLUMNS, BackendStore, new_secret,
+)
+from storage.blobs import BlobStore
+from storage.config import StoreConfig
+from storage.errors import DeviceExists, StoreClosed, StoreUnavailable, UnknownDevice
+from storage.migrations import POSTGRES_LEDGER, Migration, load_migrations, plan
+
+# Any number works as long as every lmg uses the same one: "LMG" "mig" in ASCII.
+_MIGRATION_LOCK = 0x4C4D47_6D6967
+
+# SQLSTATE classes meaning "the database cannot do it now", not "the request is wrong":
+# 08 connection, 40 rollback (serialization, deadlock), 53 insufficient resources (disk
+# full), 57 operator intervention (shutdown), 58 system error (I/O); 25006 read-only.
+_UNAVAILABLE_CLASSES = ("08", "40", "53", "57", "58")
+
+_STORE_PUNCHES = f"""
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::integer[],
+                         $6::integer[], $7::integer[], $8::bytea[], $9::bigint[])
+        AS t(device_serial, record_no, worker_id, punch_time_ms, direction, verify_mode,
+             temperature_dc, photo_sha256, photo_size)
+), added AS (
+    INSERT INTO punches ({PUNCH_COLUMNS})
+    SELECT device_serial, record_no, worker_id, punch_time_ms, direction, verify_mode,
+           temperature_dc, photo_sha256, photo_size, $10
+    FROM input ORDER BY device_serial, record_no
+    ON CONFLICT (device_serial, record_no) DO NOTHING
+    RETURNING id, device_serial, record_no
+), queued AS (
+    INSERT INTO outbox (punch_id, device_serial, next_attempt_at_ms, created_at_ms)
+    SELECT id, device_serial, $10, $10 FROM added ORDER BY id
+)
+SELECT device_serial, record_no FROM added
+"""
+
+_STORE_REJECTED = f"""
+INSERT INTO rejected_punches ({REJECTED_COLUMNS})
+SELECT *, $11 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::integer[],
+                          $6::integer[], $7::integer[], $8::bytea[], $9::bigint[], $10::integer[])
+ORDER BY 1, 2
+ON CONFLICT (device_serial, record_no) DO NOTHING
+"""
+
+_PUNCH_SELECT = f"SELECT {PUNCH_COLUMNS} FROM punches"
+_OUTBOX_ITEM_COLUMNS = (
+    "o.id, o.attempts, o.next_attempt_at_ms, o.last_error, o.created_at_ms, o.state, "
+    "p.device_serial, p.record_no, p.worker_id, p.punch_time_ms, p.direction, p.verify_mode, "
+    "p.temperature_dc, p.photo_sha256, p.photo_size, p.received_at_ms"
+)
+_CLAIM_CANDIDATES = """
+WITH blocked AS (
+    SELECT device_serial, min(id) AS first_id FROM outbox
+    WHERE state = 'pending' AND next_attempt_at_ms > $1 GROUP BY device_serial)
+SELECT o.id, o.device_serial FROM outbox o LEFT JOIN blocked b ON b.device_serial = o.device_serial
+WHERE o.state = 'pending' AND o.next_attempt_at_ms <= $1 AND (b.first_id IS NULL OR o.id < b.first_id)
+ORDER BY o.id LIMIT $2
+"""
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.exceptions.ConnectionDoesNotExistError)):
+        return True
+    if isinstance(exc, asyncpg.InterfaceError):
+        return "closed" in str(exc) or "connection" in str(exc)
+    if isinstance(exc, asyncpg.PostgresError):
+        state = getattr(exc, "sqlstate", None) or ""
+        return state[:2] in _UNAVAILABLE_CLASSES or state == "25006"
+    return False
+
+
+def _outbox_item(row: Any) -> OutboxItem:
+    return OutboxItem(id=row[0], attempts=row[1], next_attempt_at_ms=row[2], last_error=row[3],
+                      created_at_ms=row[4], dead=row[5] == "dead", punch=Punch(*row[6:]))
+
+
+def _device(row: Any) -> Device:
+    return Device(*row)
+
+
+def _command(row: Any) -> Command:
+    return Command(row[0], row[1], row[2], bytes(row[3]), CommandState(row[4]), *row[5:])
+
+
+def _count(status: str) -> int:
+    """Rows affected, from a command tag such as 'UPDATE 3' or 'INSERT 0 1'."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+class PostgresStore(BackendStore):
+    """The scale-out store. Open with `storage.open_store("postgresql://...")`."""
+
+    dialect = "postgres"
+
+    def __init__(self, location: Any, *, data_dir: str | os.PathLike[str], config: StoreConfig,
+                 clock_ms: Callable[[], int], blobs: BlobStore | None) -> None:
+        super().__init__(data_dir=data_dir, config=config, clock_ms=clock_ms, blobs=blobs,
+                         batches_in_flight=config.group_commit_batches_in_flight_postgres)
+        self.location = location
+        self.url = location.display
+        self.schema = location.pg_schema
+        self._pool: asyncpg.Pool | None = None
+
+    @classmethod
+    async def open(cls, location: Any, *, data_dir: str | os.PathLike[str],
+                   config: StoreConfig | None = None, migrations: tuple[Migration, ...] | None = None,
+                   clock_ms: Callable[[], int] = wall_clock_ms,
+                   blobs: BlobStore | None = None) -> PostgresStore:
+        """Connect, create the schema if missing, migrate, start the pool.
+
+        Raises StoreUnavailable (server unreachable), SchemaTooNew.
+        """
+        config = config or StoreConfig()
+        store = cls(location, data_dir=Path(data_dir), config=config, clock_ms=clock_ms, blobs=blobs)
+        try:
+            await store._migrate(migrations or load_migrations("postgres"))
+            settings = {"search_path": f'"{store.schema}"'} if store.schema else {}
+            store._pool = await asyncpg.create_pool(
+                location.pg_dsn, min_size=1, max_size=config.pg_pool_max,
+                command_timeout=config.pg_command_timeout_ms / 1000,
+                timeout=config.pg_connect_timeout_ms / 1000, server_settings=settings)
+        except BaseException as exc:
+            await store.close()
+            if _is_unavailable(exc):
+                raise store._unavailable(exc, opening=True) from exc
+            raise
+        return store
+
+    def _unavailable(self, exc: BaseException, opening: bool = False) -> StoreUnavailable:
+        what = f"{type(exc).__name__}: {exc}".strip()
+        if opening:
+            return StoreUnavailable(
+                f"cannot open the PostgreSQL store {self.url}: {what}; check that the server "
+                f"runs and accepts this user (pg_ctlcluster <version> main start), or fix --store"
+            )
+        return StoreUnavailable(
+            f"PostgreSQL store {self.url}: {what}; nothing of this call was stored; "
+            f"devices will resend and the store reconnects by itself"
+        )
+
+    async def _migrate(self, migrations: tuple[Migration, ...]) -> None:
+        conn = await asyncpg.connect(self.location.pg_dsn,
+                                     timeout=self.config.pg_connect_timeout_ms / 1000)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                if self.schema:
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                    await conn.execute(f'SET LOCAL search_path TO "{self.schema}"')
+                await conn.execute(POSTGRES_LEDGER)
+                current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
+                for migration in plan(current, migrations, self.url):
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES ($1, $2, $3)",
+                        migration.version, migration.name, self.clock_ms())
+        finally:
+            await conn.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._close_group()
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), self.config.pg_command_timeout_ms / 1000)
+            except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                self._pool.terminate()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; faults come out as StoreUnavailable."""
+        if self._closed or self._pool is None:
+            raise StoreClosed("the store is closed")
+        try:
+            async with self._pool.acquire(timeout=self.config.pg_connect_timeout_ms / 1000) as conn:
+                yield conn
+        except (StoreUnavailable, StoreClosed):
+            raise
+        except Exception as exc:
+            if _is_unavailable(exc):
+                raise self._unavailable(exc) from exc
+            raise
+
+    async def _fetch(self, sql: str, *args: Any) -> list:
+        async with self._connection() as conn:
+            return await conn.fetch(sql, *args)
+
+    async def _execute(self, sql: str, *args: Any) -> str:
+        async with self._connection() as conn:
+            return await conn.execute(sql, *args)
+
+    async def schema_version(self) -> int:
+        rows = await self._fetch("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        return rows[0][0]
+
+    # punches ------------------------------------------------------------------------
+    async def _commit_punches(self, records: list[PunchIn]) -> list[PunchOutcome]:
+        now = self.clock_ms()
+        columns: list[list] = [[] for _ in range(9)]
+        rejected: list[list] = [[] for _ in range(10)]
+        first_seen: dict[tuple[str, int], int] = {}
+        outcomes: list[PunchOutcome | None] = []
+        for index, r in enumerate(records):
+            if r.reject_reason is not None:
+                outcomes.append(PunchOutcome(Outcome.REJECTED, r.reject_reason))
+                for column, value in zip(rejected, (r.device_serial, r.record_no, r.worker_id,
+                                                    r.punch_time_ms, r.direction, r.verify_mode,
+                                                    r.temperature_dc, r.photo_sha256, r.photo_size,
+                                                    r.reject_reason)):
+                    column.append(value)
+                continue
+            key = (r.device_serial, r.record_no)
+            if key in first_seen:
+                outcomes.append(DUPLICATE)
+                continue
+            first_seen[key] = index
+            outcomes.append(None)  # decided by what the INSERT returns
+            for column, value in zip(columns, (r.device_serial, r.record_no, r.worker_id,
+                                               r.punch_time_ms, r.direction, r.verify_mode,
+                                               r.temperature_dc, r.photo_sha256, r.photo_size)):
+                column.append(value)
+        async with self._connection() as conn:
+            async with conn.transaction():
+                added: set = set()
+                if first_seen:
+                    added = {(row[0], row[1]) for row in await conn.fetch(_STORE_PUNCHES, *columns, now)}
+                if rejected[0]:
+                    await conn.execute(_STORE_REJECTED, *rejected, now)
+        for key, index in first_seen.items():
+            outcomes[index] = STORED if key in added else DUPLICATE
+        return outcomes  # type: ignore[return-value]
+
+    async def count_punches(self, device_serial: str | None = None) -> int:
+        if device_serial is None:
+            rows = await self._fetch("SELECT count(*) FROM punches")
+        else:
+            rows = await self._fetch("SELECT count(*) FROM punches WHERE device_serial = $1", device_serial)
+        return rows[0][0]
+
+    async def get_punch(self, device_serial: str, record_no: int) -> Punch | None:
+        rows = await self._fetch(f"{_PUNCH_SELECT} WHERE device_serial = $1 AND record_no = $2",
+                                 device_serial, record_no)
+        return Punch(*rows[0]) if rows else None
+
+    async def iter_punches(self, device_serial: str | None = None) -> AsyncIterator[Punch]:
+        page = 1000  # rows per round trip
+        after: tuple[str, int] = ("", -1)
+        while True:
+            if device_serial is None:
+                rows = await self._fetch(
+                    f"{_PUNCH_SELECT} WHERE (device_serial, record_no) > ($1, $2) "
+                    f"ORDER BY device_serial, record_no LIMIT {page}", *after)
+            else:
+                rows = await self._fetch(
+                    f"{_PUNCH_SELECT} WHERE device_serial = $1 AND record_no > $2 "
+                    f"ORDER BY record_no LIMIT {page}", device_serial, after[1])
+            for row in rows:
+                yield Punch(*row)
+            if len(rows) < page:
+                return
+            after = (rows[-1][0], rows[-1][1])
+
+    async def list_rejected_punches(self, *, limit: int = 100) -> list[RejectedPunch]:
+        rows = await self._fetch(
+            f"SELECT {REJECTED_COLUMNS} FROM rejected_punches ORDER BY id DESC LIMIT $1", limit)
+        return [RejectedPunch(*row) for row in rows]
+
+    # devices ------------------------------------------------------------------------
+    async def add_device(self, serial: str, *, project_code: str, region_code: str,
+                         secret: bytes | None = None, firmware: str = "") -> Device:
+        check_device_fields(serial, project_code, region_code)
+        device = Device(serial, new_secret(secret), project_code, region_code, True, None, False,
+                        firmware, 0, self.clock_ms())
+        status = await self._execute(
+            f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES ($1,$2,$3,$4,true,NULL,false,$5,0,$6) "
+            f"ON CONFLICT (serial) DO NOTHING",
+            device.serial, device.secret, project_code, region_code, firmware, device.created_at_ms)
+        if _count(status) == 0:
+            raise DeviceExists(serial)
+        return device
+
+    async def get_device(self, serial: str) -> Device | None:
+        rows = await self._fetch(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE serial = $1", serial)
+        return _device(rows[0]) if rows else None
+
+    async def list_devices(self, *, after_serial: str = "", limit: int = 1000) -> list[Device]:
+        rows = await self._fetch(
+            f"SELECT {DEVICE_COLUMNS} FROM devices WHERE serial > $1 ORDER BY serial LIMIT $2",
+            after_serial, limit)
+        return [_device(row) for row in rows]
+
+    async def set_device_enabled(self, serial: str, enabled: bool) -> None:
+        status = await self._execute("UPDATE devices SET enabled = $1 WHERE serial = $2", enabled, serial)
+        if _count(status) == 0:
+            raise UnknownDevice(serial)
+
+    async def rotate_device_secret(self, serial: str, secret: bytes | None = None) -> bytes:
+        secret = new_secret(secret)
+        status = await self._execute("UPDATE devices SET secret = $1 WHERE serial = $2", secret, serial)
+        if _count(status) == 0:
+            raise UnknownDevice(serial)
+        return secret
+
+    async def update_presence(self, updates: Sequence[Presence]) -> int:
+        latest = {u.serial: u for u in updates}  # one row per device: the last heartbeat wins
+        if not latest:
+            return 0
+        values = list(latest.values())
+        status = await self._execute(
+            "UPDATE devices d SET last_seen_ms = u.last_seen_ms, online = u.online, "
+            "firmware = coalesce(u.firmware, d.firmware), "
+            "roster_version = coalesce(u.roster_version, d.roster_version) "
+            "FROM unnest($1::text[], $2::bigint[], $3::boolean[], $4::text[], $5::bigint[]) "
+            "AS u(serial, last_seen_ms, online, firmware, roster_version) WHERE d.serial = u.serial",
+            [u.serial for u in values], [u.last_seen_ms for u in values], [u.online for u in values],
+            [u.firmware for u in values], [u.roster_version for u in values])
+        return _count(status)
+
+    # photos -------------------------------------------------------------------------
+    async def _photo_size(self, sha256: bytes) -> int | None:
+        rows = await self._fetch("SELECT size FROM photos WHERE sha256 = $1", sha256)
+        return rows[0][0] if rows else None
+
+    async def _record_photo(self, sha256: bytes, size: int) -> None:
+        await self._execute(
+            "INSERT INTO photos (sha256, size, stored_at_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            sha256, size, self.clock_ms())
+
+    async def _punch_photo_sha(self, device_serial: str, record_no: int) -> bytes | None:
+        rows = await self._fetch(
+            "SELECT p.photo_sha256 FROM punches p JOIN photos ph ON ph.sha256 = p.photo_sha256 "
+            "WHERE p.device_serial = $1 AND p.record_no = $2", device_serial, record_no)
+        return bytes(rows[0][0]) if rows else None
+
+    # outbox -------------------------------------------------------------------------
+    async def claim_outbox(self, limit: int, now_ms: int, lease_ms: int) -> list[OutboxItem]:
+        if limit <= 0:
+            return []
+        async with self._connection() as conn:
+            async with conn.transaction():
+                candidates = await conn.fetch(_CLAIM_CANDIDATES, now_ms, limit)
+                if not candidates:
+                    return []
+                # Locked by another claimer right now: skipped. The condition is checked
+                # again on the newest row version, so rows another claimer leased and
+                # committed since the candidate query are not due any more and drop out.
+                locked = {row[0] for row in await conn.fetch(
+                    "SELECT id FROM outbox WHERE id = ANY($1::bigint[]) AND state = 'pending' "
+                    "AND next_attempt_at_ms <= $2 FOR UPDATE SKIP LOCKED",
+                    [row[0] for row in candidates], now_ms)}
+                keep: list[int] = []
+                cut: set[str] = set()  # devices whose run of items another claimer broke
+                for item_id, device in candidates:
+                    if device in cut:
+                        continue
+                    if item_id in locked:
+                        keep.append(item_id)
+                    else:
+                        cut.add(device)
+                if not keep:
+                    return []
+                rows = await conn.fetch(
+                    f"UPDATE outbox o SET attempts = o.attempts + 1, next_attempt_at_ms = $2 "
+                    f"FROM punches p WHERE o.id = ANY($1::bigint[]) AND p.id = o.punch_id "
+                    f"RETURNING {_OUTBOX_ITEM_COLUMNS}", keep, now_ms + lease_ms)
+        items = [_outbox_item(row) for row in rows]
+        items.sort(key=lambda item: item.id)
+        return items
+
+    async def ack_outbox(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        return _count(await self._execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])",
+                                          [int(i) for i in ids]))
+
+    async def fail_outbox(self, ids: int | Sequence[int], error: str, next_attempt_at_ms: int) -> int:
+        ids = [ids] if isinstance(ids, int) else [int(i) for i in ids]
+        return _count(await self._execute(
+            "UPDATE outbox SET last_error = $2, next_attempt_at_ms = $3 "
+            "WHERE id = ANY($1::bigint[]) AND state = 'pending'", ids, error, next_attempt_at_ms))
+
+    async def dead_letter(self, ids: Sequence[int], reason: str) -> int:
+        return _count(await self._execute(
+            "UPDATE outbox SET state = 'dead', last_error = $2 "
+            "WHERE id = ANY($1::bigint[]) AND state = 'pending'", [int(i) for i in ids], reason))
+
+    async def list_dead_letters(self, *, limit: int = 100) -> list[OutboxItem]:
+        rows = await self._fetch(
+            f"SELECT {_OUTBOX_ITEM_COLUMNS} FROM outbox o JOIN punches p ON p.id = o.punch_id "
+            f"WHERE o.state = 'dead' ORDER BY o.id LIMIT $1", limit)
+        return [_outbox_item(row) for row in rows]
+
+    async def retry_dead_letters(self, ids: Sequence[int] | None = None) -> int:
+        now = self.clock_ms()
+        if ids is None:
+            return _count(await self._execute(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = $1 "
+                "WHERE state = 'dead'", now))
+        return _count(await self._execute(
+            "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = $1 "
+            "WHERE id = ANY($2::bigint[]) AND state = 'dead'", now, [int(i) for i in ids]))
+
+    async def outbox_status(self, now_ms: int) -> OutboxStatus:
+        rows = await self._fetch(
+            "SELECT count(*) FILTER (WHERE state = 'pending'), "
+            "min(created_at_ms) FILTER (WHERE state = 'pending'), "
+            "count(*) FILTER (WHERE state = 'dead') FROM outbox")
+        pending, oldest, dead = rows[0]
+        age = max(0.0, (now_ms - oldest) / 1000.0) if oldest is not None else 0.0
+        return OutboxStatus(pending=pending, oldest_age_s=age, dead_letters=dead)
+
+    # downlink commands ---------------------------------------------------------------
+    async def enqueue_command(self, serial: str, command_type: int, payload: bytes, *,
+                              expires_at_ms: int | None = None) -> int:
+        rows = await self._fetch(
+            "INSERT INTO commands (device_serial, command_type, payload, created_at_ms, expires_at_ms) "
+            "VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            serial, command_type, bytes(payload), self.clock_ms(), expires_at_ms)
+        return rows[0][0]
+
+    async def pending_commands(self, serial: str, limit: int = 16) -> list[Command]:
+        rows = await self._fetch(
+            f"SELECT {COMMAND_COLUMNS} FROM commands WHERE device_serial = $1 "
+            f"AND state IN ('queued', 'sent') ORDER BY id LIMIT $2", serial, limit)
+        return [_command(row) for row in rows]
+
+    async def get_command(self, command_id: int) -> Command | None:
+        rows = await self._fetch(f"SELECT {COMMAND_COLUMNS} FROM commands WHERE id = $1", command_id)
+        return _command(rows[0]) if rows else None
+
+    async def mark_command_sent(self, command_id: int, seq: int) -> bool:
+        return _count(await self._execute(
+            "UPDATE commands SET state = 'sent', seq = $2, sent_at_ms = $3 "
+            "WHERE id = $1 AND state IN ('queued', 'sent')", command_id, seq, self.clock_ms())) > 0
+
+    async def complete_command(self, command_id: int, result_code: int) -> bool:
+        return _count(await self._execute(
+            "UPDATE commands SET state = 'done', result_code = $2, completed_at_ms = $3 "
+            "WHERE id = $1 AND state IN ('queued', 'sent')", command_id, result_code,
+            self.clock_ms())) > 0
+
+    async def cancel_command(self, command_id: int) -> bool:
+        return _count(await self._execute(
+            "UPDATE commands SET state = 'cancelled', completed_at_ms = $2 "
+            "WHERE id = $1 AND state IN ('queued', 'sent')", command_id, self.clock_ms())) > 0
+
+    async def expire_commands(self, now_ms: int) -> int:
+        return _count(await self._execute(
+            "UPDATE commands SET state = 'expired', completed_at_ms = $1 "
+            "WHERE state IN ('queued', 'sent') AND expires_at_ms <= $1", now_ms))
+
+    # audit --------------------------------------------------------------------------
+    async def audit(self, event: str, subject: str, detail: dict[str, Any] | None = None,
+                    address: str | None = None) -> int:
+        rows = await self._fetch(
+            "INSERT INTO audit_log (at_ms, event, subject, detail, address) "
+            "VALUES ($1, $2, $3, $4::jsonb, $5) RETURNING id",
+            self.clock_ms(), event, subject, orjson.dumps(detail or {}).decode(), address)
+        return rows[0][0]
+
+    async def list_audit(self, *, limit: int = 100, event: str | None = None) -> list[AuditEntry]:
+        if event is None:
+            rows = await self._fetch(
+                "SELECT id, at_ms, event, subject, detail::text, address FROM audit_log "
+                "ORDER BY id DESC LIMIT $1", limit)
+        else:
+            rows = await self._fetch(
+                "SELECT id, at_ms, event, subject, detail::text, address FROM audit_log "
+                "WHERE event = $1 ORDER BY id DESC LIMIT $2", event, limit)
+        return [AuditEntry(r[0], r[1], r[2], r[3], orjson.loads(r[4]), r[5]) for r in rows]
