@@ -200,16 +200,17 @@ class PostgresStore(BackendStore):
             return
         self._closed = True
         await self._close_group()
-        if self._pool is not None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
             try:
-                await asyncio.wait_for(self._pool.close(), self.config.pg_command_timeout_ms / 1000)
+                await asyncio.wait_for(pool.close(), self.config.pg_command_timeout_ms / 1000)
             except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                self._pool.terminate()
+                pool.terminate()
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection; faults come out as StoreUnavailable."""
-        if self._closed or self._pool is None:
+        if self._pool is None:  # closing still drains queued punches through the pool
             raise StoreClosed("the store is closed")
         try:
             async with self._pool.acquire(timeout=self.config.pg_connect_timeout_ms / 1000) as conn:
