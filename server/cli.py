@@ -17,6 +17,7 @@ import sys
 COMMAND_GROUPS = (
     "server.serve_cli",
     "storage.cli",
+    "server.device_cli",
     "simulators.cli",
     "bench.cli",
 )

@@ -225,7 +225,7 @@ class TerminalLink(abc.ABC):
         except StoreError as exc:
             log.warning("store failed for %d records from %s: %s", len(records), serial, exc)
             return self.session.store_failed(action)
-        codes = [_OUTCOME_CODES.get(o.status) or ResultCode(o.reject_reason) for o in outcomes]
+        codes = [ResultCode(o.reject_reason) if o.status is Outcome.REJECTED else _OUTCOME_CODES[o.status] for o in outcomes]
         return self.session.punches_stored(action, codes, self.gateway.now_ms())
 
     async def _append_photo(self, action: AppendPhoto) -> list:

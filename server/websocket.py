@@ -32,9 +32,9 @@ class WebSocketLink(TerminalLink):
     def write(self, data: bytes) -> None:
         transport = self.connection.transport
         if not transport.is_closing():
-            self.gateway.spawn(self._send(data))
+            self.gateway.spawn(self._send_frame(data))
 
-    async def _send(self, data: bytes) -> None:
+    async def _send_frame(self, data: bytes) -> None:
         try:
             await self.connection.send(data)
         except ConnectionClosed:

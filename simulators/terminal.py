@@ -1,0 +1,333 @@
+"""A simulated attendance terminal: the client side of docs/protocol.md.
+
+Used by the tests, by `lmg sim terminals`, and by vendors who want to see a conforming
+peer. It behaves as the spec asks of real firmware: HELLO/CHALLENGE/AUTH, heartbeats,
+punches kept until an ACK row answers them, resend of unanswered records (same
+record_no) after a reconnect, a bounded window of frames in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+import time
+from dataclasses import dataclass, field
+
+from protocol import (
+    Auth,
+    AuthResult,
+    Challenge,
+    FrameDecoder,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    MessageType,
+    Nack,
+    PhotoChunk,
+    PhotoQuery,
+    PhotoStatus,
+    ProtocolError,
+    Punch,
+    PunchBatch,
+    PunchRecord,
+    ResultCode,
+    decode_frame,
+    encode,
+)
+from protocol.auth import auth_mac
+from protocol.codes import Capability
+from protocol.identity import check_digit
+
+
+class TerminalError(Exception):
+    """The server refused or dropped the terminal; `code` is the protocol's reason if known."""
+
+    def __init__(self, message: str, code: ResultCode | None = None):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class DeviceCredentials:
+    serial: str
+    secret: bytes
+    project: str = ""
+
+
+def worker_id_for(n: int) -> str:
+    """A valid resident ID number (Lanzhou, born 1985) for simulated worker `n`."""
+    first17 = f"620102198503{n % 100000:05d}"
+    return first17 + check_digit(first17)
+
+
+def make_punch(record_no: int, worker: int, now_ms: int, photo: bytes | None = None) -> PunchRecord:
+    sha = hashlib.sha256(photo).digest() if photo else bytes(32)
+    return PunchRecord(record_no, now_ms, worker_id_for(worker), 1 + record_no % 2, 1, 365, len(photo or b""), sha)
+
+
+class TerminalConnection:
+    """One connection of a simulated terminal; `request` sends a frame and awaits its answer."""
+
+    def __init__(self, credentials: DeviceCredentials, host: str, port: int, *, transport: str = "tcp",
+                 tls: ssl.SSLContext | None = None, firmware: str = "sim-1.0", timeout_s: float = 15.0,
+                 local_addr: str | None = None):
+        self.credentials = credentials
+        self.host, self.port = host, port
+        self.transport = transport
+        self.tls = tls
+        self.firmware = firmware
+        self.timeout_s = timeout_s
+        self.local_addr = local_addr
+        self.seq = 0
+        self.pending: dict[int, asyncio.Future] = {}
+        self.photo_waiters: dict[bytes, asyncio.Future] = {}
+        self.unsolicited: asyncio.Queue = asyncio.Queue()
+        self.auth_result: AuthResult | None = None
+        self.closed_reason: ResultCode | None = None
+        self._reader_task: asyncio.Task | None = None
+        self._writer = None
+        self._ws = None
+
+    # -- wire --------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self.transport == "tcp":
+            local = (self.local_addr, 0) if self.local_addr else None
+            reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port, ssl=self.tls, local_addr=local), self.timeout_s
+            )
+            self._reader_task = asyncio.get_running_loop().create_task(self._read_tcp(reader))
+        elif self.transport == "ws":
+            from websockets.asyncio.client import connect
+
+            scheme = "wss" if self.tls else "ws"
+            self._ws = await asyncio.wait_for(
+                connect(f"{scheme}://{self.host}:{self.port}/terminal", ssl=self.tls, max_size=1 << 20,
+                        ping_interval=None, compression=None),
+                self.timeout_s,
+            )
+            self._reader_task = asyncio.get_running_loop().create_task(self._read_ws())
+        else:
+            raise ValueError(f"transport must be tcp or ws, not {self.transport!r}")
+
+    def send(self, message) -> int:
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
+        frame = encode(message._replace(seq=self.seq))
+        if self._writer is not None:
+            if self._writer.is_closing():
+                raise TerminalError("connection closed", self.closed_reason)
+            self._writer.write(frame)
+        else:
+            asyncio.get_running_loop().create_task(self._ws.send(frame))
+        return self.seq
+
+    async def _read_tcp(self, reader) -> None:
+        decoder = FrameDecoder()
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                for item in decoder.feed(data):
+                    self._dispatch(item)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._fail_all("connection closed")
+
+    async def _read_ws(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            async for message in self._ws:
+                try:
+                    self._dispatch(decode_frame(message))
+                except ProtocolError as exc:
+                    self._dispatch(exc)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._fail_all("connection closed")
+
+    def _dispatch(self, item) -> None:
+        if isinstance(item, ProtocolError):
+            return
+        kind = item.msg_type
+        if kind in (MessageType.ACK, MessageType.NACK):
+            future = self.pending.pop(item.ref_seq, None)
+        elif kind is MessageType.PHOTO_STATUS:
+            future = self.photo_waiters.pop(item.photo_sha256, None)
+        elif kind in (MessageType.CHALLENGE, MessageType.AUTH_RESULT):
+            future = self.pending.pop(-1, None)
+        else:
+            future = None
+        if kind is MessageType.GOODBYE:
+            self.closed_reason = ResultCode(item.reason) if item.reason in ResultCode._value2member_map_ else None
+        if future is not None and not future.done():
+            future.set_result(item)
+        elif future is None:
+            self.unsolicited.put_nowait(item)
+
+    def _fail_all(self, why: str) -> None:
+        for future in list(self.pending.values()) + list(self.photo_waiters.values()):
+            if not future.done():
+                future.set_exception(TerminalError(why, self.closed_reason))
+        self.pending.clear()
+        self.photo_waiters.clear()
+
+    async def _await(self, key, table) -> object:
+        future = asyncio.get_running_loop().create_future()
+        table[key] = future
+        try:
+            return await asyncio.wait_for(future, self.timeout_s)
+        finally:
+            table.pop(key, None)
+
+    async def request(self, message):
+        """Send and wait for the ACK/NACK naming this frame's seq."""
+        future = asyncio.get_running_loop().create_future()
+        seq = (self.seq + 1) & 0xFFFFFFFF
+        self.pending[seq] = future
+        self.send(message)
+        try:
+            return await asyncio.wait_for(future, self.timeout_s)
+        finally:
+            self.pending.pop(seq, None)
+
+    # -- the protocol ------------------------------------------------------------------
+    async def authenticate(self) -> AuthResult:
+        creds = self.credentials
+        hello = Hello(creds.serial, "simulator", "sim", self.firmware, 1, int(Capability.FACE | Capability.PHOTO_UPLOAD))
+        waiter = asyncio.get_running_loop().create_future()
+        self.pending[-1] = waiter
+        self.send(hello)
+        reply = await asyncio.wait_for(waiter, self.timeout_s)
+        if isinstance(reply, AuthResult):  # refused before the challenge
+            raise TerminalError(f"authentication refused: {ResultCode(reply.result).name}", ResultCode(reply.result))
+        assert isinstance(reply, Challenge)
+        waiter = asyncio.get_running_loop().create_future()
+        self.pending[-1] = waiter
+        self.send(Auth(auth_mac(creds.secret, reply.nonce, creds.serial, self.firmware, 1)))
+        result = await asyncio.wait_for(waiter, self.timeout_s)
+        if result.result != ResultCode.OK:
+            raise TerminalError(f"authentication refused: {ResultCode(result.result).name}", ResultCode(result.result))
+        self.auth_result = result
+        return result
+
+    async def heartbeat(self, pending_records: int = 0):
+        return await self.request(Heartbeat(int(time.time() * 1000), pending_records, 0))
+
+    async def upload_photo(self, record_no: int, photo: bytes, chunk_size: int = 32768, resume: bool = True) -> PhotoStatus:
+        sha = hashlib.sha256(photo).digest()
+        offset = 0
+        if resume:
+            waiter = self.photo_waiters.setdefault(sha, asyncio.get_running_loop().create_future())
+            self.send(PhotoQuery(record_no, sha, len(photo)))
+            offset = (await asyncio.wait_for(waiter, self.timeout_s)).next_offset
+        status = None
+        while offset < len(photo):
+            waiter = asyncio.get_running_loop().create_future()
+            self.photo_waiters[sha] = waiter
+            self.send(PhotoChunk(record_no, sha, len(photo), offset, photo[offset : offset + chunk_size]))
+            status = await asyncio.wait_for(waiter, self.timeout_s)
+            if status.result not in (ResultCode.OK, ResultCode.PHOTO_OFFSET_MISMATCH):
+                raise TerminalError(f"photo refused: {ResultCode(status.result).name}", ResultCode(status.result))
+            offset = status.next_offset
+        return status or PhotoStatus(sha, ResultCode.OK, len(photo))
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            try:
+                await self._writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader_task is not None:
+            await asyncio.gather(self._reader_task, return_exceptions=True)
+
+
+@dataclass
+class UploadTally:
+    sent: int = 0  # records put on the wire (resends count again)
+    acked: int = 0  # records answered OK
+    duplicates: int = 0  # records answered DUPLICATE
+    rejected: int = 0  # records answered with a rejection code
+    errors: int = 0  # frames NACKed, timeouts, lost connections
+    reconnects: int = 0
+    rejections: dict = field(default_factory=dict)
+
+    def add(self, other: "UploadTally") -> None:
+        for name in ("sent", "acked", "duplicates", "rejected", "errors", "reconnects"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for code, n in other.rejections.items():
+            self.rejections[code] = self.rejections.get(code, 0) + n
+
+    def as_dict(self) -> dict:
+        return {"sent": self.sent, "acked": self.acked, "duplicates": self.duplicates, "rejected": self.rejected,
+                "errors": self.errors, "reconnects": self.reconnects, "rejections": self.rejections}
+
+
+async def upload_punches(connect, records: list[PunchRecord], *, batch_size: int = 1, window: int = 8,
+                         max_attempts: int = 5, backoff_s: float = 0.2) -> UploadTally:
+    """Deliver `records` until every one is answered, reconnecting as firmware would.
+
+    `connect()` returns an authenticated TerminalConnection. Unanswered records are resent
+    (same record_no) on the next connection, after a back-off with jitter.
+    """
+    import random
+
+    tally = UploadTally()
+    outstanding = list(records)
+    attempt = 0
+    while outstanding and attempt < max_attempts:
+        attempt += 1
+        try:
+            connection = await connect()
+        except (TerminalError, OSError, asyncio.TimeoutError):
+            tally.errors += 1
+            await asyncio.sleep(backoff_s * (2 ** attempt) * random.uniform(0.5, 1.5))
+            continue
+        if attempt > 1:
+            tally.reconnects += 1
+        try:
+            outstanding = await _send_all(connection, outstanding, batch_size, window, tally)
+        finally:
+            await connection.close()
+        if outstanding:
+            await asyncio.sleep(backoff_s * random.uniform(0.5, 1.5))
+    return tally
+
+
+async def _send_all(connection, records, batch_size, window, tally) -> list[PunchRecord]:
+    """Send in a window; return the records still unanswered when the connection ended."""
+    chunks = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
+    answered: set[int] = set()
+    semaphore = asyncio.Semaphore(window)
+
+    async def one(chunk):
+        async with semaphore:
+            message = Punch.of(chunk[0]) if batch_size == 1 else PunchBatch(tuple(chunk))
+            tally.sent += len(chunk)
+            try:
+                reply = await connection.request(message)
+            except (TerminalError, asyncio.TimeoutError, ConnectionError):
+                tally.errors += 1
+                return
+            if isinstance(reply, Nack):
+                tally.errors += 1
+                return
+            for row in reply.results:
+                answered.add(row.record_no)
+                if row.result == ResultCode.OK:
+                    tally.acked += 1
+                elif row.result == ResultCode.DUPLICATE:
+                    tally.duplicates += 1
+                else:
+                    tally.rejected += 1
+                    name = ResultCode(row.result).name if row.result in ResultCode._value2member_map_ else str(row.result)
+                    tally.rejections[name] = tally.rejections.get(name, 0) + 1
+
+    await asyncio.gather(*(one(chunk) for chunk in chunks))
+    return [r for r in records if r.record_no not in answered]
