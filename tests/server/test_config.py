@@ -1,0 +1,63 @@
+"""Configuration: defaults < TOML < LMG_* < flags, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.config import ConfigError, GatewayConfig, load_config
+
+
+def test_defaults_are_documented_values():
+    config = load_config({}, {})
+    assert config == GatewayConfig()
+    assert config.store_url().startswith("sqlite:///") and config.store_url().endswith("lmg-data/lmg.db")
+
+
+def test_precedence_file_then_env_then_flags(tmp_path):
+    path = tmp_path / "lmg.toml"
+    path.write_text('tcp = "127.0.0.1:1"\nheartbeat_interval_s = 10\nws = "127.0.0.1:2"\n')
+    config = load_config({"tcp": "127.0.0.1:3"}, {"LMG_HEARTBEAT_INTERVAL_S": "20"}, str(path))
+    assert (config.tcp, config.heartbeat_interval_s, config.ws) == ("127.0.0.1:3", 20, "127.0.0.1:2")
+
+
+def test_config_file_from_the_environment(tmp_path):
+    path = tmp_path / "lmg.toml"
+    path.write_text("max_batch_records = 100\n")
+    assert load_config({}, {"LMG_CONFIG": str(path)}).max_batch_records == 100
+
+
+@pytest.mark.parametrize(
+    "flags, env, message",
+    [
+        ({"tcp": "nonsense"}, {}, "tcp = 'nonsense': use HOST:PORT"),
+        ({}, {"LMG_HEARTBEAT_INTERVAL_S": "soon"}, "environment variable LMG_HEARTBEAT_INTERVAL_S: expected int"),
+        ({"tls_cert": "a.pem"}, {}, "tls_cert and tls_key go together"),
+        ({"max_batch_records": 5000}, {}, "cannot fit in max_frame_size"),
+        ({"accept_rate": 0}, {}, "accept_rate must be greater than 0"),
+        ({"log_level": "loud"}, {}, "log_level must be"),
+    ],
+)
+def test_bad_values_name_the_key(flags, env, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(flags, env)
+
+
+def test_unknown_key_in_the_file_is_refused(tmp_path):
+    path = tmp_path / "lmg.toml"
+    path.write_text("heartbeat = 5\n")
+    with pytest.raises(ConfigError, match="unknown key 'heartbeat'"):
+        load_config({}, {}, str(path))
+
+
+def test_missing_file_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config({}, {}, str(tmp_path / "nope.toml"))
+
+
+def test_empty_listener_turns_it_off():
+    assert load_config({"ws": ""}, {}).ws == ""
+
+
+def test_session_limits_follow_the_config():
+    limits = load_config({"auth_timeout_s": 2.5, "max_future_skew_s": 60}, {}).session_limits()
+    assert limits.auth_timeout_ms == 2500 and limits.max_future_skew_ms == 60_000
