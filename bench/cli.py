@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 # Each benchmark module exposes NAME, HELP, add_arguments(parser) and run(args) -> int.
-BENCHMARKS = ("bench.codec", "bench.storage")
+BENCHMARKS = ("bench.codec", "bench.storage", "bench.memory")
 
 
 def register(subparsers) -> None:
