@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+from server.cli import optional_modules
 
 # Each benchmark module exposes NAME, HELP, add_arguments(parser) and run(args) -> int.
 BENCHMARKS = ("bench.codec", "bench.storage", "bench.memory")
@@ -12,13 +12,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="run a benchmark (figures are ratios against a same-run baseline)")
     group = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     group.required = True
-    for name in BENCHMARKS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
+    for module in optional_modules(BENCHMARKS):
         sub = group.add_parser(module.NAME, help=module.HELP)
         module.add_arguments(sub)
         sub.set_defaults(handler=module.run)

@@ -27,6 +27,16 @@ class UsageError(Exception):
     """A mistake in how the command was called; the message says how to fix it."""
 
 
+def optional_modules(names):
+    """Import each module named; skip one that does not exist yet, re-raise anything else."""
+    for name in names:
+        try:
+            yield importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmg",
@@ -34,13 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for name in COMMAND_GROUPS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # that group is not written yet
-                continue
-            raise
+    for module in optional_modules(COMMAND_GROUPS):
         module.register(subparsers)
     return parser
 
