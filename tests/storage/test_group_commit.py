@@ -1,0 +1,110 @@
+"""GroupCommit alone, with a fake backend that records every batch it is given."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from storage.errors import StoreClosed, StoreUnavailable
+from storage.group_commit import GroupCommit
+
+
+class FakeBackend:
+    def __init__(self) -> None:
+        self.batches: list[list] = []
+        self.fail_next: list[BaseException] = []
+        self.gate: asyncio.Event | None = None  # when set: commits wait for it
+
+    async def commit(self, records: list) -> list:
+        self.batches.append(list(records))
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        return [f"ok:{r}" for r in records]
+
+
+def make(backend: FakeBackend, **limits) -> GroupCommit:
+    settings = dict(max_records=500, max_delay_ms=5, max_queued_records=10_000, enqueue_wait_ms=200)
+    settings.update(limits)
+    return GroupCommit(backend.commit, **settings)
+
+
+async def test_concurrent_callers_share_one_batch_and_get_their_own_results():
+    backend = FakeBackend()
+    group = make(backend)
+    results = await asyncio.gather(*(group.submit([f"r{n}a", f"r{n}b"]) for n in range(50)))
+    assert results == [[f"ok:r{n}a", f"ok:r{n}b"] for n in range(50)]
+    assert len(backend.batches) == 1 and len(backend.batches[0]) == 100
+    await group.close()
+
+
+async def test_a_full_batch_starts_without_waiting_for_the_window():
+    backend = FakeBackend()
+    group = make(backend, max_records=10, max_delay_ms=60_000)  # a window no test would sit out
+    calls = [asyncio.ensure_future(group.submit([n])) for n in range(25)]
+    # wait_for only keeps a broken implementation from hanging the suite for 60 s
+    full = await asyncio.wait_for(asyncio.gather(*calls[:20]), 10)
+    assert [r[0] for r in full] == [f"ok:{n}" for n in range(20)]
+    assert [len(b) for b in backend.batches] == [10, 10]
+    assert not any(call.done() for call in calls[20:])  # 5 records: still in their window
+    await group.close()  # which commits them at once
+    assert [(await call)[0] for call in calls[20:]] == [f"ok:{n}" for n in range(20, 25)]
+
+
+async def test_while_one_batch_commits_the_next_one_fills():
+    backend = FakeBackend()
+    backend.gate = asyncio.Event()
+    group = make(backend, max_delay_ms=0)
+    first = asyncio.ensure_future(group.submit(["a"]))
+    await asyncio.sleep(0.01)
+    later = [asyncio.ensure_future(group.submit([n])) for n in range(30)]
+    await asyncio.sleep(0.01)
+    assert backend.batches == [["a"]]  # one in flight; the others wait together
+    backend.gate.set()
+    await asyncio.gather(first, *later)
+    assert backend.batches[1] == list(range(30))
+    await group.close()
+
+
+async def test_a_failed_batch_fails_exactly_its_callers_and_the_next_one_works():
+    backend = FakeBackend()
+    backend.fail_next.append(StoreUnavailable("disk full"))
+    group = make(backend)
+    outcomes = await asyncio.gather(group.submit([1]), group.submit([2]), return_exceptions=True)
+    assert all(isinstance(o, StoreUnavailable) for o in outcomes)
+    assert await group.submit([3]) == ["ok:3"]
+    await group.close()
+
+
+async def test_a_caller_cancelled_before_its_batch_is_not_written():
+    backend = FakeBackend()
+    group = make(backend, max_delay_ms=50)
+    doomed = asyncio.ensure_future(group.submit(["doomed"]))
+    kept = asyncio.ensure_future(group.submit(["kept"]))
+    await asyncio.sleep(0)
+    doomed.cancel()
+    assert await kept == ["ok:kept"]
+    assert backend.batches == [["kept"]]
+    await group.close()
+
+
+async def test_queue_bound_turns_into_store_unavailable_not_unbounded_memory():
+    backend = FakeBackend()
+    backend.gate = asyncio.Event()
+    group = make(backend, max_records=5, max_delay_ms=0, max_queued_records=10, enqueue_wait_ms=50)
+    in_flight = [asyncio.ensure_future(group.submit([n])) for n in range(11)]  # 1 committing, 10 queued
+    await asyncio.sleep(0.01)
+    with pytest.raises(StoreUnavailable, match="max_queued_records"):
+        await group.submit(["one too many"])
+    backend.gate.set()
+    await asyncio.gather(*in_flight)
+    await group.close()
+
+
+async def test_submit_after_close_is_refused():
+    group = make(FakeBackend())
+    await group.close()
+    with pytest.raises(StoreClosed):
+        await group.submit([1])

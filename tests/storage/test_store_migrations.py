@@ -1,0 +1,71 @@
+"""Migrations: an older database upgrades in place; a newer one is refused untouched."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import asyncpg
+import pytest
+
+from storage import SchemaTooNew, StoreConfig, open_store
+from storage.migrations import load_migrations
+from storage.postgres import PostgresStore
+from storage.sqlite import SqliteStore
+from storage.url import parse_store_url
+from conftest import PG_DSN
+
+from test_store_contract import punch
+
+
+async def _open_with(backend, migrations):
+    if backend.name == "sqlite":
+        return await SqliteStore.open(parse_store_url(backend.url).sqlite_path,
+                                      data_dir=backend.data_dir, migrations=migrations)
+    return await PostgresStore.open(parse_store_url(backend.url), data_dir=backend.data_dir,
+                                    migrations=migrations)
+
+
+async def test_version_1_database_upgrades_in_place_and_keeps_its_data(backend):
+    dialect = "sqlite" if backend.name == "sqlite" else "postgres"
+    full = load_migrations(dialect)
+    assert len(full) >= 2
+    old = await _open_with(backend, full[:1])
+    assert await old.schema_version() == 1
+    await old.store_punches([punch(record_no=n) for n in range(5)])
+    await old.add_device("LMG0001", project_code="P", region_code="620102")
+    await old.close()
+
+    new = await backend.open()  # the full set: upgrades 1 -> N at open
+    backend.opened.append(new)
+    assert await new.schema_version() == full[-1].version
+    assert await new.count_punches() == 5
+    assert (await new.get_device("LMG0001")).region_code == "620102"
+    assert await new.enqueue_command("LMG0001", 1, b"") > 0  # a table from migration 2
+
+
+async def test_database_newer_than_the_code_is_refused(backend):
+    store = await backend.open()
+    await store.store_punches([punch()])
+    await store.close()
+    known = load_migrations("sqlite")[-1].version
+    if backend.name == "sqlite":
+        conn = sqlite3.connect(parse_store_url(backend.url).sqlite_path)
+        conn.execute("INSERT INTO schema_migrations VALUES (?, 'from_the_future', 0)", (known + 4,))
+        conn.commit()
+        conn.close()
+    else:
+        schema = backend.url.rsplit("schema=", 1)[1]
+        conn = await asyncpg.connect(PG_DSN)
+        await conn.execute(f'INSERT INTO "{schema}".schema_migrations VALUES ($1, $2, 0)',
+                           known + 4, "from_the_future")
+        await conn.close()
+    with pytest.raises(SchemaTooNew) as refused:
+        await backend.open()
+    message = str(refused.value)
+    assert f"version {known + 4} but this lmg knows up to {known}" in message
+    assert "upgrade lmg or point --store at another database" in message
+
+
+def test_both_dialects_have_the_same_versions():
+    assert [(m.version, m.name) for m in load_migrations("sqlite")] == [
+        (m.version, m.name) for m in load_migrations("postgres")]

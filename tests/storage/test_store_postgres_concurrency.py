@@ -1,0 +1,66 @@
+"""Several gateway nodes on one PostgreSQL database: two stores, one schema."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from storage import Outcome, open_store
+from test_store_contract import punch
+
+pytestmark = pytest.mark.postgres
+
+T0 = 1_700_000_000_000
+
+
+async def test_two_nodes_storing_the_same_records_store_each_once(pg_urls, tmp_path):
+    url = pg_urls()
+    a = await open_store(url, data_dir=tmp_path)
+    b = await open_store(url, data_dir=tmp_path)
+    try:
+        records = [punch(f"DEV{n % 7}", n) for n in range(400)]
+        results = await asyncio.gather(*(
+            node.store_punches(records[k::5]) for node in (a, b, a, b) for k in range(5)))
+        stored = sum(o.status is Outcome.STORED for outs in results for o in outs)
+        assert stored == 400
+        assert all(o.acknowledged for outs in results for o in outs)
+        assert await a.count_punches() == 400
+        assert (await b.outbox_status(T0)).pending == 400
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_forwarders_on_two_nodes_never_claim_the_same_item(pg_urls, tmp_path):
+    url = pg_urls()
+    a = await open_store(url, data_dir=tmp_path)
+    b = await open_store(url, data_dir=tmp_path)
+    try:
+        await a.store_punches([punch(f"DEV{n % 40}", n) for n in range(2000)])
+        now = T0 * 2
+        claimed: dict[str, list[int]] = {"a": [], "b": []}
+        order: dict[str, list[int]] = {}
+
+        async def forwarder(name, store):
+            while True:
+                items = await store.claim_outbox(37, now, lease_ms=600_000)
+                if not items:
+                    if (await store.outbox_status(now)).pending == 0:
+                        return
+                    await asyncio.sleep(0.005)
+                    continue
+                claimed[name].extend(item.id for item in items)
+                for item in items:
+                    order.setdefault(item.punch.device_serial, []).append(item.punch.record_no)
+                await store.ack_outbox([item.id for item in items])
+
+        await asyncio.wait_for(asyncio.gather(forwarder("a", a), forwarder("b", b)), 60)
+        assert not set(claimed["a"]) & set(claimed["b"])
+        assert len(claimed["a"]) + len(claimed["b"]) == 2000
+        assert claimed["a"] and claimed["b"]  # both really took part
+        for device, record_nos in order.items():
+            assert record_nos == sorted(record_nos), f"{device} forwarded out of order"
+    finally:
+        await a.close()
+        await b.close()
