@@ -1,0 +1,344 @@
+"""Fixtures for the loopback socket tests: a real gateway, real sockets, real SQLite.
+
+- `start_gateway(**overrides)` starts an in-process `Gateway` on ephemeral loopback ports
+  (TCP, WebSocket, admin) over a fresh SQLite store with one device provisioned, and
+  returns a `RunningGateway` (ports, credentials, the store). `wrap=` puts a fault-
+  injecting proxy between the gateway and the store. Everything is shut down afterwards.
+- `RawClient` is a terminal at the byte level: it sends any bytes (garbage, oversize
+  headers, unknown types) and reads back decoded frames, so a test sees exactly what the
+  server answered and when it closed.
+- `server_process(data_dir, ...)` runs `lmg serve` as a subprocess (for signals and
+  crashes) and waits for its --ready-file.
+
+Every wait is bounded (`WAIT_S`); a test that hangs fails with the reason instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from protocol import Auth, AuthResult, Challenge, FrameDecoder, Hello, ResultCode, encode
+from protocol.auth import auth_mac
+from protocol.codes import Capability
+from server.config import GatewayConfig
+from server.gateway import Gateway
+from simulators.terminal import DeviceCredentials, TerminalConnection
+from storage import Store, open_store
+
+REPO = Path(__file__).resolve().parents[2]
+LMG = str(Path(sys.executable).with_name("lmg"))
+WAIT_S = 10.0  # bound on any single wait for an answer or a close; generous for a loaded 2-core box
+HOST = "127.0.0.1"
+PROJECT = "P-TEST-01"
+FIRMWARE = "test-1.0"
+
+BASE_CONFIG = dict(
+    tcp=f"{HOST}:0",
+    ws=f"{HOST}:0",
+    admin=f"{HOST}:0",
+    shutdown_grace_s=3.0,
+    presence_flush_s=0.5,
+)
+
+
+# --- a terminal at the byte level ----------------------------------------------------------
+
+
+class RawClient:
+    """One TCP (optionally TLS) connection that sends raw bytes and reads decoded frames."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+        self.decoder = FrameDecoder()
+        self.items: list = []
+        self.eof = False
+        self.seq = 0
+
+    @classmethod
+    async def connect(cls, host: str, port: int, *, sock: socket.socket | None = None, ssl=None,
+                      local_addr: str | None = None) -> "RawClient":
+        if sock is not None:
+            await asyncio.get_running_loop().sock_connect(sock, (host, port))
+            opened = asyncio.open_connection(sock=sock, ssl=ssl)
+        else:
+            opened = asyncio.open_connection(host, port, ssl=ssl, local_addr=(local_addr, 0) if local_addr else None)
+        reader, writer = await asyncio.wait_for(opened, WAIT_S)
+        return cls(reader, writer)
+
+    def send(self, message) -> int:
+        """Send `message` with the next seq; returns that seq."""
+        self.seq += 1
+        self.writer.write(encode(message._replace(seq=self.seq)))
+        return self.seq
+
+    def send_bytes(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def _read_more(self, timeout: float) -> None:
+        try:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+        except asyncio.TimeoutError:  # a subclass of OSError: not a close
+            raise
+        except (ConnectionError, OSError):
+            data = b""
+        if not data:
+            self.eof = True
+            return
+        self.items.extend(self.decoder.feed(data))
+
+    async def receive(self, timeout: float = WAIT_S):
+        """The next frame from the server; None once the server closed the connection."""
+        while not self.items:
+            if self.eof:
+                return None
+            try:
+                await self._read_more(timeout)
+            except asyncio.TimeoutError:
+                raise AssertionError(f"no frame from the server within {timeout} s") from None
+        return self.items.pop(0)
+
+    async def expect(self, kind, timeout: float = WAIT_S):
+        """The next frame, which must be of class `kind`."""
+        item = await self.receive(timeout)
+        assert isinstance(item, kind), f"expected {kind.__name__}, got {item!r}"
+        return item
+
+    async def nothing_within(self, seconds: float) -> None:
+        """Assert the server sends nothing (and does not close) for `seconds`."""
+        if not self.items and not self.eof:
+            try:
+                await self._read_more(seconds)
+            except asyncio.TimeoutError:
+                return
+        raise AssertionError(f"expected silence, got {self.items!r} (eof={self.eof})")
+
+    async def closed_after(self, timeout: float = WAIT_S) -> list:
+        """Wait for the server to close; return the frames it sent first."""
+        received = []
+        while True:
+            item = await self.receive(timeout)
+            if item is None:
+                return received
+            received.append(item)
+
+    async def authenticate(self, credentials: DeviceCredentials, firmware: str = FIRMWARE) -> AuthResult:
+        """HELLO, CHALLENGE, AUTH; returns the AUTH_RESULT (refusals included, not raised)."""
+        self.send(Hello(credentials.serial, "test", "raw", firmware, 1, int(Capability.FACE)))
+        reply = await self.receive()
+        if isinstance(reply, AuthResult):
+            return reply
+        assert isinstance(reply, Challenge), f"expected CHALLENGE, got {reply!r}"
+        self.send(Auth(auth_mac(credentials.secret, reply.nonce, credentials.serial, firmware, 1)))
+        return await self.expect(AuthResult)
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), WAIT_S)
+        except (ConnectionError, OSError, asyncio.TimeoutError):
+            pass
+
+
+async def wait_for(predicate, timeout: float = WAIT_S, what: str = "condition", interval: float = 0.05):
+    """Poll an (async or plain) predicate until true; fail naming `what` after `timeout`."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > end:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+# --- an in-process gateway ---------------------------------------------------------------------
+
+
+@dataclass
+class RunningGateway:
+    gateway: Gateway
+    store: Store  # the real store (under any wrapper the gateway was given)
+    config: GatewayConfig
+    device: DeviceCredentials
+    host: str = HOST
+    clients: list = field(default_factory=list)
+
+    @property
+    def tcp_port(self) -> int:
+        return self.gateway.listening["tcp"][1]
+
+    @property
+    def ws_port(self) -> int:
+        return self.gateway.listening["ws"][1]
+
+    @property
+    def admin_port(self) -> int:
+        return self.gateway.listening["admin"][1]
+
+    async def add_device(self, serial: str) -> DeviceCredentials:
+        device = await self.store.add_device(serial, project_code=PROJECT, region_code="620100")
+        return DeviceCredentials(device.serial, device.secret, PROJECT)
+
+    async def raw(self, **kw) -> RawClient:
+        client = await RawClient.connect(self.host, self.tcp_port, **kw)
+        self.clients.append(client)
+        return client
+
+    async def raw_authenticated(self, credentials: DeviceCredentials | None = None, **kw) -> RawClient:
+        client = await self.raw(**kw)
+        result = await client.authenticate(credentials or self.device)
+        assert result.result == ResultCode.OK, ResultCode(result.result).name
+        return client
+
+    async def terminal(self, credentials: DeviceCredentials | None = None, *, transport: str = "tcp",
+                       authenticate: bool = True, **kw) -> TerminalConnection:
+        port = self.tcp_port if transport == "tcp" else self.ws_port
+        connection = TerminalConnection(credentials or self.device, self.host, port, transport=transport,
+                                        timeout_s=WAIT_S, **kw)
+        self.clients.append(connection)
+        await connection.open()
+        if authenticate:
+            await connection.authenticate()
+        return connection
+
+    async def stop(self) -> None:
+        for client in self.clients:
+            try:
+                await asyncio.wait_for(client.close(), WAIT_S)
+            except Exception:  # noqa: BLE001 - teardown goes on
+                pass
+        await self.gateway.shutdown()
+        await self.store.close()
+
+
+@pytest.fixture
+async def start_gateway(tmp_path):
+    """Factory: `await start_gateway(wrap=None, **config_overrides)` -> RunningGateway."""
+    running: list[RunningGateway] = []
+
+    async def start(*, wrap=None, **overrides) -> RunningGateway:
+        data_dir = tmp_path / f"gateway{len(running)}"
+        config = GatewayConfig(**{**BASE_CONFIG, "data_dir": str(data_dir), **overrides})
+        data_dir.mkdir()
+        store = await open_store(config.store_url(), data_dir=config.data_dir)
+        device = await store.add_device("GS-TEST-000001", project_code=PROJECT, region_code="620100")
+        gateway = Gateway(config, wrap(store) if wrap else store)
+        await gateway.start()
+        gw = RunningGateway(gateway, store, config, DeviceCredentials(device.serial, device.secret, PROJECT))
+        running.append(gw)
+        return gw
+
+    yield start
+    for gw in running:
+        await gw.stop()
+
+
+@pytest.fixture
+async def gw(start_gateway) -> RunningGateway:
+    """A gateway with the default test configuration."""
+    return await start_gateway()
+
+
+class StoreProxy:
+    """Delegates everything to the real store; subclasses override what they fault or spy on."""
+
+    def __init__(self, inner: Store):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+# --- a gateway in a subprocess -----------------------------------------------------------------
+
+
+async def provision(data_dir: Path, serials: list[str]) -> list[DeviceCredentials]:
+    """Add devices to the SQLite store in `data_dir` (the server need not be running)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = await open_store(None, data_dir=data_dir)
+    try:
+        out = []
+        for serial in serials:
+            device = await store.add_device(serial, project_code=PROJECT, region_code="620100")
+            out.append(DeviceCredentials(device.serial, device.secret, PROJECT))
+        return out
+    finally:
+        await store.close()
+
+
+class ServerProcess:
+    """`lmg serve` on ephemeral loopback ports; `ports` comes from its --ready-file."""
+
+    def __init__(self, data_dir: Path, flags: list[str]):
+        self.data_dir = data_dir
+        self.flags = flags
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ports: dict[str, int] = {}
+        self.log_path = data_dir / "server.log"
+
+    async def start(self) -> "ServerProcess":
+        ready = self.data_dir / "ready.json"
+        if ready.exists():
+            ready.unlink()
+        log = open(self.log_path, "ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            LMG, "serve", "--tcp", f"{HOST}:0", "--ws", f"{HOST}:0", "--admin", f"{HOST}:0",
+            "--data-dir", str(self.data_dir), "--ready-file", str(ready), *self.flags,
+            stdout=log, stderr=log, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 30
+        while not ready.exists():
+            if self.proc.returncode is not None:
+                raise AssertionError(f"lmg serve exited with {self.proc.returncode}:\n{self.log()}")
+            if loop.time() > end:
+                raise AssertionError(f"lmg serve wrote no ready file within 30 s:\n{self.log()}")
+            await asyncio.sleep(0.05)
+        info = json.loads(ready.read_text())
+        assert info["pid"] == self.proc.pid
+        self.ports = {name: info[name][1] for name in ("tcp", "ws", "admin") if name in info}
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def send_signal(self, sig: int) -> None:
+        assert self.proc is not None and self.proc.returncode is None
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+            await asyncio.wait_for(self.proc.wait(), WAIT_S)
+
+
+@pytest.fixture
+async def server_process():
+    """Factory: `await server_process(data_dir, *flags)` -> started ServerProcess; killed afterwards."""
+    started: list[ServerProcess] = []
+
+    async def start(data_dir: Path, *flags: str) -> ServerProcess:
+        process = ServerProcess(data_dir, list(flags))
+        started.append(process)
+        return await process.start()
+
+    yield start
+    for process in started:
+        await process.kill()
