@@ -112,6 +112,8 @@ class Gateway:
             self.count("takeovers")
             older.execute(older.session.taken_over())
         self.sessions[action.serial] = link
+        # the heartbeat grace may end before the auth deadline the link is filed under
+        self.wheel.add(link, link.session.deadline_ms())
         self.guard.succeeded(link.peer_host, action.serial)
         self.firmware[action.serial] = action.firmware
         self.presence[action.serial] = Presence(action.serial, self.now_ms(), True, firmware=action.firmware)
@@ -160,7 +162,7 @@ class Gateway:
         while True:
             await asyncio.sleep(resolution)
             now = self.now_ms()
-            for link in self.wheel.due(now):
+            for link in dict.fromkeys(self.wheel.due(now)):  # filed twice after auth: handle and refile once
                 if link.closed:
                     continue
                 link.execute(link.session.tick(now))
