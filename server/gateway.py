@@ -104,7 +104,7 @@ class Gateway:
         serial = link.session.serial
         if serial and self.sessions.get(serial) is link:
             del self.sessions[serial]
-            self.presence[serial] = Presence(serial, self.now_ms(), False)
+            self._note_presence(serial, self.now_ms(), False)
 
     def authenticated(self, link, action: Authenticated) -> None:
         older = self.sessions.get(action.serial)
@@ -116,7 +116,7 @@ class Gateway:
         self.wheel.add(link, link.session.deadline_ms())
         self.guard.succeeded(link.peer_host, action.serial)
         self.firmware[action.serial] = action.firmware
-        self.presence[action.serial] = Presence(action.serial, self.now_ms(), True, firmware=action.firmware)
+        self._note_presence(action.serial, self.now_ms(), True, firmware=action.firmware)
         self.count("authenticated")
 
     def auth_failed(self, link, action: AuthFailed) -> None:
@@ -127,11 +127,19 @@ class Gateway:
         self.spawn(self._audit("auth_failed", action.serial, detail, link.peer_host))
 
     def seen(self, serial: str, now_ms: int) -> None:
-        self.presence[serial] = Presence(serial, now_ms, True)
+        self._note_presence(serial, now_ms, True)
 
     def status_reported(self, link, status: DeviceStatus) -> None:
-        serial = link.session.serial
-        self.presence[serial] = Presence(serial, self.now_ms(), True, roster_version=status.roster_version)
+        self._note_presence(link.session.serial, self.now_ms(), True, roster_version=status.roster_version)
+
+    def _note_presence(self, serial: str, now_ms: int, online: bool, firmware: str | None = None,
+                       roster_version: int | None = None) -> None:
+        """Queue presence for the next flush, keeping the firmware/roster version not flushed yet."""
+        pending = self.presence.get(serial)
+        if pending is not None:
+            firmware = pending.firmware if firmware is None else firmware
+            roster_version = pending.roster_version if roster_version is None else roster_version
+        self.presence[serial] = Presence(serial, now_ms, online, firmware, roster_version)
 
     async def store_punches(self, records):
         try:

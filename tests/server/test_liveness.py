@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from protocol import Ack, Goodbye, Heartbeat, ResultCode
+from protocol import Ack, DeviceStatus, Goodbye, Heartbeat, ResultCode
 
 from .conftest import StoreProxy, wait_for
 
@@ -71,7 +71,7 @@ async def test_presence_reaches_the_store_in_batches_not_per_heartbeat(start_gat
 
     async def online():
         device = await gw.store.get_device(serial)
-        return device.online and device.last_seen_ms is not None
+        return device.online and device.last_seen_ms is not None and device.firmware == "test-1.0"
 
     await wait_for(online, what="online, last_seen and firmware in the store")
     calls = len(spy.presence_calls)
@@ -86,6 +86,21 @@ async def test_presence_reaches_the_store_in_batches_not_per_heartbeat(start_gat
         return not device.online and device.last_seen_ms >= seen
 
     await wait_for(offline, what="online=false after the disconnect")
+
+
+async def test_firmware_and_roster_version_survive_later_heartbeats(start_gateway):
+    gw = await start_gateway(presence_flush_s=0.3)
+    client = await gw.raw_authenticated()
+    client.send(DeviceStatus(100, 1000, 0, 0, 17, 3, 0, 0, 250))
+    client.send(Heartbeat(0, 0, 0))  # in the same flush window as the status
+    await client.expect(Ack)
+    await client.expect(Ack)
+
+    async def recorded():
+        device = await gw.store.get_device(gw.device.serial)
+        return device.roster_version == 17 and device.firmware == "test-1.0"
+
+    await wait_for(recorded, what="roster_version 17 and the firmware in the store")
 
 
 async def test_a_failed_presence_flush_is_retried_with_the_newest_state(start_gateway):
