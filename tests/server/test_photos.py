@@ -1,0 +1,67 @@
+"""Photo upload in chunks, resumed across a reconnect, linked to its punch."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+from protocol import PhotoChunk, PhotoQuery, PhotoStatus, Punch, ResultCode
+from simulators.terminal import make_punch
+
+from .conftest import WAIT_S
+
+
+async def test_photo_resumes_after_a_reconnect_and_is_linked_to_its_punch(gw):
+    photo = os.urandom(70_000)  # three chunks of 32 KiB, the largest the spec recommends
+    sha = hashlib.sha256(photo).digest()
+    record = make_punch(7, 1, time.time_ns() // 1_000_000, photo=photo)
+    first = await gw.raw_authenticated()
+    first.send(Punch.of(record))
+    assert [r.result for r in (await first.receive()).results] == [ResultCode.OK]
+    first.send(PhotoChunk(7, sha, len(photo), 0, photo[:32768]))
+    status = await first.expect(PhotoStatus)
+    assert (status.photo_sha256, status.result, status.next_offset) == (sha, ResultCode.OK, 32768)
+    await first.close()
+    assert await gw.store.get_punch_photo(gw.device.serial, 7) is None
+
+    second = await gw.raw_authenticated()
+    second.send(PhotoQuery(7, sha, len(photo)))
+    status = await second.expect(PhotoStatus)
+    assert (status.result, status.next_offset) == (ResultCode.OK, 32768)
+    # a chunk at the wrong offset is told where to resume
+    second.send(PhotoChunk(7, sha, len(photo), 0, photo[:100]))
+    status = await second.expect(PhotoStatus)
+    assert (status.result, status.next_offset) == (ResultCode.PHOTO_OFFSET_MISMATCH, 32768)
+    offset = status.next_offset
+    while offset < len(photo):
+        second.send(PhotoChunk(7, sha, len(photo), offset, photo[offset : offset + 32768]))
+        status = await second.expect(PhotoStatus)
+        assert status.result == ResultCode.OK
+        offset = status.next_offset
+    assert offset == len(photo)
+    assert await gw.store.get_punch_photo(gw.device.serial, 7) == photo
+    second.send(PhotoQuery(7, sha, len(photo)))
+    assert (await second.expect(PhotoStatus)).next_offset == len(photo)
+
+
+async def test_simulator_upload_photo_resumes_with_photo_query(gw):
+    photo = os.urandom(40_000)
+    record = make_punch(8, 2, time.time_ns() // 1_000_000, photo=photo)
+    terminal = await gw.terminal()
+    reply = await terminal.request(Punch.of(record))
+    assert [r.result for r in reply.results] == [ResultCode.OK]
+    status = await terminal.upload_photo(8, photo, chunk_size=16_000)
+    assert (status.result, status.next_offset) == (ResultCode.OK, len(photo))
+    assert await gw.store.get_punch_photo(gw.device.serial, 8) == photo
+
+
+async def test_wrong_photo_bytes_are_refused_with_hash_mismatch(gw):
+    photo = os.urandom(5_000)
+    sha = hashlib.sha256(photo).digest()
+    client = await gw.raw_authenticated()
+    client.send(PhotoChunk(9, sha, len(photo), 0, os.urandom(len(photo))))
+    status = await client.expect(PhotoStatus, WAIT_S)
+    assert (status.result, status.next_offset) == (ResultCode.PHOTO_HASH_MISMATCH, 0)
+    client.send(PhotoChunk(9, sha, len(photo), 0, photo))
+    assert (await client.expect(PhotoStatus)).result == ResultCode.OK
