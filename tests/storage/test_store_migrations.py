@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 import asyncpg
@@ -12,9 +13,10 @@ from storage.migrations import load_migrations
 from storage.postgres import PostgresStore
 from storage.sqlite import SqliteStore
 from storage.url import parse_store_url
-from conftest import PG_DSN
-
 from test_store_contract import punch
+
+# As in conftest.py; not imported from there, as other test folders have a conftest too.
+PG_DSN = os.environ.get("LMG_TEST_PG_DSN", "postgresql://127.0.0.1:5432/test")
 
 
 async def _open_with(backend, migrations):
