@@ -44,6 +44,7 @@ class WebSocketLink(TerminalLink):
         return self.connection.transport.get_write_buffer_size()
 
     def close_transport(self, abort: bool = False) -> None:
+        self._resume.set()  # a handler paused while the link was busy must wake up, see the close and return
         if abort:
             self.connection.transport.abort()
         else:
@@ -77,6 +78,8 @@ async def start_websocket(gateway, host: str, port: int, ssl_context):
                 if link.closed:
                     break
                 await link._resume.wait()
+                if link.closed:
+                    break
         except ConnectionClosed:
             pass
         finally:
