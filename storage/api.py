@@ -25,24 +25,15 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+# The code tables live with the protocol; the store uses the same ones.
+from protocol.codes import Direction, VerifyMode  # noqa: F401 - re-exported by storage
+
 U32_MAX = 0xFFFF_FFFF
 SECRET_BYTES = 32
 SHA256_BYTES = 32
 WORKER_ID_CHARS = 18  # GB 11643 citizen ID number: 17 digits and a check character
 _I64_MIN = -(2**63)
 _I64_MAX = 2**63 - 1
-
-
-class Direction(enum.IntEnum):
-    IN = 1
-    OUT = 2
-
-
-class VerifyMode(enum.IntEnum):
-    FACE = 1
-    CARD = 2
-    ID_CARD = 3
-    FINGERPRINT = 4
 
 
 def wall_clock_ms() -> int:
