@@ -8,6 +8,8 @@ import time
 from protocol import Ack, Challenge, Goodbye, Heartbeat, Hello, Nack, Punch, ResultCode
 from simulators.terminal import DeviceCredentials, make_punch
 
+from .conftest import wait_for
+
 
 async def test_right_secret_authenticates_and_tells_the_session_limits(start_gateway):
     gw = await start_gateway(heartbeat_interval_s=7, max_batch_records=40)
@@ -89,10 +91,11 @@ async def test_repeated_failures_lock_the_address_out_and_are_audited(gw):
     elsewhere = await gw.raw(local_addr="127.0.0.2")
     assert (await elsewhere.authenticate(other)).result == ResultCode.OK
 
-    async def audited():
-        return [e for e in await gw.store.list_audit(event="auth_failed", limit=50)]
+    async def audited():  # audit writes are queued, not awaited by the session: poll
+        entries = await gw.store.list_audit(event="auth_failed", limit=50)
+        return entries if len(entries) >= threshold + 2 else None
 
-    entries = await audited()
+    entries = await wait_for(audited, what="the failures in the audit log")
     bad = [e for e in entries if e.detail["reason"] == "BAD_SIGNATURE"]
     assert len(bad) == threshold
     assert {e.subject for e in bad} == {gw.device.serial}
