@@ -10,6 +10,7 @@ Text messages are refused (close code 1003), as the spec says.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from websockets.asyncio.server import serve
@@ -85,7 +86,7 @@ async def start_websocket(gateway, host: str, port: int, ssl_context):
         finally:
             link.transport_lost()
 
-    return await serve(
+    server = await serve(
         handler,
         host,
         port,
@@ -95,3 +96,8 @@ async def start_websocket(gateway, host: str, port: int, ssl_context):
         ping_interval=None,  # HEARTBEAT is the liveness check; protocol pings would double it
         compression=None,  # frames are small binary; deflate costs CPU and memory per connection
     )
+    # Gateway.shutdown closes the listeners first, then sends the ACKs of commits in flight,
+    # then GOODBYE SHUTTING_DOWN. The library's default close would end every connection
+    # with 1001 at once and lose those ACKs and the GOODBYE: stop accepting only.
+    server.close = functools.partial(server.close, close_connections=False)
+    return server

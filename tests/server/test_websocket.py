@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from protocol import Ack, AuthResult, Challenge, Hello, Nack, Punch, PunchBatch, ResultCode, decode_frame, encode
+from protocol import (Ack, Auth, AuthResult, Challenge, Goodbye, Heartbeat, Hello, Nack, Punch, PunchBatch, ResultCode,
+                      decode_frame, encode)
+from protocol.auth import auth_mac
 from simulators.terminal import make_punch
 
-from .conftest import WAIT_S
+from .conftest import WAIT_S, StoreProxy, wait_for
 
 
 def now_ms() -> int:
@@ -76,3 +80,52 @@ async def test_refused_authentication_over_websocket_closes(start_gateway):
     # the server's handler for that connection has returned: nothing holds shutdown up
     # (it is bounded by WAIT_S here, far below the 60 s grace a stuck handler would use)
     await asyncio.wait_for(gw.gateway.shutdown(), WAIT_S)
+
+
+class GatedStore(StoreProxy):
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def store_punches(self, records):
+        self.entered.set()
+        await self.release.wait()
+        return await self.inner.store_punches(records)
+
+
+async def test_shutdown_acks_the_punch_in_flight_then_says_goodbye_over_websocket(start_gateway):
+    gw = await start_gateway(wrap=GatedStore, shutdown_grace_s=30)
+    terminal = await gw.terminal(transport="ws")
+    reply = asyncio.ensure_future(terminal.request(Punch.of(make_punch(1, 1, now_ms()))))
+    await asyncio.wait_for(gw.gateway.store.entered.wait(), WAIT_S)
+    shutdown = asyncio.ensure_future(gw.gateway.shutdown())
+    await wait_for(lambda: gw.gateway.stopping, what="shutdown to begin")
+    await asyncio.sleep(0.2)  # give a premature close the chance to happen
+    gw.gateway.store.release.set()
+    ack = await reply
+    assert isinstance(ack, Ack) and ack.results[0].result == ResultCode.OK
+    goodbye = await asyncio.wait_for(terminal.unsolicited.get(), WAIT_S)
+    assert isinstance(goodbye, Goodbye) and goodbye.reason == ResultCode.SHUTTING_DOWN
+    await asyncio.wait_for(shutdown, WAIT_S)
+
+
+async def test_peer_that_never_reads_is_closed_over_websocket(start_gateway):
+    gw = await start_gateway(max_unsent_bytes=16 * 1024)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((gw.host, gw.ws_port))
+    async with connect(f"ws://{gw.host}:{gw.ws_port}/terminal", sock=sock, max_queue=4, proxy=None,
+                       ping_interval=None, compression=None, open_timeout=WAIT_S) as ws:
+        await ws.send(encode(Hello(gw.device.serial, "v", "m", "f", 1, 0, 1)))
+        challenge = decode_frame(await asyncio.wait_for(ws.recv(), WAIT_S))
+        await ws.send(encode(Auth(auth_mac(gw.device.secret, challenge.nonce, gw.device.serial, "f", 1), 2)))
+        assert decode_frame(await asyncio.wait_for(ws.recv(), WAIT_S)).result == ResultCode.OK
+        heartbeat = encode(Heartbeat(0, 0, 0, 3))  # from now on the client never reads again
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(500_000):
+                await asyncio.wait_for(ws.send(heartbeat), WAIT_S)
+                if gw.gateway.counters["slow_reader_closed"]:
+                    break
+    assert gw.gateway.counters["slow_reader_closed"] == 1
+    assert gw.gateway.sessions == {}
