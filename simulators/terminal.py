@@ -88,6 +88,7 @@ class TerminalConnection:
         self._reader_task: asyncio.Task | None = None
         self._writer = None
         self._ws = None
+        self._ws_sends: set[asyncio.Task] = set()
 
     # -- wire --------------------------------------------------------------------------
     async def open(self) -> None:
@@ -111,6 +112,10 @@ class TerminalConnection:
             raise ValueError(f"transport must be tcp or ws, not {self.transport!r}")
 
     def send(self, message) -> int:
+        # Once the reader has ended nothing can answer: fail now, not after timeout_s. (A TCP
+        # writer is not closing after the server's FIN, and a WebSocket send fails in a task.)
+        if self._reader_task is not None and self._reader_task.done():
+            raise TerminalError("connection closed", self.closed_reason)
         self.seq = (self.seq + 1) & 0xFFFFFFFF
         frame = encode(message._replace(seq=self.seq))
         if self._writer is not None:
@@ -118,8 +123,15 @@ class TerminalConnection:
                 raise TerminalError("connection closed", self.closed_reason)
             self._writer.write(frame)
         else:
-            asyncio.get_running_loop().create_task(self._ws.send(frame))
+            task = asyncio.get_running_loop().create_task(self._ws.send(frame))
+            self._ws_sends.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._ws_sent)
         return self.seq
+
+    def _ws_sent(self, task: asyncio.Task) -> None:
+        self._ws_sends.discard(task)
+        if not task.cancelled():
+            task.exception()  # a send on a closing connection: the reader reports the close
 
     async def _read_tcp(self, reader) -> None:
         decoder = FrameDecoder()

@@ -206,7 +206,7 @@ class RunningGateway:
                        authenticate: bool = True, **kw) -> TerminalConnection:
         port = self.tcp_port if transport == "tcp" else self.ws_port
         connection = TerminalConnection(credentials or self.device, self.host, port, transport=transport,
-                                        timeout_s=WAIT_S, **kw)
+                                        **{"timeout_s": WAIT_S, **kw})
         self.clients.append(connection)
         await connection.open()
         if authenticate:
