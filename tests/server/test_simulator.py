@@ -21,3 +21,4 @@ async def test_request_on_a_connection_the_server_closed_fails_at_once(gw, trans
     with pytest.raises(TerminalError) as caught:
         await asyncio.wait_for(first.request(Heartbeat(0, 0, 0)), WAIT_S)
     assert caught.value.code == ResultCode.TAKEOVER
+
