@@ -121,7 +121,8 @@ class Gateway:
 
     def auth_failed(self, link, action: AuthFailed) -> None:
         now = self.now_ms()
-        newly_locked = self.guard.failed(link.peer_host, action.serial, now)
+        # a terminal retrying while locked out is audited but does not lengthen its own lock
+        newly_locked = [] if action.reason is ResultCode.LOCKED_OUT else self.guard.failed(link.peer_host, action.serial, now)
         self.count(f"auth_failed_{action.reason.name.lower()}")
         detail = {"reason": action.reason.name, "locked": [k for k, _ in newly_locked]}
         self.spawn(self._audit("auth_failed", action.serial, detail, link.peer_host))

@@ -204,7 +204,7 @@ class Session:
             return []
         if self.state is State.AUTHENTICATED:
             return self._goodbye(ResultCode.HEARTBEAT_TIMEOUT, f"silent since {self.last_heard_ms}")
-        return self._close(ResultCode.AUTH_TIMEOUT, "authentication not completed in time")
+        return self._goodbye(ResultCode.AUTH_TIMEOUT, "authentication not completed in time")
 
     # -- input --------------------------------------------------------------------------
     def receive(self, item, now_ms: int) -> list:

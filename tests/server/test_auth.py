@@ -52,12 +52,13 @@ async def test_disabled_device_gets_device_disabled(gw):
 async def test_no_hello_within_the_auth_timeout_closes(start_gateway):
     gw = await start_gateway(auth_timeout_s=0.5)  # the deadline wheel ticks each second: closed within ~2 s
     silent = await gw.raw()
-    assert await silent.closed_after() == []
+    goodbye = Goodbye(ResultCode.AUTH_TIMEOUT, 0, seq=1)
+    assert await silent.closed_after() == [goodbye]  # told why, then closed
     # half an exchange is no better: HELLO answered, AUTH never sent
     halfway = await gw.raw()
     halfway.send(Hello(gw.device.serial, "t", "m", "f", 1, 0))
     assert isinstance(await halfway.receive(), Challenge)
-    assert await halfway.closed_after() == []
+    assert await halfway.closed_after() == [goodbye._replace(seq=2)]
     assert len(gw.gateway.links) == 0
 
 
@@ -82,11 +83,15 @@ async def test_repeated_failures_lock_the_address_out_and_are_audited(gw):
         client = await gw.raw()
         assert (await client.authenticate(wrong)).result == ResultCode.BAD_SIGNATURE
         await client.closed_after()
+    locked_until = gw.gateway.guard.locked_until("127.0.0.1", gw.device.serial, gw.gateway.now_ms())
+    assert locked_until > 0
     # the right secret no longer helps, for this serial or any other from this address
     for credentials in (gw.device, other):
         client = await gw.raw()
         assert (await client.authenticate(credentials)).result == ResultCode.LOCKED_OUT
         assert await client.closed_after() == []
+    # retrying while locked out does not lengthen the lock
+    assert gw.gateway.guard.locked_until("127.0.0.1", gw.device.serial, gw.gateway.now_ms()) == locked_until
     # another address is not locked for a serial that did nothing wrong
     elsewhere = await gw.raw(local_addr="127.0.0.2")
     assert (await elsewhere.authenticate(other)).result == ResultCode.OK

@@ -125,7 +125,9 @@ def test_auth_timeout_closes_and_the_deadline_says_when():
     session = new_session(auth_timeout_ms=10_000)
     assert session.deadline_ms() == T0 + 10_000
     assert session.tick(T0 + 9_999) == []
-    assert session.tick(T0 + 10_000) == [Close(ResultCode.AUTH_TIMEOUT, "authentication not completed in time")]
+    actions = session.tick(T0 + 10_000)
+    assert sent(actions) == [Goodbye(ResultCode.AUTH_TIMEOUT, 0, seq=1)]
+    assert actions[-1] == Close(ResultCode.AUTH_TIMEOUT, "authentication not completed in time")
 
 
 def test_heartbeat_is_acked_and_moves_the_deadline():
