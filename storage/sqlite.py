@@ -303,10 +303,11 @@ def _write_punches(conn: sqlite3.Connection, records: list[PunchIn], now_ms: int
     params: list = []
     extend = params.extend
     rejected: list[tuple] = []
+    append = params.append
     for r in records:
-        if r.reject_reason is None:
-            extend((r.device_serial, r.record_no, r.worker_id, r.punch_time_ms, r.direction,
-                    r.verify_mode, r.temperature_dc, r.photo_sha256, r.photo_size, now_ms))
+        if r[9] is None:  # reject_reason
+            extend(r[:9])  # PunchIn's first nine fields are the row's columns in order
+            append(now_ms)
         else:
             rejected.append(rejected_row(r, now_ms))
     accepted = len(params) // _PUNCH_FIELDS
