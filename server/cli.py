@@ -18,6 +18,7 @@ COMMAND_GROUPS = (
     "server.serve_cli",
     "storage.cli",
     "server.device_cli",
+    "server.forward_cli",
     "simulators.cli",
     "bench.cli",
 )
