@@ -35,10 +35,14 @@ PROJECT = "P-620100-TEST"
 
 def province_command() -> list[str]:
     """`lmg sim province` once simulators/cli.py registers it; the module's own entry until then."""
+    import contextlib
+    import io
+
     from server.cli import build_parser
 
     try:
-        build_parser().parse_args(["sim", "province", "report", "--data-dir", "x"])
+        with contextlib.redirect_stderr(io.StringIO()):
+            build_parser().parse_args(["sim", "province", "report", "--data-dir", "x"])
         return [LMG, "sim", "province"]
     except SystemExit:
         return [sys.executable, "-m", "simulators.province_cli"]
