@@ -57,16 +57,31 @@ async def test_text_message_is_closed_with_1003(gw):
         assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1003
 
 
-async def test_wrong_path_is_refused(gw):
-    try:
-        async with ws_connect(gw, "/not-terminal") as ws:
+async def test_wrong_path_is_refused_with_404(gw):
+    with pytest.raises(InvalidStatus) as refused:
+        async with ws_connect(gw, "/not-terminal"):
+            pytest.fail("the wrong path was upgraded")
+    assert refused.value.response.status_code == 404
+    assert len(gw.gateway.links) == 0
+
+
+async def test_message_above_the_maximum_frame_size_is_closed_with_1009(gw):
+    limit = gw.gateway.config.max_frame_size
+    for message in (b"LM" + bytes(limit - 1), [bytes(limit // 2), bytes(limit // 2), b"LM"]):  # whole; fragmented
+        async with ws_connect(gw) as ws:
+            await ws.send(message)
             with pytest.raises(ConnectionClosed):
                 reply = await asyncio.wait_for(ws.recv(), WAIT_S)
-                pytest.fail(f"the wrong path answered {decode_frame(reply)!r}")
-            assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1008
-    except InvalidStatus as exc:  # refusing the upgrade outright is as good
-        assert exc.response.status_code == 404
-    assert len(gw.gateway.links) == 0
+                pytest.fail(f"an oversize message was answered {decode_frame(reply)!r}")
+            assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1009
+    await wait_for(lambda: len(gw.gateway.links) == 0, what="the closed links to be forgotten")
+
+
+async def test_fragmented_message_is_one_frame(gw):
+    hello = encode(Hello(gw.device.serial, "v", "m", "f", 1, 0, 1))
+    async with ws_connect(gw) as ws:
+        await ws.send([hello[:5], hello[5:20], hello[20:]])  # one message in three WebSocket frames
+        assert isinstance(decode_frame(await asyncio.wait_for(ws.recv(), WAIT_S)), Challenge)
 
 
 async def test_refused_authentication_over_websocket_closes(start_gateway):
