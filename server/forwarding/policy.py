@@ -172,6 +172,7 @@ class Verdict:
     error: str
     retry_after_ms: int | None
     health: Health
+    duplicates: int = 0  # how many of `accepted` the province already held
 
 
 _AUTH_HINTS = {
@@ -205,17 +206,18 @@ def judge_answer(status: int, body: bytes, retry_after: str | None, record_ids, 
             results = api.parse_batch_results(body)
         except ValueError as exc:
             return failed_verdict(record_ids, f"province answered 200 without valid results: {exc}", Health.DOWN)
-        accepted, rejected, retry = [], {}, []
+        accepted, rejected, retry, duplicates = [], {}, [], 0
         for rid in record_ids:
             row = results.get(rid)
             if row is None:
                 retry.append(rid)
             elif row.accepted:
                 accepted.append(rid)
+                duplicates += row.result == api.RECORD_DUPLICATE
             else:
                 rejected[rid] = f"province {row.code}: {row.reason}"
         error = f"province left {len(retry)} record(s) out of its results" if retry else ""
-        return Verdict(tuple(accepted), rejected, tuple(retry), error, None, Health.UP)
+        return Verdict(tuple(accepted), rejected, tuple(retry), error, None, Health.UP, duplicates)
     code, message = api.parse_error(body)
     label = f"HTTP {status}" + (f" code {code}" if code is not None else "") + (f": {message}" if message else "")
     if status == 429:

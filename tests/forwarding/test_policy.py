@@ -164,8 +164,9 @@ def test_per_record_results_decide_ack_dead_letter_or_retry():
 
 
 def test_duplicates_are_accepted():
-    body = results(*((rid, "duplicate", 1, "") for rid in IDS))
-    assert judge_answer(200, body, None, IDS, 0).accepted == IDS
+    body = results(("A:1", "stored", 0, ""), ("A:2", "duplicate", 1, ""), ("B:1", "duplicate", 1, ""))
+    verdict = judge_answer(200, body, None, IDS, 0)
+    assert verdict.accepted == IDS and verdict.duplicates == 2
 
 
 @pytest.mark.parametrize("status, retry_after, health, after_ms", [
