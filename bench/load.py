@@ -1,0 +1,464 @@
+"""`lmg bench load`: the gateway under a simulated fleet, against same-run references.
+
+One command runs the matrix, each server in its own process and driven by the same fleet
+(simulators/fleet.py) from this one:
+
+- **bare baseline**: a minimal uvloop server that reads fixed-size frames (the size of a
+  PUNCH frame) and writes a canned ACK for each: no parsing, no storage. The ceiling the
+  machine and the client allow.
+- **gateway**: `lmg serve` on the embedded SQLite store (WAL, fsync'd group commit), the
+  ACK sent only after the commit.
+- **mosquitto** (when the binary is on PATH): QoS 1 PUBLISH of the same punch frames,
+  PUBACK awaited, persistence off. A mature broker on the same box, for scale.
+
+Figures: acked punches/s (closed loop, every terminal's window of 8 kept full), ack latency
+p50/p99/p99.9 at half the baseline's rate (open loop), server CPU seconds, server RSS per
+idle authenticated connection (bare server beside it), storm (every idle terminal drops and
+reconnects; time until all are authenticated again), backlog ingest (terminals come back
+with stored punches and upload them in batches). Timings on a shared 2-core box are noisy:
+the figures to read are the ratios to the baseline measured in the same run.
+
+Results go to bench/results/load-quick.{md,json} or load-full.{md,json}; `--json` prints
+the summary object (baseline_acks_per_s, gateway_acks_per_s, p99_ms, rss_per_conn_kib, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+NAME = "load"
+HELP = "throughput, latency, memory, storm and backlog of the gateway against a bare server (and Mosquitto)"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# Sizes: --quick must finish within 3 minutes on a 2-core box, servers' start-up included.
+QUICK = dict(load_devices=64, load_s=6.0, warmup_s=1.0, idle_devices=2000, storm_devices=2000,
+             backlog_devices=20, backlog_records=5000, backlog_batch=100, fleet_processes=1,
+             workers_devices=0)
+FULL = dict(load_devices=256, load_s=20.0, warmup_s=2.0, idle_devices=15000, storm_devices=15000,
+            backlog_devices=100, backlog_records=10000, backlog_batch=250, fleet_processes=2,
+            workers_devices=30000)
+TARGETS = {"gateway_to_baseline": 0.6, "p99_ms": 25.0, "rss_per_conn_kib": 5.0, "storm_s": 10.0,
+           "backlog_records_per_s": 100_000.0}
+
+BARE_SERVER = """
+import asyncio, sys, uvloop
+FRAME, ACK = int(sys.argv[1]), bytes.fromhex(sys.argv[2])
+class Acker(asyncio.Protocol):
+    pending = 0
+    def connection_made(self, transport): self.transport = transport
+    def data_received(self, data):
+        total = self.pending + len(data)
+        self.pending = total % FRAME
+        if total >= FRAME:
+            self.transport.write(ACK * (total // FRAME))
+async def main():
+    server = await asyncio.get_running_loop().create_server(Acker, '127.0.0.1', 0, backlog=4096)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.sleep(3600)
+uvloop.run(main())
+"""
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--quick", action="store_true", help="small sizes, within 3 minutes")
+    parser.add_argument("--json", action="store_true", help="print one JSON summary object")
+    parser.add_argument("--no-mosquitto", action="store_true", help="skip the Mosquitto reference")
+    parser.add_argument("--out", default=str(RESULTS), help="directory for the markdown table and JSON")
+
+
+# --- servers ------------------------------------------------------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for {pid}")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid` so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A server subprocess: its pid(s) and port, stopped on exit."""
+
+    def __init__(self, name: str, proc: subprocess.Popen, port: int, pids: list[int] | None = None):
+        self.name, self.proc, self.port = name, proc, port
+        self.pids = pids or [proc.pid]
+
+    def rss_kib(self) -> int:
+        return sum(rss_kib(pid) for pid in self.pids)
+
+    def cpu_s(self) -> float:
+        return sum(cpu_s(pid) for pid in self.pids)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def punch_frame_sizes() -> tuple[int, bytes]:
+    from protocol import Ack, MessageType, Punch, RecordResult, ResultCode, encode
+    from simulators.terminal import make_punch
+
+    frame = encode(Punch.of(make_punch(1, 1, int(time.time() * 1000)), 1))
+    ack = encode(Ack(0, MessageType.PUNCH, 0, (RecordResult(1, ResultCode.OK),), 0))
+    return len(frame), ack
+
+
+def start_bare() -> Server:
+    size, ack = punch_frame_sizes()
+    proc = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(size), ack.hex()], stdout=subprocess.PIPE, text=True)
+    return Server("bare", proc, int(proc.stdout.readline()))
+
+
+def start_mosquitto(work: str) -> Server | None:
+    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if not binary:
+        return None
+    port = free_port()
+    conf = os.path.join(work, "mosquitto.conf")
+    with open(conf, "w", encoding="utf-8") as fh:
+        fh.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_connections -1\n"
+                 "max_queued_messages 100000\nlog_type error\n")
+    proc = subprocess.Popen([binary, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_port(port, proc, "mosquitto")
+    return Server("mosquitto", proc, port)
+
+
+def _wait_port(port: int, proc: subprocess.Popen, name: str, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{name} exited with {proc.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"{name} did not listen on {port} within {timeout_s} s")
+
+
+async def provision(store_url: str | None, data_dir: str, prefix: str, count: int) -> list[list[str]]:
+    """Devices `prefix`000001.. with derived secrets (simulators.fleet.fleet_secret)."""
+    from simulators.fleet import fleet_secret
+    from storage import open_store
+
+    store = await open_store(store_url, data_dir=data_dir)
+    try:
+        devices = [[f"{prefix}{i:06d}", fleet_secret(f"{prefix}{i:06d}").hex()] for i in range(1, count + 1)]
+        gate = asyncio.Semaphore(64)
+
+        async def add(serial: str, secret: str) -> None:
+            async with gate:
+                await store.add_device(serial, project_code="BENCH", region_code="620000", secret=bytes.fromhex(secret))
+
+        for start in range(0, count, 5000):
+            await asyncio.gather(*(add(s, k) for s, k in devices[start:start + 5000]))
+        return devices
+    finally:
+        await store.close()
+
+
+def start_gateway(data_dir: str, *, store: str = "", workers: int = 1, extra: tuple = ()) -> Server:
+    ready = os.path.join(data_dir, "ready.json")
+    if os.path.exists(ready):  # left by an earlier server on this data directory
+        os.unlink(ready)
+    command = [sys.executable, "-m", "server.cli", "serve", "--data-dir", data_dir, "--tcp", "127.0.0.1:0",
+               "--ws", "", "--admin", "", "--ready-file", ready, "--log-level", "warning",
+               "--max-connections-per-address", "100000", "--accept-rate", "20000", "--accept-burst", "20000", *extra]
+    if store:
+        command += ["--store", store]
+    if workers > 1:
+        port = free_port()
+        command[command.index("127.0.0.1:0")] = f"127.0.0.1:{port}"
+        command += ["--workers", str(workers)]
+    proc = subprocess.Popen(command)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(ready):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise BenchError("lmg serve did not start (see its log above)")
+        time.sleep(0.05)
+    with open(ready, encoding="utf-8") as fh:
+        info = json.load(fh)
+    pids = [w["pid"] for w in info.get("workers", [])] or [info["pid"]]
+    return Server("gateway", proc, info["tcp"][1], pids)
+
+
+# --- phases -------------------------------------------------------------------------------------
+
+
+async def fleet_run(server: Server, devices: list, **spec) -> dict:
+    from simulators.fleet import FleetSpec, run_fleet
+
+    processes = spec.pop("processes", 1)
+    fleet = FleetSpec(host="127.0.0.1", port=server.port, devices=devices, **spec)
+    cpu_before = server.cpu_s()
+    summary = await run_fleet(fleet, processes)
+    summary["server_cpu_s"] = round(server.cpu_s() - cpu_before, 2)
+    return summary
+
+
+def throughput(summary: dict) -> dict:
+    return {"acks_per_s": summary["acks_per_s"], "latency_ms": summary["latency_ms"],
+            "server_cpu_s": summary["server_cpu_s"],
+            "acks_per_server_cpu_s": round(summary["acked"] / summary["server_cpu_s"], 1) if summary["server_cpu_s"] else None,
+            "errors": summary["nacks"] + summary["answer_timeouts"] + summary["unexpected_disconnects"]}
+
+
+async def idle_rss(server: Server, devices: list, dialect: str, processes: int = 1) -> dict:
+    """Server RSS growth per idle connection (authenticated, for the gateway) once all are up."""
+    from simulators.fleet import FleetSpec, run_fleet
+
+    await asyncio.sleep(0.5)
+    before = server.rss_kib()
+    sample: dict = {}
+
+    def on_progress(snap: dict) -> None:
+        if snap.get("online", 0) >= len(devices) and "at" not in sample:
+            sample["at"] = time.monotonic()
+
+    async def watch() -> None:
+        while "at" not in sample or time.monotonic() - sample["at"] < 2.0:
+            await asyncio.sleep(0.1)
+        sample["rss"] = server.rss_kib()
+
+    spec = FleetSpec(host="127.0.0.1", port=server.port, devices=devices, scenario="idle", dialect=dialect,
+                     duration_s=3.0, heartbeat_s=-1 if dialect != "lmg" else 0, progress_s=0.25)
+    watcher = asyncio.create_task(watch())
+    summary = await run_fleet(spec, processes, on_progress=on_progress)
+    try:
+        await asyncio.wait_for(watcher, 1.0)
+    except asyncio.TimeoutError:
+        watcher.cancel()
+        raise BenchError(f"{len(devices)} idle connections were not all up ({summary['peak_online']} were)") from None
+    return {"connections": len(devices), "rss_per_conn_kib": round((sample["rss"] - before) / len(devices), 2),
+            "connect_s": summary["connect_s"], "unexpected_disconnects": summary["unexpected_disconnects"]}
+
+
+async def matrix(sizes: dict, *, mosquitto: bool, log) -> dict:
+    from simulators.fleet import raise_fd_limit
+
+    raise_fd_limit()
+    result: dict = {"sizes": sizes}
+    load = dict(scenario="rush", duration_s=sizes["load_s"], warmup_s=sizes["warmup_s"], window=8, batch_size=1)
+    raw = [[f"RAW{i:06d}", "00"] for i in range(1, max(sizes["load_devices"], sizes["idle_devices"]) + 1)]
+
+    log("bare baseline: closed-loop load")
+    with start_bare() as bare:
+        base = await fleet_run(bare, raw[:sizes["load_devices"]], dialect="bare", heartbeat_s=-1, **load)
+        result["baseline"] = throughput(base)
+        log(f"  {result['baseline']['acks_per_s']} acks/s")
+        result["baseline"]["idle"] = await idle_rss(bare, raw[:sizes["idle_devices"]], "bare")
+    baseline_rate = result["baseline"]["acks_per_s"] or 0
+
+    with tempfile.TemporaryDirectory(prefix="lmg-bench-load-") as work:
+        if mosquitto:
+            broker = start_mosquitto(work)
+            if broker is None:
+                result["mosquitto"] = None
+                log("mosquitto: binary not found, skipped")
+            else:
+                log("mosquitto: closed-loop QoS 1 load")
+                with broker:
+                    result["mosquitto"] = throughput(await fleet_run(broker, raw[:sizes["load_devices"]], dialect="mqtt",
+                                                                     heartbeat_s=-1, **load))
+                    log(f"  {result['mosquitto']['acks_per_s']} pubacks/s")
+
+        data_dir = os.path.join(work, "gateway")
+        count = max(sizes["load_devices"], sizes["idle_devices"], sizes["storm_devices"], sizes["backlog_devices"])
+        devices = await provision(None, data_dir, "LD", count)
+        with start_gateway(data_dir) as gateway:
+            log("gateway: closed-loop load (SQLite, fsync'd group commit)")
+            summary = await fleet_run(gateway, devices[:sizes["load_devices"]], **load)
+            result["gateway"] = throughput(summary)
+            result["gateway"]["rejected"] = summary["rejected"]
+            log(f"  {result['gateway']['acks_per_s']} acks/s")
+            rate = max(1.0, baseline_rate / 2)
+            log(f"gateway: open-loop latency at half the baseline rate ({rate:.0f}/s)")
+            half = await fleet_run(gateway, devices[:sizes["load_devices"]], **{**load, "rate": rate},
+                                   first_record=10_000_000)
+            result["latency_at_half_baseline"] = {"rate": round(rate), "acks_per_s": half["acks_per_s"],
+                                                  "latency_ms": half["latency_ms"], "server_cpu_s": half["server_cpu_s"],
+                                                  "sent": half["sent"], "acked": half["acked"]}
+            log(f"  p99 {half['latency_ms']['p99_ms']} ms")
+            log("gateway: backlog upload")
+            backlog = await fleet_run(gateway, devices[:sizes["backlog_devices"]], scenario="backlog",
+                                      backlog_records=sizes["backlog_records"], batch_size=sizes["backlog_batch"],
+                                      window=8, duration_s=120.0, first_record=20_000_000)
+            result["backlog"] = {k: backlog.get(k) for k in ("backlog_records", "backlog_s", "backlog_records_per_s",
+                                                             "acked", "duplicates", "rejected", "nacks", "server_cpu_s")}
+            log(f"  {result['backlog']['backlog_records_per_s']} records/s")
+        with start_gateway(data_dir) as gateway:  # fresh process: RSS growth is the idle connections only
+            log(f"gateway: {sizes['idle_devices']} idle authenticated connections")
+            result["idle"] = await idle_rss(gateway, devices[:sizes["idle_devices"]], "lmg",
+                                            processes=sizes["fleet_processes"])
+            log(f"  {result['idle']['rss_per_conn_kib']} KiB/connection")
+            log(f"gateway: storm of {sizes['storm_devices']} reconnects")
+            storm = await fleet_run(gateway, devices[:sizes["storm_devices"]], scenario="storm", duration_s=60.0,
+                                    processes=sizes["fleet_processes"])
+            result["storm"] = {"devices": sizes["storm_devices"], "storm_s": storm.get("storm_s"),
+                               "complete": storm.get("storm_complete"), "connect_failures": storm["connect_failures"],
+                               "reconnects": storm["reconnects"], "auth_latency_ms": storm["auth_latency_ms"],
+                               "server_cpu_s": storm["server_cpu_s"]}
+            log(f"  all back in {result['storm']['storm_s']} s")
+    return result
+
+
+def headline(result: dict) -> dict:
+    """The flat figures `--json` promises, with the targets beside them."""
+    base = result["baseline"]["acks_per_s"] or 0
+    gw = result["gateway"]["acks_per_s"] or 0
+    mq = (result.get("mosquitto") or {}).get("acks_per_s")
+    return {
+        "baseline_acks_per_s": base,
+        "gateway_acks_per_s": gw,
+        "gateway_to_baseline": round(gw / base, 3) if base else None,
+        "mosquitto_acks_per_s": mq,
+        "p50_ms": result["latency_at_half_baseline"]["latency_ms"]["p50_ms"],
+        "p99_ms": result["latency_at_half_baseline"]["latency_ms"]["p99_ms"],
+        "p999_ms": result["latency_at_half_baseline"]["latency_ms"]["p999_ms"],
+        "rss_per_conn_kib": result["idle"]["rss_per_conn_kib"],
+        "bare_rss_per_conn_kib": result["baseline"]["idle"]["rss_per_conn_kib"],
+        "storm_devices": result["storm"]["devices"],
+        "storm_s": result["storm"]["storm_s"],
+        "backlog_records_per_s": result["backlog"]["backlog_records_per_s"],
+    }
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "kernel": platform.release(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+def markdown(report: dict) -> str:
+    h, r, m = report["headline"], report["result"], report["machine"]
+    mq = r.get("mosquitto")
+
+    def cell(value, unit=""):
+        return "–" if value is None else f"{value:,}{unit}" if isinstance(value, (int, float)) else str(value)
+
+    def verdict(ok: bool | None) -> str:
+        return "–" if ok is None else ("met" if ok else "missed")
+
+    lat = r["latency_at_half_baseline"]["latency_ms"]
+    rows = [
+        ("acked punches/s, bare baseline", cell(h["baseline_acks_per_s"]), "reference", "–"),
+        ("acked punches/s, gateway (SQLite, fsync)", cell(h["gateway_acks_per_s"]),
+         f">= 0.6x baseline (is {cell(h['gateway_to_baseline'])}x)",
+         verdict(h["gateway_to_baseline"] >= TARGETS["gateway_to_baseline"] if h["gateway_to_baseline"] else None)),
+        ("PUBACKs/s, Mosquitto QoS 1", cell(mq and mq["acks_per_s"]), "reference", "–"),
+        (f"ack latency p50 / p99 / p99.9 at {r['latency_at_half_baseline']['rate']:,}/s",
+         f"{cell(lat['p50_ms'])} / {cell(lat['p99_ms'])} / {cell(lat['p999_ms'])} ms", "p99 <= 25 ms",
+         verdict(lat["p99_ms"] <= TARGETS["p99_ms"] if lat["p99_ms"] is not None else None)),
+        ("server CPU s per 1,000 acks (gateway / bare)",
+         f"{cell(_per_k(r['gateway']))} / {cell(_per_k(r['baseline']))}", "–", "–"),
+        (f"RSS per idle authenticated connection ({r['idle']['connections']:,})",
+         f"{cell(h['rss_per_conn_kib'])} KiB (bare {cell(h['bare_rss_per_conn_kib'])})", "<= 5 KiB",
+         verdict(h["rss_per_conn_kib"] <= TARGETS["rss_per_conn_kib"])),
+        (f"storm: {h['storm_devices']:,} drop and reconnect", f"{cell(h['storm_s'])} s until all authenticated",
+         "20,000 within 10 s", verdict(h["storm_s"] is not None and h["storm_s"] <= TARGETS["storm_s"])
+         if h["storm_devices"] >= 20000 else "smaller N"),
+        (f"backlog: {r['backlog']['backlog_records']:,} records", f"{cell(h['backlog_records_per_s'])} records/s",
+         ">= 100,000/s", verdict((h["backlog_records_per_s"] or 0) >= TARGETS["backlog_records_per_s"])),
+    ]
+    if r.get("workers"):
+        w = r["workers"]
+        rows.append((f"held with --workers {w['workers']} (PostgreSQL)", f"{w['peak_online']:,} for {w['held_s']} s",
+                     "100,000 for 10 min", verdict(w["peak_online"] >= 100_000 and w["held_s"] >= 600)))
+    lines = [f"Run {report['date']} ({'quick' if report['quick'] else 'full'}) on {m['cpus']} CPUs ({m['cpu']}), "
+             f"{m['memory_gib']} GiB, Python {m['python']}, Linux {m['kernel']}; client and servers share the box.",
+             "", "| figure | measured | target | |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _per_k(section: dict) -> float | None:
+    rate = section.get("acks_per_server_cpu_s")
+    return round(1000 / rate, 3) if rate else None
+
+
+def run(args) -> int:
+    import uvloop
+
+    sizes = QUICK if args.quick else FULL
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    started = time.monotonic()
+    result = uvloop.run(matrix(sizes, mosquitto=not args.no_mosquitto, log=log))
+    if not args.quick and sizes.get("workers_devices"):
+        try:
+            result["workers"] = uvloop.run(workers_run(sizes["workers_devices"], log=log))
+        except Exception as exc:  # noqa: BLE001 - the rest of the matrix is still worth writing
+            result["workers"] = {"error": str(exc)}
+    report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick,
+              "machine": machine(), "elapsed_s": round(time.monotonic() - started, 1),
+              "headline": headline(result), "result": result}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "load-quick" if args.quick else "load-full"
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / f"{stem}.md").write_text(markdown(report), encoding="utf-8")
+    if args.json:
+        print(json.dumps({**report["headline"], "elapsed_s": report["elapsed_s"], "results": str(out / f"{stem}.json")}))
+    else:
+        print(markdown(report))
+    return 0
+
+
+async def workers_run(count: int, *, log, workers: int = 2, hold_s: float = 60.0) -> dict:
+    """Hold `count` authenticated terminals on `lmg serve --workers` over PostgreSQL."""
+    import secrets as _secrets
+
+    dsn = os.environ.get("LMG_TEST_PG_DSN", "postgresql://127.0.0.1:5432/test")
+    store = f"{dsn}?schema=bench_load_{_secrets.token_hex(4)}"
+    with tempfile.TemporaryDirectory(prefix="lmg-bench-workers-") as work:
+        devices = await provision(store, work, "WK", count)
+        with start_gateway(work, store=store, workers=workers) as gateway:
+            log(f"gateway --workers {workers}: {count} idle terminals for {hold_s} s")
+            sources = [f"127.0.0.{i}" for i in range(1, 5)]
+            summary = await fleet_run(gateway, devices, scenario="idle", duration_s=hold_s, processes=3,
+                                      source_addresses=sources, connect_concurrency=512, connect_phase_s=120.0)
+    return {"workers": workers, "devices": count, "peak_online": summary["peak_online"],
+            "online_at_end": summary["online_at_end"], "held_s": hold_s, "connect_s": summary["connect_s"],
+            "unexpected_disconnects": summary["unexpected_disconnects"], "heartbeats_sent": summary["heartbeats_sent"],
+            "heartbeats_acked": summary["heartbeats_acked"], "store": "postgresql"}
