@@ -68,6 +68,7 @@ class Gateway:
         self.store_writable = True
         self.stopping = False
         self._background: list[asyncio.Task] = []
+        self.reuse_port = False  # SO_REUSEPORT: several `lmg serve --workers` processes share the ports
 
     # -- bookkeeping called by links -------------------------------------------------------
     def count(self, name: str, n: int = 1) -> None:
@@ -214,7 +215,8 @@ class Gateway:
         loop = asyncio.get_running_loop()
         tcp = parse_host_port("tcp", self.config.tcp)
         if tcp:
-            server = await loop.create_server(lambda: TcpLink(self), tcp[0], tcp[1], ssl=context, backlog=4096)
+            server = await loop.create_server(lambda: TcpLink(self), tcp[0], tcp[1], ssl=context, backlog=4096,
+                                              reuse_port=self.reuse_port)
             self.servers.append(server)
             self.listening["tcp"] = server.sockets[0].getsockname()[:2]
         ws = parse_host_port("ws", self.config.ws)
@@ -281,11 +283,12 @@ def raise_fd_limit() -> int:
     return hard
 
 
-async def serve(config: GatewayConfig, *, ready_file: str | None = None) -> int:
+async def serve(config: GatewayConfig, *, ready_file: str | None = None, reuse_port: bool = False) -> int:
     """Run the gateway until SIGTERM/SIGINT; returns the exit status."""
     os.makedirs(config.data_dir, exist_ok=True)
     store = await open_store(config.store_url(), data_dir=config.data_dir)
     gateway = Gateway(config, store)
+    gateway.reuse_port = reuse_port
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 
@@ -19,6 +20,10 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--config", help="TOML file with gateway keys (also LMG_CONFIG)")
     parser.add_argument("--ready-file", help="write the bound addresses as JSON to this file once listening")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="gateway processes sharing the ports (SO_REUSEPORT); more than 1 needs a PostgreSQL "
+                        "--store (see server/workers.py) (default: 1)")
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set by the supervisor
     defaults = {name: field.default for name, field in KEYS.items()}
     for name, default in defaults.items():
         flag = "--" + name.replace("_", "-")
@@ -40,11 +45,15 @@ def run(args) -> int:
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workers != 1:
+        from server.workers import supervise
+
+        return supervise(flags, args.config, config, args.workers, args.ready_file)
     import uvloop
 
     from server.gateway import serve
 
     try:
-        return uvloop.run(serve(config, ready_file=args.ready_file))
+        return uvloop.run(serve(config, ready_file=args.ready_file, reuse_port=args.reuse_port))
     except OSError as exc:
         raise UsageError(f"cannot start: {exc} (is another gateway already listening? change --tcp/--ws/--admin)") from None

@@ -178,6 +178,7 @@ async def start_websocket(gateway, host: str, port: int, ssl_context):
         port,
         ssl=ssl_context,
         backlog=LISTEN_BACKLOG,
+        reuse_port=gateway.reuse_port,  # `lmg serve --workers`: the workers share the port
         max_frame_size=gateway.config.max_frame_size,
         read_buffer_init_size=READ_BUFFER_INIT_BYTES,
         # uvloop's own transport, as TCP uses; aiofastnet's costs about 5.6 KiB more per connection

@@ -9,6 +9,7 @@ import time
 import orjson
 
 from server.cli import UsageError
+from simulators.fleet import DIALECTS, SCENARIOS
 
 
 def register(subparsers) -> None:
@@ -31,7 +32,44 @@ def register(subparsers) -> None:
     terminals.add_argument("--first-record", type=int, default=1, help="record_no of each device's first punch")
     terminals.add_argument("--tls", action="store_true", help="connect with TLS (no certificate check: test use)")
     terminals.add_argument("--json", action="store_true", help="print one JSON summary object")
+    fleet = terminals.add_argument_group(
+        "fleet", "with --scenario the devices stay connected as a fleet (simulators/fleet.py) instead of "
+        "uploading --punches-per-device and leaving")
+    fleet.add_argument("--scenario", choices=SCENARIOS,
+                       help="rush: punches at --rate (or every window kept full); idle: heartbeats only; backlog: "
+                       "each device comes back with --backlog-records stored punches; storm: all drop and reconnect "
+                       "at once; chaos: a share of clients send garbage, oversize frames, never authenticate or read")
+    fleet.add_argument("--duration", type=float, default=30.0, help="seconds measured after all are connected "
+                       "(storm, backlog: the cap) (default 30)")
+    fleet.add_argument("--rate", type=float, default=0.0, help="punches/s from the whole fleet; 0 = closed loop")
+    fleet.add_argument("--processes", type=int, default=1, help="fleet processes (each holds < 20,000 sockets)")
+    fleet.add_argument("--source-addresses", default="",
+                       help="loopback source addresses, e.g. 127.0.0.1-127.0.0.8 (~28k ports per address pair)")
+    fleet.add_argument("--backlog-records", type=int, default=1000, help="backlog: stored punches per device")
+    fleet.add_argument("--chaos-share", type=float, default=0.2, help="chaos: share of misbehaving clients")
+    fleet.add_argument("--heartbeat-s", type=float, default=0.0, help="heartbeat interval; 0 = as the server says")
+    fleet.add_argument("--reconnect-base-s", type=float, default=1.0, help="first reconnect wait (doubles to 60 s)")
+    fleet.add_argument("--dialect", choices=DIALECTS, default="lmg",
+                       help="lmg (the gateway), bare (baseline server), mqtt (QoS 1 broker)")
     terminals.set_defaults(handler=run_terminals)
+
+
+def source_addresses(text: str) -> list[str]:
+    """'127.0.0.1-127.0.0.8' or '127.0.0.1,127.0.0.2' -> the addresses."""
+    import ipaddress
+
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        first, _, last = part.partition("-")
+        try:
+            start = ipaddress.IPv4Address(first)
+            end = ipaddress.IPv4Address(last) if last else start
+        except ValueError:
+            raise UsageError(f"--source-addresses {text!r}: use 127.0.0.1-127.0.0.8 or a comma list") from None
+        if end < start or int(end) - int(start) > 255:
+            raise UsageError(f"--source-addresses {part!r}: the range must go up and hold at most 256 addresses")
+        out += [str(ipaddress.IPv4Address(n)) for n in range(int(start), int(end) + 1)]
+    return out
 
 
 def run_terminals(args) -> int:
@@ -44,6 +82,9 @@ def run_terminals(args) -> int:
     if not devices:
         raise UsageError(f"{args.devices} holds no devices")
     import uvloop
+
+    if args.scenario:
+        return run_fleet_cli(args, host or "127.0.0.1", int(port), devices)
 
     summary = uvloop.run(_drive(args, host or "127.0.0.1", int(port), devices))
     if args.json:
@@ -96,3 +137,58 @@ async def _drive(args, host: str, port: int, devices) -> dict:
     return result
 
 
+
+
+def run_fleet_cli(args, host: str, port: int, devices) -> int:
+    """`--scenario`: run the fleet; a live display on a terminal, one JSON object with --json."""
+    import uvloop
+
+    from simulators.fleet import FleetSpec, raise_fd_limit, run_fleet
+
+    if args.processes < 1:
+        raise UsageError("--processes must be at least 1")
+    raise_fd_limit()
+    spec = FleetSpec(host=host, port=port, devices=[[serial, secret.hex()] for serial, secret, _ in devices],
+                     scenario=args.scenario, dialect=args.dialect, transport=args.transport, tls=args.tls,
+                     duration_s=args.duration, rate=args.rate, batch_size=args.batch_size, window=args.window,
+                     heartbeat_s=args.heartbeat_s, backlog_records=args.backlog_records, chaos_share=args.chaos_share,
+                     source_addresses=source_addresses(args.source_addresses), first_record=args.first_record,
+                     reconnect_base_s=args.reconnect_base_s)
+    live = None
+    if not args.json and sys.stdout.isatty():
+        live = _live_display(args.scenario)
+    try:
+        if live is not None:
+            live[0].start()
+        summary = uvloop.run(run_fleet(spec, args.processes, on_progress=live[1] if live else None))
+    finally:
+        if live is not None:
+            live[0].stop()
+    if args.json:
+        print(orjson.dumps(summary).decode())
+    else:
+        summary.pop("counters", None)
+        for key, value in summary.items():
+            print(f"{key:>22}: {value}")
+    well = args.scenario != "storm" or summary.get("storm_complete")
+    return 0 if well and summary["unexpected_disconnects"] == 0 else 1
+
+
+def _live_display(scenario: str):
+    """(rich Live, on_progress): a table refreshed from the fleet's progress snapshots."""
+    from rich.live import Live
+    from rich.table import Table
+
+    live = Live(Table(), auto_refresh=False, transient=False)
+
+    def on_progress(snap: dict) -> None:
+        table = Table(title=f"lmg sim terminals --scenario {scenario}", show_header=True)
+        for name in ("elapsed_s", "online", "devices", "sent", "acked", "duplicates", "nacks", "reconnects",
+                     "unexpected_disconnects", "heartbeats_acked", "p99_ms"):
+            table.add_column(name.replace("_", " "), justify="right")
+        table.add_row(*(str(snap.get(name, 0) if snap.get(name) is not None else "-") for name in (
+            "elapsed_s", "online", "devices", "sent", "acked", "duplicates", "nacks", "reconnects",
+            "unexpected_disconnects", "heartbeats_acked", "p99_ms")))
+        live.update(table, refresh=True)
+
+    return live, on_progress
