@@ -26,10 +26,9 @@ import re
 from dataclasses import dataclass
 
 import orjson
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+# `cryptography` is imported where keys are made, so `lmg --help` and the config code
+# load without it (it costs ~40 ms to import).
 
 API_VERSION = "V1.0"
 SIGNATURE_SCHEME = "LMG-HMAC-SHA256"
@@ -211,6 +210,9 @@ def verify_request(auth: RequestAuth, app_secret: str, method: str, target: str,
 
 def derive_id_key(app_secret: str, app_key: str) -> bytes:
     """The 32-byte AES key for resident ID numbers: HKDF-SHA256(secret, salt, info + app key)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=HKDF_SALT,
                 info=HKDF_INFO_PREFIX + app_key.encode("utf-8")).derive(app_secret.encode("utf-8"))
 
@@ -218,10 +220,14 @@ def derive_id_key(app_secret: str, app_key: str) -> bytes:
 class WorkerIdCipher:
     """AES-256-GCM over resident ID numbers, bound to the record id as associated data."""
 
-    __slots__ = ("_aead",)
+    __slots__ = ("_aead", "_invalid_tag")
 
     def __init__(self, key: bytes):
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self._aead = AESGCM(key)
+        self._invalid_tag = InvalidTag
 
     @classmethod
     def for_app(cls, app_secret: str, app_key: str) -> WorkerIdCipher:
@@ -244,7 +250,7 @@ class WorkerIdCipher:
             raise ValueError("worker_id_enc is too short to hold a nonce and a tag")
         try:
             clear = self._aead.decrypt(raw[:GCM_NONCE_BYTES], raw[GCM_NONCE_BYTES:], record_id.encode("utf-8"))
-        except InvalidTag:
+        except self._invalid_tag:
             raise ValueError("worker_id_enc does not decrypt for this record (wrong key, altered, or moved)") from None
         try:
             return clear.decode("ascii")
