@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from server.session import SessionLimits
@@ -50,6 +50,12 @@ class GatewayConfig:
     presence_flush_s: float = 5.0  # online/last-seen written in batches this often, not per heartbeat
     shutdown_grace_s: float = 10.0  # SIGTERM: in-flight commits and goodbyes get this long
     log_level: str = "info"
+    # forwarding to the provincial system (docs/province-api.md); empty forward_url = off.
+    # The forwarder's tuning keys (batch size, concurrency, backoff) have the defaults in
+    # server/forwarding/config.py; `lmg forward run` takes them all as flags.
+    forward_url: str = ""
+    forward_app_key: str = ""
+    forward_app_secret: str = field(default="", repr=False)  # never logged
 
     def store_url(self) -> str:
         return self.store or f"sqlite:///{Path(self.data_dir).resolve() / 'lmg.db'}"
@@ -146,3 +152,7 @@ def validate(config: GatewayConfig) -> None:
         )
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, got {config.log_level!r}")
+    if config.forward_url:
+        from server.forwarding.config import ForwarderConfig
+
+        ForwarderConfig.from_mapping(config)  # raises ConfigError naming the key

@@ -68,6 +68,8 @@ class Gateway:
         self.store_writable = True
         self.stopping = False
         self._background: list[asyncio.Task] = []
+        self._forwarder: asyncio.Task | None = None
+        self._forward_stop = asyncio.Event()
         self.reuse_port = False  # SO_REUSEPORT: several `lmg serve --workers` processes share the ports
 
     # -- bookkeeping called by links -------------------------------------------------------
@@ -230,6 +232,12 @@ class Gateway:
             self.servers.append(server)
             self.listening["admin"] = server.sockets[0].getsockname()[:2]
         self._background = [loop.create_task(self._deadline_loop()), loop.create_task(self._presence_loop())]
+        if self.config.forward_url:
+            from server.forwarding.config import ForwarderConfig
+            from server.forwarding.forwarder import run_forwarder
+
+            forwarding = ForwarderConfig.from_mapping(self.config)
+            self._forwarder = loop.create_task(run_forwarder(self.store, forwarding, self._forward_stop))
 
     async def ready(self) -> tuple[bool, str]:
         """Readiness: listeners up and the store answering and writable."""
@@ -253,6 +261,12 @@ class Gateway:
         deadline = time.monotonic() + self.config.shutdown_grace_s
         for server in self.servers:
             server.close()
+        if self._forwarder is not None:
+            self._forward_stop.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._forwarder), max(0.1, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                self._forwarder.cancel()  # its claimed items return to the outbox when the lease ends
         # in-flight commits finish and their ACKs go out before anyone is told goodbye
         pending = [t for t in self.tasks if not t.done()]
         if pending:

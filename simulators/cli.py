@@ -52,6 +52,9 @@ def register(subparsers) -> None:
     fleet.add_argument("--dialect", choices=DIALECTS, default="lmg",
                        help="lmg (the gateway), bare (baseline server), mqtt (QoS 1 broker)")
     terminals.set_defaults(handler=run_terminals)
+    from simulators.province_cli import register_province
+
+    register_province(group)
 
 
 def source_addresses(text: str) -> list[str]:
