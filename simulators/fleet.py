@@ -32,6 +32,7 @@ import math
 import os
 import random
 import resource
+import socket
 import ssl
 import sys
 import time
@@ -164,6 +165,26 @@ class FleetSpec:
     first_record: int = 1
     progress_s: float = 1.0
     wait_for_go: bool = False  # storm: wait for "storm" on stdin (several processes drop together)
+
+
+# Linux: bind() picks no port until connect(). A bind(ip, 0) otherwise searches for a port
+# no bound socket uses, which with 10,000 sockets on one source address took seconds of
+# kernel time per thousand connects (a 20,000-terminal storm did not finish in 60 s).
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+async def connected_socket(host: str, port: int, source: str) -> socket.socket:
+    """A non-blocking TCP socket from `source` (an address, any port) connected to host:port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class Refused(Exception):
@@ -424,7 +445,7 @@ class Terminal:
     async def _connect(self) -> None:
         fleet, spec = self.fleet, self.fleet.spec
         loop = asyncio.get_running_loop()
-        local = (fleet.source_for(self.index), 0) if spec.source_addresses else None
+        source = fleet.source_for(self.index) if spec.source_addresses else None
         self.waiter = loop.create_future()
         self.lost = loop.create_future()
         self.reconnect_after_s = None
@@ -432,11 +453,15 @@ class Terminal:
             from picows import ws_connect
 
             scheme = "wss" if spec.tls else "ws"
+            factory = (lambda url: connected_socket(spec.host, spec.port, source)) if source else None
             _, self.wire = await ws_connect(lambda: fleet.ws_wire(self), f"{scheme}://{spec.host}:{spec.port}/terminal",
-                                            ssl_context=fleet.tls, local_addr=local, read_buffer_init_size=1024)
+                                            ssl_context=fleet.tls, socket_factory=factory, read_buffer_init_size=1024)
+        elif source:
+            sock = await connected_socket(spec.host, spec.port, source)
+            _, self.wire = await loop.create_connection(lambda: TcpWire(self), sock=sock, ssl=fleet.tls,
+                                                        server_hostname=spec.host if fleet.tls else None)
         else:
-            _, self.wire = await loop.create_connection(lambda: TcpWire(self), spec.host, spec.port,
-                                                        local_addr=local, ssl=fleet.tls)
+            _, self.wire = await loop.create_connection(lambda: TcpWire(self), spec.host, spec.port, ssl=fleet.tls)
         self.state = "handshake"
         if spec.dialect == "lmg":
             hello = Hello(self.serial, "simulator", "fleet", FIRMWARE, 1,
@@ -633,12 +658,17 @@ class Fleet:
     async def _chaos_client(self, index: int, kind: str, serial: str) -> None:
         """A misbehaving client, reconnecting after the server closes it; counts how often it did."""
         spec = self.spec
-        local = (self.source_for(index), 0) if spec.source_addresses else None
+        source = self.source_for(index) if spec.source_addresses else None
         self.stats[f"chaos_{kind}_clients"] += 1
         while not self.stopping:
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(spec.host, spec.port, local_addr=local, ssl=self.tls), spec.ack_timeout_s)
+                if source:
+                    sock = await asyncio.wait_for(connected_socket(spec.host, spec.port, source), spec.ack_timeout_s)
+                    opened = asyncio.open_connection(sock=sock, ssl=self.tls,
+                                                     server_hostname=spec.host if self.tls else None)
+                else:
+                    opened = asyncio.open_connection(spec.host, spec.port, ssl=self.tls)
+                reader, writer = await asyncio.wait_for(opened, spec.ack_timeout_s)
             except (OSError, asyncio.TimeoutError):
                 await asyncio.sleep(1.0)
                 continue
