@@ -80,7 +80,10 @@ _CLAIM = (
     " WHERE state = 'pending' AND next_attempt_at_ms > :now GROUP BY device_serial) "
     + _OUTBOX_ITEM_SELECT
     + " LEFT JOIN blocked b ON b.device_serial = o.device_serial"
-    " WHERE o.state = 'pending' AND o.next_attempt_at_ms <= :now"
+    # The unary + keeps SQLite off the outbox_due index here: walking the primary key in id
+    # order stops at LIMIT, while the index made it read and sort every due row first
+    # (measured at 200k pending: 50 ms per claim with the index, 4.3 ms without).
+    " WHERE +o.state = 'pending' AND +o.next_attempt_at_ms <= :now"
     " AND (b.first_id IS NULL OR o.id < b.first_id) ORDER BY o.id LIMIT :limit"
 )
 
