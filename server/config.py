@@ -78,8 +78,8 @@ class GatewayConfig:
 KEYS = {f.name: f for f in fields(GatewayConfig)}
 
 
-def _coerce(name: str, value, source: str):
-    kind = KEYS[name].type
+def _coerce(keys: dict, name: str, value, source: str):
+    kind = keys[name].type
     kind = {"str": str, "int": int, "float": float}.get(kind, kind) if isinstance(kind, str) else kind
     try:
         if kind is int and not isinstance(value, bool):
@@ -93,6 +93,39 @@ def _coerce(name: str, value, source: str):
     raise ConfigError(f"{name} = {value!r} from {source}: expected {kind.__name__}")
 
 
+def gather_keys(keys: dict, flags: dict | None, env, config_file: str | None, *,
+                in_file=lambda key: True, known_elsewhere: frozenset = frozenset()) -> dict:
+    """Coerced values of `keys` (name -> dataclass Field) from the TOML file < LMG_* < flags.
+
+    `in_file` selects the file keys this reader owns; a selected key that is neither in
+    `keys` nor `known_elsewhere` (another reader's) is refused with the list of keys.
+    """
+    values: dict = {}
+    config_file = config_file or env.get("LMG_CONFIG") or None
+    if config_file:
+        path = Path(config_file)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        for key, value in data.items():
+            if not in_file(key) or (key in known_elsewhere and key not in keys):
+                continue
+            if key not in keys:
+                raise ConfigError(f"config file {path}: unknown key {key!r}; known keys: {', '.join(keys)}")
+            values[key] = _coerce(keys, key, value, f"config file {path}")
+    for key in keys:
+        env_name = f"LMG_{key.upper()}"
+        if env_name in env:
+            values[key] = _coerce(keys, key, env[env_name], f"environment variable {env_name}")
+    for key, value in (flags or {}).items():
+        if value is not None and key in keys:
+            values[key] = _coerce(keys, key, value, f"--{key.replace('_', '-')}")
+    return values
+
+
 def parse_host_port(name: str, value: str) -> tuple[str, int] | None:
     """'HOST:PORT' -> (host, port); '' -> None (listener off)."""
     if not value:
@@ -104,29 +137,14 @@ def parse_host_port(name: str, value: str) -> tuple[str, int] | None:
 
 
 def load_config(flags: dict | None = None, env: dict | None = None, config_file: str | None = None) -> GatewayConfig:
-    """Merge defaults, the TOML file, LMG_* variables and flags (later wins); validate."""
-    values: dict = {}
+    """Merge defaults, the TOML file, LMG_* variables and flags (later wins); validate.
+
+    The file may also hold the forwarder's tuning keys (forward_*), read by `lmg forward`.
+    """
+    from server.forwarding.config import KEYS as FORWARDER_KEYS
+
     env = os.environ if env is None else env
-    config_file = config_file or env.get("LMG_CONFIG") or None
-    if config_file:
-        path = Path(config_file)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        for key, value in data.items():
-            if key not in KEYS:
-                raise ConfigError(f"config file {path}: unknown key {key!r}; known keys: {', '.join(KEYS)}")
-            values[key] = _coerce(key, value, f"config file {path}")
-    for key in KEYS:
-        env_name = f"LMG_{key.upper()}"
-        if env_name in env:
-            values[key] = _coerce(key, env[env_name], f"environment variable {env_name}")
-    for key, value in (flags or {}).items():
-        if value is not None:
-            values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
+    values = gather_keys(KEYS, flags, env, config_file, known_elsewhere=frozenset(FORWARDER_KEYS))
     config = dataclasses.replace(GatewayConfig(), **values)
     validate(config)
     return config

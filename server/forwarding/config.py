@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from urllib.parse import urlsplit
 
-from server.config import ConfigError
+from server.config import ConfigError, gather_keys
 from server.forwarding import province_api as api
 
 PREFIX = "forward_"
@@ -69,45 +67,11 @@ class ForwarderConfig:
 KEYS = {PREFIX + f.name: f for f in fields(ForwarderConfig)}
 
 
-def _coerce(key: str, value, source: str):
-    kind = KEYS[key].type
-    kind = {"str": str, "int": int, "float": float}.get(kind, kind) if isinstance(kind, str) else kind
-    try:
-        if kind in (int, float) and not isinstance(value, bool):
-            return kind(value)
-        if kind is str:
-            return str(value)
-    except (TypeError, ValueError):
-        pass
-    raise ConfigError(f"{key} = {value!r} from {source}: expected {kind.__name__}")
-
-
 def load_forwarder_config(flags: dict | None = None, env: dict | None = None,
                           config_file: str | None = None) -> ForwarderConfig:
     """Defaults < TOML file (only its forward_* keys) < LMG_FORWARD_* < flags; validated."""
     env = os.environ if env is None else env
-    values: dict = {}
-    config_file = config_file or env.get("LMG_CONFIG") or None
-    if config_file:
-        path = Path(config_file)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        for key, value in data.items():
-            if key.startswith(PREFIX):
-                if key not in KEYS:
-                    raise ConfigError(f"config file {path}: unknown key {key!r}; forwarder keys: {', '.join(KEYS)}")
-                values[key] = _coerce(key, value, f"config file {path}")
-    for key in KEYS:
-        name = f"LMG_{key.upper()}"
-        if name in env:
-            values[key] = _coerce(key, env[name], f"environment variable {name}")
-    for key, value in (flags or {}).items():
-        if value is not None and key in KEYS:
-            values[key] = _coerce(key, value, "--" + key.replace("_", "-"))
+    values = gather_keys(KEYS, flags, env, config_file, in_file=lambda key: key.startswith(PREFIX))
     config = dataclasses.replace(ForwarderConfig(), **{k[len(PREFIX):]: v for k, v in values.items()})
     validate(config)
     return config

@@ -61,3 +61,18 @@ def test_empty_listener_turns_it_off():
 def test_session_limits_follow_the_config():
     limits = load_config({"auth_timeout_s": 2.5, "max_future_skew_s": 60}, {}).session_limits()
     assert limits.auth_timeout_ms == 2500 and limits.max_future_skew_ms == 60_000
+
+
+def test_one_file_serves_the_gateway_and_the_forwarder(tmp_path):
+    from server.forwarding.config import load_forwarder_config
+
+    path = tmp_path / "lmg.toml"
+    path.write_text('heartbeat_interval_s = 15\nforward_batch_records = 200\nforward_url = "http://127.0.0.1:1"\n'
+                    'forward_app_key = "k"\nforward_app_secret = "s"\n')
+    gateway = load_config({}, {}, str(path))
+    assert gateway.heartbeat_interval_s == 15 and gateway.forward_url == "http://127.0.0.1:1"
+    forwarder = load_forwarder_config({}, {}, str(path))
+    assert forwarder.batch_records == 200 and forwarder.app_key == "k"
+    path.write_text("forward_batch_recs = 200\n")
+    with pytest.raises(ConfigError, match="unknown key 'forward_batch_recs'"):
+        load_forwarder_config({}, {}, str(path))
