@@ -414,13 +414,14 @@ def markdown(report: dict) -> str:
     if w and "error" in w:
         rows.append(("many connections on --workers", f"failed: {w['error']}", "100,000 for 10 min", "missed"))
     elif w:
-        held = w["online_at_end"] == w["devices"] and w["unexpected_disconnects"] == 0
+        # all up once, then none lost and none reconnected: every terminal was held throughout
+        held = w["peak_online"] == w["devices"] and w["unexpected_disconnects"] == 0 and w["reconnects"] == 0
         rows.append((f"storm on --workers {w['workers']} (PostgreSQL): {w['storm']['devices']:,} reconnects",
                      f"{cell(w['storm']['storm_s'])} s until all authenticated", "20,000 within 10 s",
                      verdict(w["storm"]["storm_s"] is not None and w["storm"]["storm_s"] <= 10
                              and w["storm"]["devices"] >= 20000)))
         rows.append((f"held on --workers {w['workers']} (PostgreSQL), 30-s heartbeats",
-                     f"{w['peak_online']:,} peak, {w['online_at_end']:,} at the end of {w['held_s']:.0f} s; "
+                     f"{w['peak_online']:,} authenticated, held {w['held_s']:.0f} s; "
                      f"{w['unexpected_disconnects']} unexpected disconnects",
                      "100,000 for 10 min, none lost",
                      verdict(held and w["devices"] >= 100_000 and w["held_s"] >= 600)))

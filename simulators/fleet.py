@@ -547,6 +547,7 @@ class Fleet:
         self.busy: set = set()
         self.online = 0
         self.peak_online = 0
+        self.online_at_end = 0
         self.connect_gate = asyncio.Semaphore(spec.connect_concurrency)
         self.topic = "lmg/punch"
         self.worker_ids = [worker_id_for(n) for n in range(WORKERS_PER_SITE)]
@@ -751,6 +752,7 @@ class Fleet:
                         await asyncio.sleep(spec.duration_s)
             self.measure_ended = time.monotonic()
             self.measuring = False
+            self.online_at_end = self.online  # before the run closes its own connections below
         finally:
             self.stopping = True
             for ticker in tickers:
@@ -797,7 +799,7 @@ class Fleet:
         return {
             "scenario": self.spec.scenario, "dialect": self.spec.dialect, "transport": self.spec.transport,
             "devices": len(self.terminals) + len(self.chaos), "well_behaved": len(self.terminals),
-            "online_at_end": self.online, "peak_online": self.peak_online,
+            "online_at_end": self.online_at_end, "peak_online": self.peak_online,
             "counters": dict(self.stats), "measured_s": measured_s, "connect_s": connect_s,
             "latency": self.latency.to_json(), "auth_latency": self.auth_latency.to_json(),
             "storm_t0": self.storm_t0, "storm_last": self.storm_last, "backlog_s": self.backlog_done_s,

@@ -44,7 +44,7 @@ async def test_rush_at_a_rate_over_two_processes(gateway):
 
 async def test_idle_holds_connections_with_heartbeats(gateway):
     s = await run_fleet(spec(gateway, scenario="idle", duration_s=2.5, heartbeat_s=1))
-    assert s["peak_online"] == DEVICES and s["sent"] == 0 and s["unexpected_disconnects"] == 0
+    assert s["peak_online"] == s["online_at_end"] == DEVICES and s["sent"] == 0 and s["unexpected_disconnects"] == 0
     assert s["heartbeats_sent"] >= DEVICES and s["heartbeats_acked"] >= DEVICES
 
 
