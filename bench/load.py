@@ -324,6 +324,13 @@ async def matrix(sizes: dict, *, mosquitto: bool, log) -> dict:
                                                   "latency_ms": half["latency_ms"], "server_cpu_s": half["server_cpu_s"],
                                                   "sent": half["sent"], "acked": half["acked"]}
             log(f"  p99 {half['latency_ms']['p99_ms']} ms")
+            own = max(1.0, (result["gateway"]["acks_per_s"] or 0) / 2)
+            log(f"gateway: open-loop latency at half its own closed-loop rate ({own:.0f}/s)")
+            half_own = await fleet_run(gateway, devices[:sizes["load_devices"]], **{**load, "rate": own},
+                                       first_record=30_000_000)
+            result["latency_at_half_gateway"] = {"rate": round(own), "acks_per_s": half_own["acks_per_s"],
+                                                 "latency_ms": half_own["latency_ms"]}
+            log(f"  p99 {half_own['latency_ms']['p99_ms']} ms")
             log("gateway: backlog upload")
             backlog = await fleet_run(gateway, devices[:sizes["backlog_devices"]], scenario="backlog",
                                       backlog_records=sizes["backlog_records"], batch_size=sizes["backlog_batch"],
@@ -360,6 +367,7 @@ def headline(result: dict) -> dict:
         "p50_ms": result["latency_at_half_baseline"]["latency_ms"]["p50_ms"],
         "p99_ms": result["latency_at_half_baseline"]["latency_ms"]["p99_ms"],
         "p999_ms": result["latency_at_half_baseline"]["latency_ms"]["p999_ms"],
+        "p99_ms_at_half_gateway_rate": (result.get("latency_at_half_gateway") or {}).get("latency_ms", {}).get("p99_ms"),
         "rss_per_conn_kib": result["idle"]["rss_per_conn_kib"],
         "bare_rss_per_conn_kib": result["baseline"]["idle"]["rss_per_conn_kib"],
         "storm_devices": result["storm"]["devices"],
@@ -399,6 +407,10 @@ def markdown(report: dict) -> str:
         (f"ack latency p50 / p99 / p99.9 at {r['latency_at_half_baseline']['rate']:,}/s",
          f"{cell(lat['p50_ms'])} / {cell(lat['p99_ms'])} / {cell(lat['p999_ms'])} ms", "p99 <= 25 ms",
          verdict(lat["p99_ms"] <= TARGETS["p99_ms"] if lat["p99_ms"] is not None else None)),
+        *([(f"ack latency p50 / p99 / p99.9 at {r['latency_at_half_gateway']['rate']:,}/s (half the gateway's own rate)",
+            "{} / {} / {} ms".format(*(cell(r["latency_at_half_gateway"]["latency_ms"][k])
+                                       for k in ("p50_ms", "p99_ms", "p999_ms"))), "information", "–")]
+          if r.get("latency_at_half_gateway") else []),
         ("server CPU s per 1,000 acks (gateway / bare)",
          f"{cell(_per_k(r['gateway']))} / {cell(_per_k(r['baseline']))}", "–", "–"),
         (f"RSS per idle authenticated connection ({r['idle']['connections']:,})",
