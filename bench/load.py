@@ -76,7 +76,7 @@ uvloop.run(main())
 
 
 class BenchError(RuntimeError):
-    pass
+    """A phase of the benchmark could not run (a server did not start, a fleet failed)."""
 
 
 def add_arguments(parser) -> None:

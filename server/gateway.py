@@ -283,7 +283,7 @@ class Gateway:
             try:
                 await asyncio.wait_for(server.wait_closed(), max(0.1, deadline - time.monotonic()))
             except asyncio.TimeoutError:
-                pass
+                log.warning("a listener did not finish closing within shutdown_grace_s; exiting anyway")
         leftover = [t for t in self.tasks if not t.done()]
         for task in leftover:
             task.cancel()

@@ -340,7 +340,7 @@ class Terminal:
         self.fleet.stats["sent"] += len(records)
         try:
             self.wire.write(frame)
-        except Exception:  # the transport is closing: on_lost puts the records back
+        except (RuntimeError, OSError):  # the transport is closing: on_lost puts the records back
             pass
 
     def heartbeat(self) -> None:

@@ -75,8 +75,6 @@ class PacketReader:
                     break
                 if shift > 21:
                     raise MqttError("remaining length longer than 4 bytes")
-            else:  # pragma: no cover - the loop always breaks
-                pass
             if i >= len(buf) and (buf[i - 1] & 0x80):
                 break  # the length itself is not complete yet
             if length > MAX_PACKET_BYTES:
