@@ -5,12 +5,20 @@ only supply four primitives (write, close, pause reading, resume reading) and th
 unsent-output size. Rules kept here:
 
 - Answers leave in the order frames arrived: while an action that awaits the store runs,
-  later items wait in `backlog` and the transport stops reading (back-pressure: a lagging
-  store slows the terminals down instead of growing buffers). At most one read's worth of
-  items is ever held.
+  later items wait in `backlog`. Reading goes on until `HELD_ITEMS` items are held, then
+  the transport stops reading (back-pressure: a lagging store slows the terminals down
+  instead of growing buffers), so at most `HELD_ITEMS` plus one read's worth are held.
+- Consecutive punch frames are stored together: every frame the session would answer
+  only after the store (`Session.stores`) that is already held joins one store call (up
+  to `GROUP_RECORDS` records), and their ACKs go out together once it returns. A
+  terminal that keeps a window of punches in flight thus pays one commit per window, not
+  one per punch. A frame of any other kind ends the group and waits for it, so the seq
+  numbers the session gives its answers stay in sending order.
 - A punch is acknowledged only after `Store.store_punches` returned, i.e. after commit;
   if the store fails, the session answers NACK STORE_UNAVAILABLE and nothing is acked.
-- Unsent output above `max_unsent_bytes` means the peer does not read: it is closed.
+- Output is corked: the frames one pass produces leave in one `write_frames` call
+  (one syscall on TCP). Unsent output above `max_unsent_bytes` means the peer does not
+  read: it is closed.
 """
 
 from __future__ import annotations
@@ -45,6 +53,15 @@ from storage import (
 
 log = logging.getLogger("lmg.link")
 
+# Items held while the store works before reading pauses: a terminal's window of punches
+# (8 in our simulator, a few in real firmware) fits, a flood does not.
+HELD_ITEMS = 64
+# Records gathered into one store call: one group-commit batch (storage default 500).
+GROUP_RECORDS = 500
+# Store calls one connection may have in flight. Frames of a window arrive over several
+# reads; with one call at a time each read after the first waited a whole commit cycle.
+GROUPS_IN_FLIGHT = 4
+
 _OUTCOME_CODES = {Outcome.STORED: ResultCode.OK, Outcome.DUPLICATE: ResultCode.DUPLICATE}
 
 
@@ -58,14 +75,16 @@ class TerminalLink(abc.ABC):
         self.session = Session(peer=peer, nonce=os.urandom(16), connected_ms=now, limits=gateway.limits)
         self.decoder = FrameDecoder(gateway.limits.max_frame_size)
         self.backlog: list = []  # items held while busy; a list is 56 B, a deque 600+
+        self.out: list | None = None  # frames of the current pass, written by _flush
+        self.groups: list = []  # store groups in flight, oldest first (see _pump)
         self.busy = False
         self.closed = False
         gateway.link_opened(self)
 
     # -- transport primitives (subclasses) -----------------------------------------------
     @abc.abstractmethod
-    def write(self, data: bytes) -> None:
-        """Queue bytes (one whole frame) for the peer; never blocks."""
+    def write_frames(self, frames: list) -> None:
+        """Queue whole frames (bytes), in order, for the peer; never blocks."""
 
     @abc.abstractmethod
     def unsent_bytes(self) -> int:
@@ -102,34 +121,58 @@ class TerminalLink(abc.ABC):
         self.closed = True
         self.session.state = State.CLOSED
         self.backlog.clear()
+        self.groups.clear()
+        self.out = None
         self.gateway.link_closed(self)
 
     # -- the loop over items -------------------------------------------------------------
     def _process(self, items: list) -> None:
-        if self.busy or self.backlog:
-            self.backlog.extend(items)
-            return
-        now = self.gateway.now_ms()
-        session = self.session
-        for index, item in enumerate(items):
-            if self.closed:
-                return
-            if self._execute(session.receive(item, now)):
-                self.backlog.extend(items[index + 1 :])
-                self.pause_reading()
-                return
-        if session.state is State.AUTHENTICATED:
-            self.gateway.seen(session.serial, now)
+        backlog = self.backlog
+        backlog.extend(items)
+        if not self.busy:
+            self._pump()
+        elif len(backlog) > HELD_ITEMS:
+            self.pause_reading()
+        self._flush()
 
-    def _drain(self) -> None:
-        """Continue with held-back items after an async action finished."""
-        while self.backlog and not self.busy and not self.closed:
-            item = self.backlog.pop(0)
-            now = self.gateway.now_ms()
-            self._execute(self.session.receive(item, now))
-        if not self.busy and not self.closed:
-            if self.session.state is State.AUTHENTICATED:
-                self.gateway.seen(self.session.serial, self.gateway.now_ms())
+    def _pump(self) -> None:
+        """Feed held items to the session until one of them must wait for an async answer.
+
+        Store requests join a new group (stored in one call) while fewer than
+        `GROUPS_IN_FLIGHT` groups are in flight; any other item waits until every group
+        before it was answered.
+        """
+        backlog, session, groups = self.backlog, self.session, self.groups
+        now = self.gateway.now_ms()
+        group: list = []
+        records = done = 0
+        for item in backlog:
+            if session.stores(item):
+                if records >= GROUP_RECORDS or len(groups) >= GROUPS_IN_FLIGHT:
+                    break
+                action = session.receive(item, now)[0]
+                group.append(action)
+                records += len(action.records)
+                continue
+            if group or groups:
+                break  # its answer must follow the groups' ACKs
+            done += 1
+            if self._execute(session.receive(item, now)) or self.closed:
+                break
+        if self.closed:
+            return
+        if group:
+            done += len(group)
+            entry = [group, None]  # [StorePunches actions, the store's outcome once known]
+            groups.append(entry)
+            self.gateway.spawn(self._store_group(entry))
+        if done:
+            del backlog[:done]
+            if session.state is State.AUTHENTICATED:
+                self.gateway.seen(session.serial, now)
+        if len(backlog) > HELD_ITEMS:
+            self.pause_reading()
+        else:
             self.resume_reading()
 
     def _execute(self, actions: list) -> bool:
@@ -162,17 +205,33 @@ class TerminalLink(abc.ABC):
         """Run actions produced outside `receive` (takeover, shutdown, deadlines)."""
         if not self.closed:
             self._execute(actions)
+            self._flush()
 
     def _send(self, message) -> None:
         if self.closed:
             return
-        self.write(encode(message, max_frame_size=self.decoder.max_frame_size))
+        frame = encode(message, max_frame_size=self.decoder.max_frame_size)
+        if self.out is None:
+            self.out = [frame]
+        else:
+            self.out.append(frame)
+
+    def _flush(self) -> None:
+        """Write the frames the current pass produced; close a peer that does not read."""
+        frames = self.out
+        if frames is None or self.closed:
+            return
+        self.out = None
+        self.write_frames(frames)
         if self.unsent_bytes() > self.gateway.config.max_unsent_bytes:
             self.gateway.count("slow_reader_closed")
             self._execute(self.session.too_slow_reader())
 
     def _close(self, action: Close) -> None:
         if self.closed:
+            return
+        self._flush()  # answers produced before the close go first (a GOODBYE, an AUTH_RESULT)
+        if self.closed:  # the flush found a peer that does not read and closed it
             return
         log.debug("closing %s (%s): %s", self.session.peer, action.reason.name, action.detail)
         self.gateway.count(f"closed_{action.reason.name.lower()}")
@@ -194,7 +253,8 @@ class TerminalLink(abc.ABC):
         self.busy = False
         if not self.closed:
             self._execute(actions)
-            self._drain()
+            self._pump()
+            self._flush()
 
     async def _load_device(self, action: LoadDevice) -> list:
         gateway = self.gateway
@@ -210,23 +270,51 @@ class TerminalLink(abc.ABC):
                 device = DeviceView(stored.serial, stored.secret, stored.enabled)
         return self.session.device_loaded(device, locked, gateway.now_ms())
 
-    async def _store_punches(self, action: StorePunches) -> list:
+    async def _store_group(self, entry: list) -> None:
+        """Store the records of a group's StorePunches in one call, then answer every group
+        whose turn has come (answers are made in group order, so their seq numbers are too)."""
+        group = entry[0]
         serial = self.session.serial
         records = []
-        for record, reason in action.records:
-            sha = record.photo_sha256 if record.photo_size else None
-            records.append(
-                PunchIn(serial, record.record_no, record.worker_id, record.punch_time_ms, record.direction,
-                        record.verify_mode, record.temperature_dc, sha, record.photo_size,
-                        int(reason) if reason is not None else None)
-            )
+        for action in group:
+            for record, reason in action.records:
+                records.append(
+                    PunchIn(serial, record.record_no, record.worker_id, record.punch_time_ms, record.direction,
+                            record.verify_mode, record.temperature_dc,
+                            record.photo_sha256 if record.photo_size else None, record.photo_size,
+                            int(reason) if reason is not None else None)
+                )
         try:
             outcomes = await self.gateway.store_punches(records)
+            entry[1] = [ResultCode(o.reject_reason) if o.status is Outcome.REJECTED else _OUTCOME_CODES[o.status]
+                        for o in outcomes]
         except StoreError as exc:
             log.warning("store failed for %d records from %s: %s", len(records), serial, exc)
-            return self.session.store_failed(action)
-        codes = [ResultCode(o.reject_reason) if o.status is Outcome.REJECTED else _OUTCOME_CODES[o.status] for o in outcomes]
-        return self.session.punches_stored(action, codes, self.gateway.now_ms())
+            entry[1] = exc
+        except Exception as exc:  # noqa: BLE001 - a bug in one action must not kill the server
+            log.exception("storing punches failed for %s", self.session.peer)
+            entry[1] = exc
+        groups = self.groups
+        while groups and groups[0][1] is not None and not self.closed:
+            self._execute(self._answer_group(*groups.pop(0)))
+        if not self.closed and not self.busy:
+            self._pump()
+        self._flush()
+
+    def _answer_group(self, group: list, outcome) -> list:
+        session = self.session
+        if isinstance(outcome, StoreError):
+            return [answer for action in group for answer in session.store_failed(action)]
+        if isinstance(outcome, Exception):
+            return session._close(ResultCode.SERVER_BUSY, "internal error")
+        now = self.gateway.now_ms()
+        answers = []
+        start = 0
+        for action in group:
+            end = start + len(action.records)
+            answers += session.punches_stored(action, outcome[start:end], now)
+            start = end
+        return answers
 
     async def _append_photo(self, action: AppendPhoto) -> list:
         chunk = action.chunk

@@ -1,6 +1,6 @@
 """One terminal session as a sans-I/O state machine: frames and results in, actions out.
 
-The asyncio glue (`server.connection`) feeds it decoded items from the `FrameDecoder`,
+The asyncio glue (`server.link`) feeds it decoded items from the `FrameDecoder`,
 the answers of the store, and the clock; it returns `Action`s for the glue to carry out
 (send a message, load a device, store punches, close). Nothing here awaits, reads a
 clock or touches a socket, so every rule is tested without sockets
@@ -218,6 +218,17 @@ class Session:
         if handler is None:
             return self._unexpected(item)
         return handler(self, item, now_ms)
+
+    def stores(self, item) -> bool:
+        """True when `receive(item)` would return exactly one StorePunches and nothing else.
+
+        The glue gathers such items into one store call; any other item must wait until
+        the answers before it were sent, because `receive` numbers its answers at once.
+        """
+        if self.state is not State.AUTHENTICATED:
+            return False
+        kind = type(item)
+        return kind is Punch or (kind is PunchBatch and 0 < len(item.records) <= self.limits.max_batch_records)
 
     def device_loaded(self, device: DeviceView | None, locked_out: bool, now_ms: int) -> list:
         """Answer to LoadDevice: the device (None if unknown) and whether it is locked out."""

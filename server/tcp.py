@@ -1,8 +1,8 @@
 """TCP transport: an asyncio.Protocol that is also the connection's TerminalLink.
 
 One object per connection and no task: an idle terminal costs the transport, this
-object, its Session and its FrameDecoder. Reading pauses while the link is busy with the
-store (see TerminalLink) and the kernel's receive window then pushes back on the terminal.
+object, its Session and its FrameDecoder. Reading pauses while the link holds a full backlog
+(see TerminalLink) and the kernel's receive window then pushes back on the terminal.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ class TcpLink(TerminalLink, asyncio.Protocol):
             self.transport_lost()
 
     # -- primitives ------------------------------------------------------------------------
-    def write(self, data: bytes) -> None:
-        self.transport.write(data)
+    def write_frames(self, frames: list) -> None:
+        self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def unsent_bytes(self) -> int:
         return self.transport.get_write_buffer_size()

@@ -125,7 +125,7 @@ class WebSocketLink(TerminalLink, WSListener):
             self.transport_lost()
 
     def pause_writing(self) -> None:
-        """Above the transport's high-water mark. `TerminalLink._send` closes a peer whose
+        """Above the transport's high-water mark. `TerminalLink._flush` closes a peer whose
         unsent output passes `max_unsent_bytes`; nothing to do here (the override only
         keeps picows from logging a warning at every crossing)."""
 
@@ -139,8 +139,10 @@ class WebSocketLink(TerminalLink, WSListener):
         self.transport_lost()
 
     # -- primitives ------------------------------------------------------------------------
-    def write(self, data: bytes) -> None:
-        self.transport.send(_BINARY, data)  # queued in the transport; ignored once closing
+    def write_frames(self, frames: list) -> None:
+        send = self.transport.send
+        for frame in frames:  # one WebSocket message per frame
+            send(_BINARY, frame)  # queued in the transport; ignored once closing
 
     def unsent_bytes(self) -> int:
         return self.transport.underlying_transport.get_write_buffer_size()

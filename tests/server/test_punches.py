@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from protocol import Ack, Heartbeat, Nack, Punch, PunchBatch, ResultCode
+from protocol import Ack, Heartbeat, Nack, Punch, PunchBatch, ResultCode, encode
 from protocol.identity import check_digit
 from simulators.terminal import make_punch, worker_id_for
 from storage import StoreUnavailable
 
-from .conftest import WAIT_S, StoreProxy
+from .conftest import WAIT_S, StoreProxy, wait_for
 
 
 def now_ms() -> int:
@@ -133,3 +133,85 @@ async def test_batch_above_the_limit_is_refused_whole(start_gateway):
     assert await gw.store.count_punches() == 0
     client.send(PunchBatch(tuple(make_punch(n, n, now_ms()) for n in range(1, 11))))
     assert [r.result for r in (await client.expect(Ack)).results] == [ResultCode.OK] * 10
+
+
+class RecordingGate(StoreProxy):
+    """Records the size of every `store_punches` call; calls wait for `release` while it is clear."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.calls: list[int] = []
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def store_punches(self, records):
+        self.calls.append(len(records))
+        await self.release.wait()
+        return await self.inner.store_punches(records)
+
+
+def assert_consecutive(frames: list) -> None:
+    seqs = [f.seq for f in frames]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"server seq numbers out of order: {seqs}"
+
+
+async def test_a_window_of_punches_is_stored_together_and_answered_in_order(start_gateway):
+    gw = await start_gateway(wrap=RecordingGate)
+    gate = gw.gateway.store
+    client = await gw.raw_authenticated()
+    t = now_ms()
+    frames, seqs = b"", []
+    for n in range(1, 9):  # one write, as a terminal with a window of 8 sends after an outage
+        client.seq += 1
+        seqs.append(client.seq)
+        frames += encode(Punch.of(make_punch(n, n, t), client.seq))
+    client.seq += 1
+    heartbeat_seq = client.seq
+    client.send_bytes(frames + encode(Heartbeat(0, 0, 0, client.seq)))
+    answers = [await client.expect(Ack) for _ in range(9)]
+    assert [a.ref_seq for a in answers] == seqs + [heartbeat_seq]
+    assert [a.results[0].record_no for a in answers[:8]] == list(range(1, 9))
+    assert all(a.results[0].result == ResultCode.OK for a in answers[:8])
+    assert_consecutive(answers)
+    assert sum(gate.calls) == 8 and len(gate.calls) < 8  # gathered, not one commit per frame
+    assert await gw.store.count_punches() == 8
+
+
+async def test_groups_in_flight_are_bounded_and_a_heartbeat_waits_for_them(start_gateway):
+    from server.link import GROUPS_IN_FLIGHT
+
+    gw = await start_gateway(wrap=RecordingGate)
+    gate = gw.gateway.store
+    client = await gw.raw_authenticated()
+    gate.release.clear()
+    t = now_ms()
+    sent = []
+    for n in range(1, GROUPS_IN_FLIGHT + 3):  # separate reads: each may start its own group
+        sent.append(client.send(Punch.of(make_punch(n, n, t))))
+        await asyncio.sleep(0.05)
+    heartbeat_seq = client.send(Heartbeat(0, 0, 0))
+    sent.append(client.send(Punch.of(make_punch(99, 99, t))))
+    await wait_for(lambda: len(gate.calls) == GROUPS_IN_FLIGHT, what="groups in flight")
+    await client.nothing_within(0.3)
+    assert len(gate.calls) == GROUPS_IN_FLIGHT  # the rest are held until a group is answered
+    gate.release.set()
+    answers = [await client.expect(Ack) for _ in range(len(sent) + 1)]
+    assert [a.ref_seq for a in answers] == sent[:-1] + [heartbeat_seq, sent[-1]]
+    assert_consecutive(answers)
+    assert await gw.store.count_punches() == len(sent)
+
+
+async def test_a_failed_group_nacks_every_frame_in_it_in_order(start_gateway):
+    gw = await start_gateway(wrap=UnavailableStore)
+    client = await gw.raw_authenticated()
+    t = now_ms()
+    frames, seqs = b"", []
+    for n in range(1, 6):
+        client.seq += 1
+        seqs.append(client.seq)
+        frames += encode(Punch.of(make_punch(n, n, t), client.seq))
+    client.send_bytes(frames)
+    nacks = [await client.expect(Nack) for _ in seqs]
+    assert [(n.ref_seq, n.result) for n in nacks] == [(s, ResultCode.STORE_UNAVAILABLE) for s in seqs]
+    assert_consecutive(nacks)
+    assert await gw.store.count_punches() == 0

@@ -296,3 +296,27 @@ def test_the_table_only_names_real_states_and_types():
         assert isinstance(state, State) and state is not State.CLOSED
         assert int(msg_type) in MESSAGE_CLASSES
         assert callable(handler)
+
+
+@settings(max_examples=400, deadline=None)
+@given(state=st.sampled_from(list(State)), message=ALL_MESSAGES)
+def test_stores_says_exactly_when_receive_answers_with_one_store_request(state, message):
+    # The glue gathers items for which `stores` is true into one store call and holds
+    # every other item back; a wrong answer would reorder seq numbers on the wire.
+    session = session_in(state)
+    predicted = session.stores(message)
+    actions = session.receive(message, T0 + 1)
+    assert predicted == ([type(a) for a in actions] == [StorePunches])
+
+
+def test_stores_is_true_for_punches_and_batches_within_the_limit_only():
+    session = session_in(State.AUTHENTICATED)
+    records = tuple(make_punch(n, n, T0) for n in range(1, 4))
+    assert session.stores(Punch.of(records[0]))
+    assert session.stores(PunchBatch(records))
+    assert not session.stores(PunchBatch(()))  # answered at once with an empty ACK
+    limits = SessionLimits(max_batch_records=2)
+    small = Session(peer="p", nonce=NONCE, connected_ms=T0, limits=limits)
+    small.state = State.AUTHENTICATED
+    assert not small.stores(PunchBatch(records))  # NACK BATCH_TOO_LARGE at once
+    assert not session_in(State.AWAIT_AUTH).stores(Punch.of(records[0]))

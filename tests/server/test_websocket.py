@@ -49,6 +49,16 @@ async def test_one_frame_per_binary_message(gw):
         assert isinstance(nack, Nack) and nack.result == ResultCode.MALFORMED_BODY
 
 
+async def test_a_window_of_punches_gets_one_message_per_ack_in_order(gw):
+    # Answers are corked into one write per pass; over WebSocket each must still be its own message.
+    terminal = await gw.terminal(transport="ws")
+    replies = await asyncio.gather(*(terminal.request(Punch.of(make_punch(n, n, now_ms()))) for n in range(1, 9)))
+    assert [r.results[0].record_no for r in replies] == list(range(1, 9))
+    assert all(isinstance(r, Ack) and r.results[0].result == ResultCode.OK for r in replies)
+    seqs = [r.seq for r in replies]
+    assert seqs == list(range(seqs[0], seqs[0] + 8))
+
+
 async def test_text_message_is_closed_with_1003(gw):
     async with ws_connect(gw) as ws:
         await ws.send("HELLO as text")
