@@ -27,6 +27,8 @@ from storage import Presence, Store, StoreError, open_store
 
 log = logging.getLogger("lmg.gateway")
 
+STORE_FAILURE_LOG_S = 5.0  # at most one "store failed" warning this often
+
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -66,6 +68,8 @@ class Gateway:
         self.servers: list = []
         self.listening: dict[str, tuple[str, int]] = {}
         self.store_writable = True
+        self._store_failure_logged = -STORE_FAILURE_LOG_S  # monotonic s of the last warning
+        self._store_failures_unlogged = 0
         self.stopping = False
         self._background: list[asyncio.Task] = []
         self._forwarder: asyncio.Task | None = None
@@ -148,13 +152,26 @@ class Gateway:
     async def store_punches(self, records):
         try:
             outcomes = await self.store.store_punches(records)
-        except StoreError:
+        except StoreError as exc:
             self.store_writable = False
             self.count("store_failures")
+            self._log_store_failure(len(records), records[0].device_serial if records else "?", exc)
             raise
         self.store_writable = True
         self.count("punches_committed", len(records))
         return outcomes
+
+    def _log_store_failure(self, records: int, serial: str, exc: StoreError) -> None:
+        """One warning per STORE_FAILURE_LOG_S with how many more failed since: an overloaded
+        or full disk fails every connection's commit at once and must not flood the log."""
+        now = time.monotonic()
+        if now - self._store_failure_logged < STORE_FAILURE_LOG_S:
+            self._store_failures_unlogged += 1
+            return
+        more = self._store_failures_unlogged
+        self._store_failure_logged, self._store_failures_unlogged = now, 0
+        log.warning("store failed for %d records from %s: %s%s", records, serial, exc,
+                    f" ({more} more store failures since the last warning)" if more else "")
 
     def spawn(self, coroutine) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coroutine)

@@ -9,8 +9,9 @@ unsent-output size. Rules kept here:
   the transport stops reading (back-pressure: a lagging store slows the terminals down
   instead of growing buffers), so at most `HELD_ITEMS` plus one read's worth are held.
 - Consecutive punch frames are stored together: every frame the session would answer
-  only after the store (`Session.stores`) that is already held joins one store call (up
-  to `GROUP_RECORDS` records), and their ACKs go out together once it returns. A
+  only after the store (`Session.stores`) that is already held joins one store call,
+  and their ACKs go out together once it returns. Up to `GROUPS_IN_FLIGHT` calls are in
+  flight, with at most `GROUP_RECORDS` records among them. A
   terminal that keeps a window of punches in flight thus pays one commit per window, not
   one per punch. A frame of any other kind ends the group and waits for it, so the seq
   numbers the session gives its answers stay in sending order.
@@ -27,7 +28,7 @@ import abc
 import logging
 import os
 
-from protocol import FrameDecoder, ProtocolError, ResultCode, decode_frame, encode
+from protocol import FrameDecoder, ProtocolError, PunchBatch, ResultCode, decode_frame, encode
 from server.session import (
     AppendPhoto,
     Authenticated,
@@ -60,6 +61,9 @@ HELD_ITEMS = 64
 GROUP_RECORDS = 500
 # Store calls one connection may have in flight. Frames of a window arrive over several
 # reads; with one call at a time each read after the first waited a whole commit cycle.
+# Records in flight per connection stay below GROUP_RECORDS (one group may exceed it
+# alone): an offline backlog in big batches gets no more of the store's shared queue
+# (max_queued_records) than before, so 100 terminals uploading at once are not nacked.
 GROUPS_IN_FLIGHT = 4
 
 _OUTCOME_CODES = {Outcome.STORED: ResultCode.OK, Outcome.DUPLICATE: ResultCode.DUPLICATE}
@@ -146,10 +150,13 @@ class TerminalLink(abc.ABC):
         now = self.gateway.now_ms()
         group: list = []
         records = done = 0
+        in_flight = sum(entry[2] for entry in groups)
         for item in backlog:
             if session.stores(item):
-                if records >= GROUP_RECORDS or len(groups) >= GROUPS_IN_FLIGHT:
-                    break
+                size = len(item.records) if type(item) is PunchBatch else 1
+                if len(groups) >= GROUPS_IN_FLIGHT or (
+                        (records or in_flight) and in_flight + records + size > GROUP_RECORDS):
+                    break  # at most one group's worth of records at the store (one frame may exceed it)
                 action = session.receive(item, now)[0]
                 group.append(action)
                 records += len(action.records)
@@ -163,7 +170,7 @@ class TerminalLink(abc.ABC):
             return
         if group:
             done += len(group)
-            entry = [group, None]  # [StorePunches actions, the store's outcome once known]
+            entry = [group, None, records]  # [StorePunches actions, the store's outcome once known, records]
             groups.append(entry)
             self.gateway.spawn(self._store_group(entry))
         if done:
@@ -288,15 +295,15 @@ class TerminalLink(abc.ABC):
             outcomes = await self.gateway.store_punches(records)
             entry[1] = [ResultCode(o.reject_reason) if o.status is Outcome.REJECTED else _OUTCOME_CODES[o.status]
                         for o in outcomes]
-        except StoreError as exc:
-            log.warning("store failed for %d records from %s: %s", len(records), serial, exc)
+        except StoreError as exc:  # logged by the gateway, once per interval
             entry[1] = exc
         except Exception as exc:  # noqa: BLE001 - a bug in one action must not kill the server
             log.exception("storing punches failed for %s", self.session.peer)
             entry[1] = exc
         groups = self.groups
         while groups and groups[0][1] is not None and not self.closed:
-            self._execute(self._answer_group(*groups.pop(0)))
+            group, outcome, _ = groups.pop(0)
+            self._execute(self._answer_group(group, outcome))
         if not self.closed and not self.busy:
             self._pump()
         self._flush()

@@ -215,3 +215,43 @@ async def test_a_failed_group_nacks_every_frame_in_it_in_order(start_gateway):
     assert [(n.ref_seq, n.result) for n in nacks] == [(s, ResultCode.STORE_UNAVAILABLE) for s in seqs]
     assert_consecutive(nacks)
     assert await gw.store.count_punches() == 0
+
+
+async def test_big_batches_keep_one_groups_worth_of_records_at_the_store(start_gateway):
+    # 100 terminals uploading offline backlogs at once must not overflow the store's shared
+    # queue (max_queued_records) and be nacked: a connection holds at most GROUP_RECORDS there.
+    from server.link import GROUP_RECORDS
+
+    gw = await start_gateway(wrap=RecordingGate)
+    gate = gw.gateway.store
+    client = await gw.raw_authenticated()
+    gate.release.clear()
+    t = now_ms()
+    size = GROUP_RECORDS * 3 // 5
+    sent = []
+    for b in range(3):
+        sent.append(client.send(PunchBatch(tuple(make_punch(b * size + n, n, t) for n in range(1, size + 1)))))
+        await asyncio.sleep(0.05)
+    await wait_for(lambda: gate.calls, what="the first store call")
+    await client.nothing_within(0.3)
+    assert gate.calls == [size]
+    gate.release.set()
+    answers = [await client.expect(Ack) for _ in sent]
+    assert [a.ref_seq for a in answers] == sent
+    assert all(len(a.results) == size for a in answers)
+    assert gate.calls == [size] * 3
+    assert await gw.store.count_punches() == 3 * size
+
+
+async def test_store_failures_are_logged_once_per_interval_not_per_frame(start_gateway, caplog):
+    # An overloaded or full disk fails every connection's commit at once; a warning per
+    # frame flooded the log with thousands of lines a second.
+    gw = await start_gateway(wrap=UnavailableStore)
+    client = await gw.raw_authenticated()
+    caplog.set_level("WARNING", logger="lmg.gateway")
+    for n in range(1, 6):
+        client.send(Punch.of(make_punch(n, n, now_ms())))
+        await client.expect(Nack)
+    warnings = [r for r in caplog.records if r.name == "lmg.gateway" and "store failed" in r.getMessage()]
+    assert len(warnings) == 1 and "disk is full" in warnings[0].getMessage()
+    assert gw.gateway.counters["store_failures"] == 5
