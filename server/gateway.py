@@ -161,6 +161,10 @@ class Gateway:
         self.count("punches_committed", len(records))
         return outcomes
 
+    async def lookup_device(self, serial: str):
+        """The provisioned device (storage `Device`) or None; raises StoreError."""
+        return await self.store.get_device(serial)
+
     def _log_store_failure(self, records: int, serial: str, exc: StoreError) -> None:
         """One warning per STORE_FAILURE_LOG_S with how many more failed since: an overloaded
         or full disk fails every connection's commit at once and must not flood the log."""

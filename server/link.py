@@ -269,7 +269,7 @@ class TerminalLink(abc.ABC):
         device = None
         if not locked:
             try:
-                stored = await gateway.store.get_device(action.serial)
+                stored = await gateway.lookup_device(action.serial)
             except StoreError:
                 log.warning("device lookup failed for %s", action.serial)
                 return self.session._close(ResultCode.STORE_UNAVAILABLE, "device lookup failed")
