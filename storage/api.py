@@ -32,6 +32,10 @@ U32_MAX = 0xFFFF_FFFF
 SECRET_BYTES = 32
 SHA256_BYTES = 32
 WORKER_ID_CHARS = 18  # GB 11643 citizen ID number: 17 digits and a check character
+# temperature_dc: the columns are 32-bit integers; terminals send a u16, and a rejected
+# record keeps whatever the terminal sent (an i16 bound refused 3276.8 °C from a broken
+# sensor and failed the terminal's whole frame).
+_I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
 _I64_MIN = -(2**63)
 _I64_MAX = 2**63 - 1
 
@@ -140,7 +144,7 @@ class PunchIn(_PunchInFields):
             and type(device_serial) is str and 0 < len(device_serial) <= 64
             and type(worker_id) is str
             and type(punch_time_ms) is int and _I64_MIN <= punch_time_ms <= _I64_MAX
-            and type(temperature_dc) is int and -32768 <= temperature_dc <= 32767
+            and type(temperature_dc) is int and _I32_MIN <= temperature_dc <= _I32_MAX
             and type(photo_size) is int and 0 <= photo_size <= _I64_MAX
             and (photo_sha256 is None or (type(photo_sha256) is bytes and len(photo_sha256) == SHA256_BYTES))
             and (
@@ -176,8 +180,8 @@ class PunchIn(_PunchInFields):
                 return f"{name} {value!r}: must be an int that fits 64 bits"
         if self.photo_size < 0:
             return f"photo_size {self.photo_size}: must not be negative"
-        if type(self.temperature_dc) is not int or not -32768 <= self.temperature_dc <= 32767:
-            return f"temperature_dc {self.temperature_dc!r}: must be an int in -32768..32767 (0.1 °C)"
+        if type(self.temperature_dc) is not int or not _I32_MIN <= self.temperature_dc <= _I32_MAX:
+            return f"temperature_dc {self.temperature_dc!r}: must be a 32-bit int (0.1 °C)"
         sha = self.photo_sha256
         if sha is not None and (type(sha) is not bytes or len(sha) != SHA256_BYTES):
             return f"photo_sha256 must be {SHA256_BYTES} bytes or None"

@@ -255,3 +255,20 @@ async def test_store_failures_are_logged_once_per_interval_not_per_frame(start_g
     warnings = [r for r in caplog.records if r.name == "lmg.gateway" and "store failed" in r.getMessage()]
     assert len(warnings) == 1 and "disk is full" in warnings[0].getMessage()
     assert gw.gateway.counters["store_failures"] == 5
+
+
+async def test_wire_values_beyond_the_store_columns_are_rejected_records_not_a_dropped_session(gw):
+    # temperature_dc is a u16 and punch_time_ms a u64 on the wire; PunchIn used to refuse
+    # 32768+ and 2**63+ with ValueError, which closed the session as an internal error.
+    client = await gw.raw_authenticated()
+    t = now_ms()
+    hot = make_punch(1, 1, t)._replace(temperature_dc=65535)
+    far = make_punch(2, 2, t)._replace(punch_time_ms=2**64 - 1)
+    seq = client.send(PunchBatch((hot, far, make_punch(3, 3, t))))
+    ack = await client.expect(Ack)
+    assert ack.ref_seq == seq
+    assert [(r.record_no, r.result) for r in ack.results] == [
+        (1, ResultCode.INVALID_TEMPERATURE), (2, ResultCode.TIME_IN_FUTURE), (3, ResultCode.OK)]
+    client.send(Heartbeat(0, 0, 0))
+    assert isinstance(await client.expect(Ack), Ack)  # the session goes on
+    assert await gw.store.count_punches() == 1

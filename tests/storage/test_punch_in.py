@@ -31,7 +31,7 @@ def test_keywords_and_positions_build_the_same_record():
         ({"photo_sha256": b"short"}, "photo_sha256"),
         ({"direction": 3}, "direction"),
         ({"worker_id": "123"}, "worker_id"),
-        ({"temperature_dc": 1 << 20}, "temperature_dc"),
+        ({"temperature_dc": 1 << 40}, "temperature_dc"),
     ],
 )
 def test_values_no_device_can_send_are_refused_also_through_replace(change, message):
