@@ -10,6 +10,7 @@ GOODBYE SHUTTING_DOWN, flush presence, close the store, all within `shutdown_gra
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import resource
@@ -21,6 +22,7 @@ from collections import Counter, defaultdict
 from protocol import DeviceStatus, Goodbye, ResultCode, encode
 from server.config import GatewayConfig, parse_host_port
 from server.deadlines import DeadlineWheel
+from server.devices import DeviceLookup
 from server.lockout import AuthGuard
 from server.session import Authenticated, AuthFailed
 from storage import Presence, Store, StoreError, open_store
@@ -162,8 +164,16 @@ class Gateway:
         return outcomes
 
     async def lookup_device(self, serial: str):
-        """The provisioned device (storage `Device`) or None; raises StoreError."""
-        return await self.store.get_device(serial)
+        """The provisioned device (storage `Device`) or None; raises StoreError.
+
+        Lookups arriving together share one store read (server/devices.py); nothing is
+        cached, so a device disabled or rotated meanwhile is seen at its next HELLO.
+        """
+        return await self.device_lookup.get(serial)
+
+    @functools.cached_property
+    def device_lookup(self) -> DeviceLookup:
+        return DeviceLookup(self.store)
 
     def _log_store_failure(self, records: int, serial: str, exc: StoreError) -> None:
         """One warning per STORE_FAILURE_LOG_S with how many more failed since: an overloaded

@@ -366,6 +366,15 @@ class Store(abc.ABC):
     async def get_device(self, serial: str) -> Device | None: ...
 
     @abc.abstractmethod
+    async def get_devices(self, serials: Sequence[str]) -> dict[str, Device]:
+        """The provisioned devices among `serials`, keyed by serial, read in one round trip.
+
+        Unknown serials are absent from the result; duplicates are allowed. Any number of
+        serials may be asked for (a reconnect storm gathers thousands). What one call
+        returns is as fresh as `get_device` would be: read when the call runs, not cached.
+        """
+
+    @abc.abstractmethod
     async def list_devices(self, *, after_serial: str = "", limit: int = 1000) -> list[Device]:
         """Devices ordered by serial, starting after `after_serial` (paging)."""
 

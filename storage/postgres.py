@@ -324,6 +324,13 @@ class PostgresStore(BackendStore):
         rows = await self._fetch(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE serial = $1", serial)
         return _device(rows[0]) if rows else None
 
+    async def get_devices(self, serials: Sequence[str]) -> dict[str, Device]:
+        if not serials:
+            return {}
+        rows = await self._fetch(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE serial = ANY($1::text[])",
+                                 list(serials))
+        return {row[0]: _device(row) for row in rows}
+
     async def list_devices(self, *, after_serial: str = "", limit: int = 1000) -> list[Device]:
         rows = await self._fetch(
             f"SELECT {DEVICE_COLUMNS} FROM devices WHERE serial > $1 ORDER BY serial LIMIT $2",

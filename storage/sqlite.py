@@ -537,6 +537,17 @@ class SqliteStore(BackendStore):
         rows = await self._query(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE serial = ?", (serial,))
         return _device(rows[0]) if rows else None
 
+    async def get_devices(self, serials: Sequence[str]) -> dict[str, Device]:
+        if not serials:
+            return {}
+        # One statement for any number of serials: a JSON array is one bound parameter,
+        # so the statement is cached once instead of once per IN-list length, and there
+        # is no 32,766-parameter ceiling. The plan is a primary-key search per serial.
+        rows = await self._query(
+            f"SELECT {DEVICE_COLUMNS} FROM devices WHERE serial IN (SELECT value FROM json_each(?))",
+            (orjson.dumps(list(serials)).decode(),))
+        return {row[0]: _device(row) for row in rows}
+
     async def list_devices(self, *, after_serial: str = "", limit: int = 1000) -> list[Device]:
         rows = await self._query(
             f"SELECT {DEVICE_COLUMNS} FROM devices WHERE serial > ? ORDER BY serial LIMIT ?",

@@ -145,6 +145,36 @@ async def test_device_lifecycle_and_secret_never_in_repr(store):
     assert await store.get_device("NOPE") is None
 
 
+async def test_get_devices_reads_many_serials_in_one_call(store):
+    made = {f"LMG{n}": await store.add_device(f"LMG{n}", project_code="P", region_code="620100")
+            for n in range(3)}
+    await store.disable_device("LMG1")
+    found = await store.get_devices(["LMG2", "GHOST", "LMG0", "LMG1", "LMG0"])
+    assert sorted(found) == ["LMG0", "LMG1", "LMG2"]  # unknown absent, duplicates once
+    assert found["LMG0"].secret == made["LMG0"].secret
+    assert found["LMG1"] == await store.get_device("LMG1") and not found["LMG1"].enabled
+    assert await store.get_devices([]) == {}
+    assert await store.get_devices(["GHOST"]) == {}
+
+
+async def test_get_devices_sees_changes_made_after_an_earlier_read(store):
+    """No caching inside the store: a disable or a rotated secret shows in the next call."""
+    await store.add_device("LMG0", project_code="P", region_code="620100")
+    before = (await store.get_devices(["LMG0"]))["LMG0"]
+    await store.disable_device("LMG0")
+    new_secret = await store.rotate_device_secret("LMG0")
+    after = (await store.get_devices(["LMG0"]))["LMG0"]
+    assert before.enabled and not after.enabled and after.secret == new_secret
+
+
+async def test_get_devices_takes_a_storm_worth_of_serials(store):
+    """More serials than SQLite's 32,766 bound parameters or one IN list would allow."""
+    serials = [f"LMG{n:05d}" for n in range(40_000)]
+    await store.add_device("LMG00007", project_code="P", region_code="620100")
+    await store.add_device("LMG39999", project_code="P", region_code="620100")
+    assert sorted(await store.get_devices(serials)) == ["LMG00007", "LMG39999"]
+
+
 async def test_list_devices_pages_by_serial(store):
     for n in (3, 1, 2):
         await store.add_device(f"LMG{n}", project_code="P", region_code="620100")
