@@ -76,3 +76,18 @@ def test_one_file_serves_the_gateway_and_the_forwarder(tmp_path):
     path.write_text("forward_batch_recs = 200\n")
     with pytest.raises(ConfigError, match="unknown key 'forward_batch_recs'"):
         load_forwarder_config({}, {}, str(path))
+
+
+def test_serve_tunes_the_collector_for_many_small_tuples():
+    import gc
+
+    from server.serve_cli import GC_THRESHOLDS, tune_collector
+
+    before = gc.get_threshold()
+    try:
+        tune_collector()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0  # start-up objects are no longer walked by every collection
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
