@@ -14,6 +14,11 @@ and raises `MalformedBody` exactly when construct fails. `struct` alone would no
 pads or truncates `s` fields and construct's own compiled parsers skip length checks, so
 the generated code checks every length explicitly. Trailing bytes after the known
 fields are ignored by both (that is how older peers skip newer fields).
+
+Length-prefixed text (`Text`: u8 or u16 length, then UTF-8) is translated too, for the
+handshake (HELLO); a body with text fields is read field run by field run, each run of
+fixed fields with one struct call whose last field is the next text's length. Such a body
+may not also end in an array of rows (no message needs both; the generator refuses it).
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from construct import Array, Bytes, Const, FixedSized, FormatField, Rebuild, Renamed, Struct
+from construct import Array, Bytes, Const, FixedSized, FormatField, GreedyBytes, Prefixed, Rebuild, Renamed, Struct
 
 from protocol.errors import EncodeError, MalformedBody
-from protocol.schema import FixedText, Row, unwrap as _unwrap
+from protocol.schema import FixedText, Row, Text, unwrap as _unwrap
 
 
 class NotFastPathable(TypeError):
@@ -61,6 +66,18 @@ def _leaf(subcon, name: str) -> _Leaf:
     if type(subcon) is Bytes and isinstance(subcon.length, int):
         return _Leaf(name, f"{subcon.length}s", "bytes", subcon.length)
     raise NotFastPathable(f"{name}: {type(subcon).__name__} has no fast translation")
+
+
+def _text_prefix(subcon) -> str | None:
+    """The struct format of a `Text` field's length prefix, or None if `subcon` is no Text."""
+    subcon = _unwrap(subcon)
+    if not isinstance(subcon, Text):
+        return None
+    prefixed = subcon.subcon
+    if not (isinstance(prefixed, Prefixed) and isinstance(prefixed.lengthfield, FormatField)
+            and prefixed.subcon is GreedyBytes and prefixed.lengthfield.fmtstr.startswith(">")):
+        raise NotFastPathable("Text must be a big-endian length prefix followed by the bytes")
+    return prefixed.lengthfield.fmtstr[1:]
 
 
 def fixed_format(schema: Struct) -> str:
@@ -104,6 +121,8 @@ class _Plan:
     head: _Group
     head_exprs: list[str]  # one per message field before the tail
     rebuilt: dict[str, str]  # count/size field name -> local variable holding it
+    # bodies with text: fixed runs, each followed by the text whose length ends it (None last)
+    segments: list[tuple[_Group, str | None]] = field(default_factory=list)
     tail_name: str | None = None
     tail_row: Row | None = None
     tail_count: str | None = None
@@ -134,6 +153,15 @@ def _plan(schema: Struct) -> _Plan:
             leaf = _leaf(inner.subcon, f"h{len(plan.head.leaves)}")
             plan.head.leaves.append(leaf)
             plan.rebuilt[sc.name] = leaf.name
+        elif _text_prefix(inner) is not None:
+            # the length joins the current run; the text itself ends the run
+            n = len(plan.head.leaves)
+            length = _Leaf(f"n{n}", _text_prefix(inner), "int", struct.calcsize(">" + _text_prefix(inner)))
+            run = _Group([*_leaves_since_last_text(plan), length])
+            plan.head.leaves.append(length)
+            text = f"h{n}"
+            plan.segments.append((run, text))
+            plan.head_exprs.append(text)
         elif isinstance(inner, Row):
             plan.head_exprs.append(_flatten_row(inner, "h", plan.head))
         elif isinstance(inner, Const):
@@ -143,7 +171,18 @@ def _plan(schema: Struct) -> _Plan:
             plan.head.leaves.append(leaf)
             plan.head_exprs.append(_decode_expr(leaf))
         names_so_far.append(sc.name)
+    if plan.segments:
+        if plan.tail_row is not None:
+            raise NotFastPathable("a body with text fields cannot end in an array of rows")
+        plan.segments.append((_Group(_leaves_since_last_text(plan)), None))
     return plan
+
+
+def _leaves_since_last_text(plan: _Plan) -> list[_Leaf]:
+    """The fixed leaves of the head after the last text length (the run being built)."""
+    leaves = plan.head.leaves
+    last = max((i for i, leaf in enumerate(leaves) if leaf.name.startswith("n")), default=-1)
+    return leaves[last + 1:]
 
 
 def _row_leaves(row: Row) -> list[_Leaf]:
@@ -164,6 +203,8 @@ class FastCodec:
 def compile_codec(cls, schema: Struct) -> FastCodec:
     """Generate the fast codec of message class `cls` from its body `schema`."""
     plan = _plan(schema)
+    if plan.segments:
+        return _compile_with_text(cls, schema, plan)
     label = cls.msg_type.name
     env: dict[str, object] = {
         "MalformedBody": MalformedBody,
@@ -304,3 +345,75 @@ def _encode_expr(leaf: _Leaf, value: str, checks: list[str], label: str) -> str:
 
 def _tail_index(cls, plan: _Plan) -> int:
     return cls._fields.index(plan.tail_name)
+
+
+def _compile_with_text(cls, schema: Struct, plan: _Plan) -> FastCodec:
+    """Codec of a body with text fields (and no row array): run, text, run, text, ..., run."""
+    label = cls.msg_type.name
+    env: dict[str, object] = {"MalformedBody": MalformedBody, "EncodeError": EncodeError,
+                              "struct_error": struct.error, "_new": tuple.__new__, cls.__name__: cls}
+    for sc in schema.subcons:
+        if isinstance(_unwrap(sc), Row):
+            env[_unwrap(sc).row_class.__name__] = _unwrap(sc).row_class
+    dec = ["def decode(buf, start, end, seq):", "    pos = start"]
+    enc_checks: list[str] = []
+    enc_parts: list[str] = []
+    args_of = iter(_encode_args(cls, schema, enc_checks, label))
+    for index, (run, text) in enumerate(plan.segments):
+        size = struct.calcsize(run.fmt)
+        if run.leaves:
+            env[f"_unpack{index}"] = struct.Struct(run.fmt).unpack_from
+            env[f"_pack{index}"] = struct.Struct(run.fmt).pack
+            names = ", ".join(leaf.name for leaf in run.leaves)
+            dec += [
+                f"    if end - pos < {size}:",
+                f"        raise MalformedBody(f'{label} body ends {{{size} - (end - pos)}} bytes short of its fields')",
+                f"    ({names},) = _unpack{index}(buf, pos)",
+                f"    pos += {size}",
+            ]
+            values = [next(args_of) for leaf in run.leaves if not leaf.name.startswith("n")]
+        else:
+            values = []
+        if text is None:
+            if run.leaves:
+                enc_parts.append(f"_pack{index}({', '.join(values)})")
+            break
+        length = run.leaves[-1].name
+        raw = f"r{text}"
+        enc_checks.append(f"{raw} = {next(args_of)}.encode('utf-8')")
+        enc_parts.append(f"_pack{index}({', '.join(values + [f'len({raw})'])})")
+        enc_parts.append(raw)
+        dec += [
+            f"    if end - pos < {length}:",
+            f"        raise MalformedBody(f'{label} text of {{{length}}} bytes runs past the body')",
+            "    try:",
+            f"        {text} = str(buf[pos:pos + {length}], 'utf-8')",
+            "    except UnicodeDecodeError as exc:",
+            f"        raise MalformedBody(f'{label} text is not valid UTF-8 ({{exc.reason}})') from None",
+            f"    pos += {length}",
+        ]
+    dec.append(f"    return _new({cls.__name__}, ({', '.join(plan.head_exprs + ['seq'])},))")
+    enc = ["def encode(m):", "    try:", *[f"        {c}" for c in enc_checks],
+           f"        body = b''.join(({', '.join(enc_parts)},))",
+           "    except (struct_error, TypeError, AttributeError, UnicodeEncodeError) as exc:",
+           f"        raise EncodeError(f'{label}: {{exc}}') from None",
+           "    return body"]
+    source = "\n".join(dec + [""] + enc) + "\n"
+    exec(compile(source, f"<fastpath {label}>", "exec"), env)  # noqa: S102 - generated from our own schema
+    return FastCodec(env["decode"], env["encode"], source)
+
+
+def _encode_args(cls, schema: Struct, checks: list[str], label: str) -> list[str]:
+    """One packing expression per fixed leaf and one value per text field, in wire order."""
+    args = []
+    for index, sc in enumerate(schema.subcons):
+        inner = _unwrap(sc)
+        if _text_prefix(inner) is not None:
+            args.append(f"m[{index}]")
+        elif isinstance(inner, Row):
+            checks.append(f"r{index} = m[{index}]")
+            for j, rsc in enumerate(inner.subcon.subcons):
+                args.append(_encode_expr(_leaf(rsc, "x"), f"r{index}[{j}]", checks, label))
+        else:
+            args.append(_encode_expr(_leaf(inner, "x"), f"m[{index}]", checks, label))
+    return args
