@@ -30,6 +30,7 @@ from storage import Presence, Store, StoreError, open_store
 log = logging.getLogger("lmg.gateway")
 
 STORE_FAILURE_LOG_S = 5.0  # at most one "store failed" warning this often
+SHUTDOWN_POLL_S = 0.01  # how often shutdown checks that the links' commits are done
 
 
 def wall_ms() -> int:
@@ -298,7 +299,12 @@ class Gateway:
                 await asyncio.wait_for(asyncio.shield(self._forwarder), max(0.1, deadline - time.monotonic()))
             except asyncio.TimeoutError:
                 self._forwarder.cancel()  # its claimed items return to the outbox when the lease ends
-        # in-flight commits finish and their ACKs go out before anyone is told goodbye
+        # Nothing more is read; every frame already received is answered (its commit
+        # finishes, held frames are stored after it) before anyone is told goodbye.
+        for link in list(self.links):
+            link.pause_reading()
+        while time.monotonic() < deadline and any(link.groups or link.busy for link in self.links):
+            await asyncio.sleep(SHUTDOWN_POLL_S)
         pending = [t for t in self.tasks if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=max(0.1, deadline - time.monotonic()))

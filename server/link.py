@@ -203,7 +203,7 @@ class TerminalLink(abc.ABC):
             del backlog[:done]
             if session.state is State.AUTHENTICATED:
                 self.gateway.seen(session.serial, now)
-        if len(backlog) > HELD_ITEMS:
+        if len(backlog) > HELD_ITEMS or self.gateway.stopping:
             self.pause_reading()
         else:
             self.resume_reading()

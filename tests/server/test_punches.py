@@ -272,3 +272,30 @@ async def test_wire_values_beyond_the_store_columns_are_rejected_records_not_a_d
     client.send(Heartbeat(0, 0, 0))
     assert isinstance(await client.expect(Ack), Ack)  # the session goes on
     assert await gw.store.count_punches() == 1
+
+
+async def test_shutdown_answers_every_frame_already_received_before_goodbye(start_gateway):
+    # Frames held behind the groups in flight used to start new groups after shutdown had
+    # looked at what was in flight: stored, but the GOODBYE overtook their ACKs.
+    from protocol import Goodbye
+    from server.link import GROUPS_IN_FLIGHT
+
+    gw = await start_gateway(wrap=RecordingGate)
+    gate = gw.gateway.store
+    client = await gw.raw_authenticated()
+    gate.release.clear()
+    t = now_ms()
+    sent = []
+    for n in range(1, GROUPS_IN_FLIGHT + 3):
+        sent.append(client.send(Punch.of(make_punch(n, n, t))))
+        await asyncio.sleep(0.05)
+    await wait_for(lambda: len(gate.calls) == GROUPS_IN_FLIGHT, what="groups in flight")
+    stopping = asyncio.ensure_future(gw.gateway.shutdown())
+    await asyncio.sleep(0.1)
+    gate.release.set()
+    answers = [await client.expect(Ack) for _ in sent]
+    assert [a.ref_seq for a in answers] == sent
+    goodbye = await client.expect(Goodbye)
+    assert goodbye.reason == ResultCode.SHUTTING_DOWN
+    await asyncio.wait_for(stopping, WAIT_S)
+    assert await gw.store.count_punches() == len(sent)
