@@ -354,14 +354,23 @@ class PostgresStore(BackendStore):
         if not latest:
             return 0
         values = list(latest.values())
-        status = await self._execute(
-            "UPDATE devices d SET last_seen_ms = u.last_seen_ms, online = u.online, "
-            "firmware = coalesce(u.firmware, d.firmware), "
-            "roster_version = coalesce(u.roster_version, d.roster_version) "
-            "FROM unnest($1::text[], $2::bigint[], $3::boolean[], $4::text[], $5::bigint[]) "
-            "AS u(serial, last_seen_ms, online, firmware, roster_version) WHERE d.serial = u.serial",
-            [u.serial for u in values], [u.last_seen_ms for u in values], [u.online for u in values],
-            [u.firmware for u in values], [u.roster_version for u in values])
+        serials = [u.serial for u in values]
+        async with self._connection() as conn:
+            async with conn.transaction():
+                # Rows are locked in serial order first: the UPDATE's join locks them in
+                # whatever order its plan visits them, and in a reconnect storm the flushes of
+                # several `--workers` name the same devices (a terminal leaves one worker and
+                # comes back on another), which deadlocked flush after flush.
+                await conn.execute("SELECT 1 FROM devices WHERE serial = ANY($1::text[]) ORDER BY serial FOR UPDATE",
+                                   serials)
+                status = await conn.execute(
+                    "UPDATE devices d SET last_seen_ms = u.last_seen_ms, online = u.online, "
+                    "firmware = coalesce(u.firmware, d.firmware), "
+                    "roster_version = coalesce(u.roster_version, d.roster_version) "
+                    "FROM unnest($1::text[], $2::bigint[], $3::boolean[], $4::text[], $5::bigint[]) "
+                    "AS u(serial, last_seen_ms, online, firmware, roster_version) WHERE d.serial = u.serial",
+                    serials, [u.last_seen_ms for u in values], [u.online for u in values],
+                    [u.firmware for u in values], [u.roster_version for u in values])
         return _count(status)
 
     # photos -------------------------------------------------------------------------

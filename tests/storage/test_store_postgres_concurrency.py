@@ -64,3 +64,28 @@ async def test_forwarders_on_two_nodes_never_claim_the_same_item(pg_urls, tmp_pa
     finally:
         await a.close()
         await b.close()
+
+
+async def test_presence_flushes_of_two_nodes_over_the_same_devices_never_deadlock(pg_urls, tmp_path):
+    """A reconnect storm moves terminals between `lmg serve --workers` processes, so two
+    workers' flushes name the same devices; each used to lock rows in its own order."""
+    from storage import Presence, StoreUnavailable
+
+    url = pg_urls()
+    a = await open_store(url, data_dir=tmp_path)
+    b = await open_store(url, data_dir=tmp_path)
+    try:
+        serials = [f"DEV{n:04d}" for n in range(400)]
+        for serial in serials:
+            await a.add_device(serial, project_code="P", region_code="620100")
+        forward = [Presence(s, T0, True) for s in serials]
+        backward = [Presence(s, T0 + 1, False) for s in reversed(serials)]
+        for _ in range(10):
+            results = await asyncio.gather(*(
+                node.update_presence(updates) for node, updates in ((a, forward), (b, backward)) * 3),
+                return_exceptions=True)
+            assert [r for r in results if isinstance(r, StoreUnavailable)] == []
+            assert results == [400] * 6
+    finally:
+        await a.close()
+        await b.close()
