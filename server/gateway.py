@@ -337,7 +337,7 @@ def raise_fd_limit() -> int:
 async def serve(config: GatewayConfig, *, ready_file: str | None = None, reuse_port: bool = False) -> int:
     """Run the gateway until SIGTERM/SIGINT; returns the exit status."""
     os.makedirs(config.data_dir, exist_ok=True)
-    store = await open_store(config.store_url(), data_dir=config.data_dir)
+    store = await open_store(config.store_url(), data_dir=config.data_dir, config=config.store_config())
     gateway = Gateway(config, store)
     gateway.reuse_port = reuse_port
     stop = asyncio.Event()

@@ -91,3 +91,27 @@ def test_serve_tunes_the_collector_for_many_small_tuples():
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_group_commit_keys_reach_the_store_and_are_checked():
+    config = load_config({"group_commit_max_records": "2000", "group_commit_max_delay_ms": "1.5"}, env={})
+    store = config.store_config()
+    assert (store.group_commit_max_records, store.group_commit_max_delay_ms) == (2000, 1.5)
+    with pytest.raises(ConfigError, match="group_commit_max_records"):
+        load_config({"group_commit_max_records": "0"}, env={})
+
+
+async def test_serve_opens_the_store_with_the_group_commit_keys(tmp_path, monkeypatch):
+    import server.gateway as gateway_module
+
+    seen = {}
+
+    async def fake_open_store(url, *, data_dir, config):
+        seen["config"] = config
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(gateway_module, "open_store", fake_open_store)
+    config = load_config({"data_dir": str(tmp_path), "group_commit_max_records": "1234"}, env={})
+    with pytest.raises(RuntimeError, match="stop here"):
+        await gateway_module.serve(config)
+    assert seen["config"].group_commit_max_records == 1234
