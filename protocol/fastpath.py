@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from construct import Array, Bytes, Const, FixedSized, FormatField, GreedyBytes, Prefixed, Rebuild, Renamed, Struct
 
@@ -200,12 +201,15 @@ class FastCodec:
     source: str
 
 
-def compile_codec(cls, schema: Struct) -> FastCodec:
-    """Generate the fast codec of message class `cls` from its body `schema`."""
+def compile_codec(cls, schema: Struct, label: str | None = None) -> FastCodec:
+    """Generate the fast codec of message class `cls` from its body `schema`.
+
+    `label` names the message in errors (default: the message type's name).
+    """
+    label = label or cls.msg_type.name
     plan = _plan(schema)
     if plan.segments:
-        return _compile_with_text(cls, schema, plan)
-    label = cls.msg_type.name
+        return _compile_with_text(cls, schema, plan, label)
     env: dict[str, object] = {
         "MalformedBody": MalformedBody,
         "EncodeError": EncodeError,
@@ -329,6 +333,15 @@ def compile_codec(cls, schema: Struct) -> FastCodec:
     return FastCodec(env["decode"], env["encode"], source)
 
 
+def compile_packer(schema: Struct, label: str):
+    """`pack(values) -> bytes`: what `schema.build` makes of a tuple of its field values in
+    schema order, generated like the message codecs; raises EncodeError where build fails.
+    For byte strings that are not messages but are written in the wire's vocabulary (the
+    message AUTH signs)."""
+    fields = NamedTuple("Fields", [(sc.name, object) for sc in schema.subcons])
+    return compile_codec(fields, schema, label).encode
+
+
 def _encode_expr(leaf: _Leaf, value: str, checks: list[str], label: str) -> str:
     """Expression for one packed argument; length checks go to `checks` (struct would pad)."""
     if leaf.kind == "int":
@@ -347,9 +360,8 @@ def _tail_index(cls, plan: _Plan) -> int:
     return cls._fields.index(plan.tail_name)
 
 
-def _compile_with_text(cls, schema: Struct, plan: _Plan) -> FastCodec:
+def _compile_with_text(cls, schema: Struct, plan: _Plan, label: str) -> FastCodec:
     """Codec of a body with text fields (and no row array): run, text, run, text, ..., run."""
-    label = cls.msg_type.name
     env: dict[str, object] = {"MalformedBody": MalformedBody, "EncodeError": EncodeError,
                               "struct_error": struct.error, "_new": tuple.__new__, cls.__name__: cls}
     for sc in schema.subcons:

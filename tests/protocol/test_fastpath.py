@@ -11,7 +11,7 @@ import struct
 from typing import NamedTuple
 
 import pytest
-from construct import Struct
+from construct import ConstructError, Struct
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +25,7 @@ from protocol.codec import (
     encode,
     reference_decode_frame,
 )
+from protocol.auth import SIGNED_AUTH_MESSAGE, auth_message
 from protocol.codes import MessageType
 from protocol.errors import DOCUMENTED_ERRORS, EncodeError, MalformedBody, ProtocolError
 from protocol.fastpath import NotFastPathable, compile_codec
@@ -166,6 +167,23 @@ def test_fast_hello_encoder_matches_construct(texts, version, capabilities):
 def test_fast_encoder_matches_construct_on_valid_messages(cls, data):
     message = data.draw(message_strategy(cls))
     assert encode_outcome(BODY_ENCODERS[cls], message) == encode_outcome(REFERENCE_ENCODERS[cls], message)
+
+
+def build_outcome(build, values):
+    try:
+        return ("ok", build(values))
+    except (EncodeError, ConstructError, TypeError, AttributeError, UnicodeError, ValueError):
+        return ("refused", None)
+
+
+@settings(max_examples=400, deadline=None)
+@given(nonce=st.one_of(st.binary(min_size=16, max_size=16), st.binary(max_size=20)),  # construct takes ints as bytes: not ours to copy
+       serial=st.one_of(any_text, odd_value), firmware=st.one_of(any_text, odd_value), version=odd_value)
+def test_signed_auth_message_matches_its_construct_schema(nonce, serial, firmware, version):
+    values = (nonce, serial, firmware, version)
+    names = [sc.name for sc in SIGNED_AUTH_MESSAGE.subcons]
+    reference = build_outcome(lambda v: SIGNED_AUTH_MESSAGE.build(dict(zip(names, v))), values)
+    assert build_outcome(lambda v: auth_message(*v), values) == reference
 
 
 def test_generator_refuses_text_before_an_array_of_rows():
