@@ -110,3 +110,23 @@ def test_histograms_merge_and_split_deals_devices():
     parts = split_spec(FleetSpec(host="h", port=1, devices=[[str(i), "00"] for i in range(5)], rate=10), 2)
     assert [len(p.devices) for p in parts] == [3, 2] and [p.rate for p in parts] == [5, 5]
     assert merge_summaries([], parts[0], 0)["acks_per_s"] is None
+
+
+async def test_a_handshake_the_server_never_answers_times_out_and_is_retried():
+    """The fleet's handshake bound (ack_timeout_s) against a listener that accepts and stays silent."""
+    accepted = []
+
+    async def silent(reader, writer):
+        accepted.append(writer)
+        await reader.read()  # until the fleet gives up and closes
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        s = await run_fleet(FleetSpec(host="127.0.0.1", port=port, devices=[["SC000001", "00" * 32]],
+                                      scenario="idle", duration_s=0.1, connect_phase_s=1.5, ack_timeout_s=0.3,
+                                      reconnect_base_s=0.1, reconnect_max_s=0.1))
+    finally:
+        server.close()
+    assert s["connect_failures"] >= 2 and len(accepted) >= 2  # gave up, then tried again
+    assert s["peak_online"] == 0
