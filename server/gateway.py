@@ -158,7 +158,8 @@ class Gateway:
         except StoreError as exc:
             self.store_writable = False
             self.count("store_failures")
-            self._log_store_failure(len(records), records[0].device_serial if records else "?", exc)
+            self.warn_store_failure(
+                f"store failed for {len(records)} records from {records[0].device_serial if records else '?'}: {exc}")
             raise
         self.store_writable = True
         self.count("punches_committed", len(records))
@@ -170,23 +171,28 @@ class Gateway:
         Lookups arriving together share one store read (server/devices.py); nothing is
         cached, so a device disabled or rotated meanwhile is seen at its next HELLO.
         """
-        return await self.device_lookup.get(serial)
+        try:
+            return await self.device_lookup.get(serial)
+        except StoreError as exc:
+            self.count("device_lookup_failures")
+            self.warn_store_failure(f"device lookup failed for {serial}: {exc}")
+            raise
 
     @functools.cached_property
     def device_lookup(self) -> DeviceLookup:
         return DeviceLookup(self.store)
 
-    def _log_store_failure(self, records: int, serial: str, exc: StoreError) -> None:
-        """One warning per STORE_FAILURE_LOG_S with how many more failed since: an overloaded
-        or full disk fails every connection's commit at once and must not flood the log."""
+    def warn_store_failure(self, message: str) -> None:
+        """Log `message` unless a store failure was logged in the last STORE_FAILURE_LOG_S;
+        the next warning says how many were left out. An overloaded, full or unreachable
+        store fails every connection's commit or lookup at once and must not flood the log."""
         now = time.monotonic()
         if now - self._store_failure_logged < STORE_FAILURE_LOG_S:
             self._store_failures_unlogged += 1
             return
         more = self._store_failures_unlogged
         self._store_failure_logged, self._store_failures_unlogged = now, 0
-        log.warning("store failed for %d records from %s: %s%s", records, serial, exc,
-                    f" ({more} more store failures since the last warning)" if more else "")
+        log.warning("%s%s", message, f" ({more} more store failures since the last warning)" if more else "")
 
     def spawn(self, coroutine) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coroutine)

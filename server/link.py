@@ -296,8 +296,7 @@ class TerminalLink(abc.ABC):
         if not locked:
             try:
                 stored = await gateway.lookup_device(action.serial)
-            except StoreError:
-                log.warning("device lookup failed for %s", action.serial)
+            except StoreError:  # logged by the gateway, once per interval
                 return self.session._close(ResultCode.STORE_UNAVAILABLE, "device lookup failed")
             if stored is not None:
                 device = DeviceView(stored.serial, stored.secret, stored.enabled)

@@ -161,3 +161,21 @@ async def test_a_failed_lookup_closes_the_connection_without_an_answer(start_gat
     client.send(Hello(gw.device.serial, "t", "m", "f", 1, 0))
     assert await client.closed_after() == []  # the terminal retries later; no CHALLENGE went out
     assert gw.gateway.counters["closed_store_unavailable"] == 1
+
+
+async def test_failed_lookups_are_logged_once_per_interval_not_per_hello(start_gateway, caplog):
+    # A storm of HELLOs against an unreachable store logged one warning per terminal.
+    class Failing(StoreProxy):
+        async def get_devices(self, serials):
+            raise StoreUnavailable("database is locked")
+
+    gw = await start_gateway(wrap=Failing)
+    caplog.set_level("WARNING")
+    clients = [await gw.raw() for _ in range(5)]
+    for client in clients:
+        client.send(Hello(gw.device.serial, "t", "m", "f", 1, 0))
+    for client in clients:
+        assert await client.closed_after() == []
+    warnings = [r for r in caplog.records if "device lookup failed" in r.getMessage()]
+    assert len(warnings) == 1 and "database is locked" in warnings[0].getMessage()
+    assert gw.gateway.counters["device_lookup_failures"] == 5
