@@ -452,6 +452,9 @@ def _per_k(section: dict) -> float | None:
 def run(args) -> int:
     import uvloop
 
+    from server.collector import tune_collector
+
+    tune_collector()  # the fleet runs in this process for most phases: same settings as the gateway
     sizes = dict(QUICK if args.quick else FULL)
     for key, value in (("workers_devices", args.connections), ("hold_s", args.hold_s), ("workers", args.workers)):
         if value is not None:

@@ -33,25 +33,6 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-# Young-generation collections every 50,000 container allocations instead of 700. Each
-# punch allocates several tuples (the decoded record, the store's row, the ACK row), and
-# with an upload backlog in flight every collection also walks the records waiting for the
-# disk: measured on `lmg bench load`'s backlog, the collector was ~30% of the event loop
-# (98-105k -> 128-139k records/s with this setting). Memory is bounded by the same queues
-# as before; cyclic garbage (rare here) just waits a little longer.
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def tune_collector() -> None:
-    """Set GC_THRESHOLDS and move the objects alive after start-up (modules, schemas, the
-    compiled fast path) out of the collector's sight with gc.freeze()."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 def field_type(name: str):
     kind = KEYS[name].type
     return {"int": int, "float": float, "str": str}.get(kind, kind) if isinstance(kind, str) else kind
@@ -70,6 +51,7 @@ def run(args) -> int:
         return supervise(flags, args.config, config, args.workers, args.ready_file)
     import uvloop
 
+    from server.collector import tune_collector
     from server.gateway import serve
 
     tune_collector()

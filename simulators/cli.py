@@ -151,6 +151,9 @@ def run_fleet_cli(args, host: str, port: int, devices) -> int:
     if args.processes < 1:
         raise UsageError("--processes must be at least 1")
     raise_fd_limit()
+    from server.collector import tune_collector
+
+    tune_collector()
     spec = FleetSpec(host=host, port=port, devices=[[serial, secret.hex()] for serial, secret, _ in devices],
                      scenario=args.scenario, dialect=args.dialect, transport=args.transport, tls=args.tls,
                      duration_s=args.duration, rate=args.rate, batch_size=args.batch_size, window=args.window,

@@ -971,4 +971,8 @@ if __name__ == "__main__":
     raise_fd_limit()
     import uvloop
 
+    from server.collector import tune_collector
+
+    tune_collector()  # the measuring tool's own GC pauses must not show up as server latency
+
     uvloop.run(_worker_main())

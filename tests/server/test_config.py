@@ -81,7 +81,7 @@ def test_one_file_serves_the_gateway_and_the_forwarder(tmp_path):
 def test_serve_tunes_the_collector_for_many_small_tuples():
     import gc
 
-    from server.serve_cli import GC_THRESHOLDS, tune_collector
+    from server.collector import GC_THRESHOLDS, tune_collector
 
     before = gc.get_threshold()
     try:
