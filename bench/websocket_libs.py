@@ -334,12 +334,15 @@ async def _load(target: str, port: int, connections: int, window: int, warmup: f
     counter = _Counter()
     await _open_devices(target, port, connections, counter, window)
     await asyncio.sleep(warmup)
-    start_replies, start = counter.replies, loop.time()
+    start_replies, start, cpu_start = counter.replies, loop.time(), time.process_time()
     _say({"measuring": True})
     await asyncio.sleep(duration)
     replies, elapsed = counter.replies - start_replies, loop.time() - start
     counter.sending = False
-    _say({"replies": replies, "seconds": elapsed, "wrong": counter.wrong, "connections": connections})
+    # The client's own CPU, measured here: once this line is out the process may exit and
+    # be reaped before the parent could read /proc/<pid>/stat (a flaky FileNotFoundError).
+    _say({"replies": replies, "seconds": elapsed, "wrong": counter.wrong, "connections": connections,
+          "cpu_s": time.process_time() - cpu_start})
 
 
 async def _hold(target: str, port: int, idle: int) -> None:
@@ -528,10 +531,10 @@ async def _throughput(children: _Children, target: str, cfg: dict) -> dict:
         )  # fmt: skip
         try:
             await children.line(load, HANDSHAKES_TIMEOUT_S + cfg["warmup"])
-            cpu_start, client_cpu_start = _ProcInfo.cpu_ticks(pid), _ProcInfo.cpu_ticks(load.proc.pid)
+            cpu_start = _ProcInfo.cpu_ticks(pid)
             counts = await children.line(load, cfg["duration"] + 30)
             cpu_s = (_ProcInfo.cpu_ticks(pid) - cpu_start) * _ProcInfo.TICK_S
-            client_cpu_s = (_ProcInfo.cpu_ticks(load.proc.pid) - client_cpu_start) * _ProcInfo.TICK_S
+            client_cpu_s = counts["cpu_s"]
         finally:
             await children.stop(load)
     finally:
