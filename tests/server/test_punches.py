@@ -150,6 +150,31 @@ class RecordingGate(StoreProxy):
         return await self.inner.store_punches(records)
 
 
+def punch_window(client, count: int) -> tuple[bytes, list[int]]:
+    """`count` PUNCH frames (records 1..count) with the client's next seqs, as one write."""
+    t = now_ms()
+    frames, seqs = b"", []
+    for n in range(1, count + 1):
+        client.seq += 1
+        seqs.append(client.seq)
+        frames += encode(Punch.of(make_punch(n, n, t), client.seq))
+    return frames, seqs
+
+
+async def gated_punches_in_separate_reads(gw, count: int) -> tuple[RecordingGate, list[int]]:
+    """Close the store's gate, then send `count` PUNCH frames far enough apart that each is
+    its own read (each may start a group); returns the gate and the frames' seqs."""
+    gate = gw.gateway.store
+    client = gw.clients[-1]
+    gate.release.clear()
+    t = now_ms()
+    sent = []
+    for n in range(1, count + 1):
+        sent.append(client.send(Punch.of(make_punch(n, n, t))))
+        await asyncio.sleep(0.05)
+    return gate, sent
+
+
 def assert_consecutive(frames: list) -> None:
     seqs = [f.seq for f in frames]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"server seq numbers out of order: {seqs}"
@@ -159,12 +184,7 @@ async def test_a_window_of_punches_is_stored_together_and_answered_in_order(star
     gw = await start_gateway(wrap=RecordingGate)
     gate = gw.gateway.store
     client = await gw.raw_authenticated()
-    t = now_ms()
-    frames, seqs = b"", []
-    for n in range(1, 9):  # one write, as a terminal with a window of 8 sends after an outage
-        client.seq += 1
-        seqs.append(client.seq)
-        frames += encode(Punch.of(make_punch(n, n, t), client.seq))
+    frames, seqs = punch_window(client, 8)  # one write, as a terminal with a window of 8 sends after an outage
     client.seq += 1
     heartbeat_seq = client.seq
     client.send_bytes(frames + encode(Heartbeat(0, 0, 0, client.seq)))
@@ -181,16 +201,10 @@ async def test_groups_in_flight_are_bounded_and_a_heartbeat_waits_for_them(start
     from server.link import GROUPS_IN_FLIGHT
 
     gw = await start_gateway(wrap=RecordingGate)
-    gate = gw.gateway.store
     client = await gw.raw_authenticated()
-    gate.release.clear()
-    t = now_ms()
-    sent = []
-    for n in range(1, GROUPS_IN_FLIGHT + 3):  # separate reads: each may start its own group
-        sent.append(client.send(Punch.of(make_punch(n, n, t))))
-        await asyncio.sleep(0.05)
+    gate, sent = await gated_punches_in_separate_reads(gw, GROUPS_IN_FLIGHT + 2)
     heartbeat_seq = client.send(Heartbeat(0, 0, 0))
-    sent.append(client.send(Punch.of(make_punch(99, 99, t))))
+    sent.append(client.send(Punch.of(make_punch(99, 99, now_ms()))))
     await wait_for(lambda: len(gate.calls) == GROUPS_IN_FLIGHT, what="groups in flight")
     await client.nothing_within(0.3)
     assert len(gate.calls) == GROUPS_IN_FLIGHT  # the rest are held until a group is answered
@@ -204,12 +218,7 @@ async def test_groups_in_flight_are_bounded_and_a_heartbeat_waits_for_them(start
 async def test_a_failed_group_nacks_every_frame_in_it_in_order(start_gateway):
     gw = await start_gateway(wrap=UnavailableStore)
     client = await gw.raw_authenticated()
-    t = now_ms()
-    frames, seqs = b"", []
-    for n in range(1, 6):
-        client.seq += 1
-        seqs.append(client.seq)
-        frames += encode(Punch.of(make_punch(n, n, t), client.seq))
+    frames, seqs = punch_window(client, 5)
     client.send_bytes(frames)
     nacks = [await client.expect(Nack) for _ in seqs]
     assert [(n.ref_seq, n.result) for n in nacks] == [(s, ResultCode.STORE_UNAVAILABLE) for s in seqs]
@@ -281,14 +290,8 @@ async def test_shutdown_answers_every_frame_already_received_before_goodbye(star
     from server.link import GROUPS_IN_FLIGHT
 
     gw = await start_gateway(wrap=RecordingGate)
-    gate = gw.gateway.store
     client = await gw.raw_authenticated()
-    gate.release.clear()
-    t = now_ms()
-    sent = []
-    for n in range(1, GROUPS_IN_FLIGHT + 3):
-        sent.append(client.send(Punch.of(make_punch(n, n, t))))
-        await asyncio.sleep(0.05)
+    gate, sent = await gated_punches_in_separate_reads(gw, GROUPS_IN_FLIGHT + 2)
     await wait_for(lambda: len(gate.calls) == GROUPS_IN_FLIGHT, what="groups in flight")
     stopping = asyncio.ensure_future(gw.gateway.shutdown())
     await asyncio.sleep(0.1)
