@@ -152,18 +152,25 @@ class Gateway:
             roster_version = pending.roster_version if roster_version is None else roster_version
         self.presence[serial] = Presence(serial, now_ms, online, firmware, roster_version)
 
-    async def store_punches(self, records):
-        try:
-            outcomes = await self.store.store_punches(records)
-        except StoreError as exc:
+    def submit_punches(self, records) -> asyncio.Future:
+        """Join the store's group commit; a future of one outcome per record (or the
+        StoreError). No task per call: a busy gateway stores tens of thousands of small
+        groups a second. (Shutdown waits for these through the links' `groups`.)"""
+        future = self.store.submit_punches(records)
+        future.add_done_callback(functools.partial(self._punches_settled, len(records), records[0].device_serial))
+        return future
+
+    def _punches_settled(self, count: int, serial: str, future: asyncio.Future) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is None:
+            self.store_writable = True
+            self.count("punches_committed", count)
+        elif isinstance(exc, StoreError):
             self.store_writable = False
             self.count("store_failures")
-            self.warn_store_failure(
-                f"store failed for {len(records)} records from {records[0].device_serial if records else '?'}: {exc}")
-            raise
-        self.store_writable = True
-        self.count("punches_committed", len(records))
-        return outcomes
+            self.warn_store_failure(f"store failed for {count} records from {serial}: {exc}")
 
     async def lookup_device(self, serial: str):
         """The provisioned device (storage `Device`) or None; raises StoreError.

@@ -25,6 +25,8 @@ unsent-output size. Rules kept here:
 from __future__ import annotations
 
 import abc
+import asyncio
+import functools
 import logging
 import os
 
@@ -50,6 +52,7 @@ from storage import (
     PhotoOffsetMismatch,
     PhotoTooLarge,
     PunchIn,
+    StoreClosed,
     StoreError,
 )
 
@@ -198,7 +201,12 @@ class TerminalLink(abc.ABC):
             done += len(group)
             entry = [group, None, records]  # [StorePunches actions, the store's outcome once known, records]
             groups.append(entry)
-            self.gateway.spawn(self._store_group(entry))
+            try:
+                future = self.gateway.submit_punches(punch_rows(session.serial, group))
+            except Exception as exc:  # noqa: BLE001 - a bug: answer the group, never leave it in flight
+                future = asyncio.get_running_loop().create_future()
+                future.set_exception(exc)
+            future.add_done_callback(functools.partial(self._group_stored, entry))
         if done:
             del backlog[:done]
             if session.state is State.AUTHENTICATED:
@@ -302,23 +310,24 @@ class TerminalLink(abc.ABC):
                 device = DeviceView(stored.serial, stored.secret, stored.enabled)
         return self.session.device_loaded(device, locked, gateway.now_ms())
 
-    async def _store_group(self, entry: list) -> None:
-        """Store the records of a group's StorePunches in one call, then answer every group
-        whose turn has come (answers are made in group order, so their seq numbers are too)."""
-        group = entry[0]
-        records = punch_rows(self.session.serial, group)
-        try:
-            outcomes = await self.gateway.store_punches(records)
+    def _group_stored(self, entry: list, future) -> None:
+        """The store answered a group: answer every group whose turn has come (answers are
+        made in group order, so their seq numbers are too), then go on with held items."""
+        if future.cancelled():
+            entry[1] = StoreClosed("the store was closed before this group was written")
+        elif (exc := future.exception()) is not None:
+            if not isinstance(exc, StoreError):  # a bug; StoreErrors are logged by the gateway
+                log.error("storing punches failed for %s", self.session.peer, exc_info=exc)
+            entry[1] = exc
+        else:
+            outcomes = future.result()
             if outcomes.count(STORED) == len(outcomes):  # the common case: one shared outcome object
                 entry[1] = [_OK] * len(outcomes)
             else:
                 entry[1] = [o.reject_reason if o.status is Outcome.REJECTED else _OUTCOME_CODES[o.status]
                             for o in outcomes]
-        except StoreError as exc:  # logged by the gateway, once per interval
-            entry[1] = exc
-        except Exception as exc:  # noqa: BLE001 - a bug in one action must not kill the server
-            log.exception("storing punches failed for %s", self.session.peer)
-            entry[1] = exc
+        if self.closed:
+            return
         groups = self.groups
         while groups and groups[0][1] is not None and not self.closed:
             group, outcome, _ = groups.pop(0)

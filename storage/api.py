@@ -19,6 +19,7 @@ Times are Unix milliseconds (UTC) in ints named `*_ms`; sizes are bytes.
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -409,6 +410,13 @@ class Store(abc.ABC):
         callers share one transaction). Raises StoreUnavailable if that commit failed:
         then none of `records` was stored by this call.
         """
+
+    def submit_punches(self, records: Sequence[PunchIn]) -> "asyncio.Future[list[PunchOutcome]]":
+        """`store_punches` as a future, for callers that would otherwise make a task per
+        call: the same outcomes, the same errors (set on the future). Must be called from
+        the store's event loop. This default wraps `store_punches`; the concrete stores
+        join their group commit directly."""
+        return asyncio.ensure_future(self.store_punches(records))
 
     @abc.abstractmethod
     async def count_punches(self, device_serial: str | None = None) -> int: ...

@@ -11,6 +11,7 @@ Rules kept here so both backends keep them identically:
 from __future__ import annotations
 
 import abc
+import asyncio
 import os
 import secrets
 from collections.abc import Callable, Sequence
@@ -58,6 +59,14 @@ class BackendStore(Store):
             if type(record) is not PunchIn:
                 raise TypeError(f"store_punches takes PunchIn records, got {type(record).__name__}")
         return await self._group.submit(records)
+
+    def submit_punches(self, records: Sequence[PunchIn]) -> asyncio.Future:
+        if self._closed:
+            return asyncio.ensure_future(self.store_punches(records))  # raises StoreClosed there
+        for record in records:
+            if type(record) is not PunchIn:
+                raise TypeError(f"submit_punches takes PunchIn records, got {type(record).__name__}")
+        return self._group.enqueue(records)
 
     @abc.abstractmethod
     async def _commit_punches(self, records: list[PunchIn]) -> list[PunchOutcome]:

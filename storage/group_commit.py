@@ -89,14 +89,20 @@ class GroupCommit(Generic[Record, Result]):
         Raises what the batch's commit raised (StoreUnavailable), StoreUnavailable if
         no room frees up within enqueue_wait_ms, StoreClosed after close().
         """
-        count = len(records)
-        if self._closing:
-            raise StoreClosed("the store is closed; reopen it before storing punches")
-        if not count:
-            return []
-        if self._queued + count > self._max_queued and self._queued:
-            await self._wait_for_room(count)
+        return await self.enqueue(records)
+
+    def enqueue(self, records: Sequence[Record]) -> asyncio.Future:
+        """`submit` without a coroutine: a future of the records' results, with the same
+        outcomes and errors (set on the future, never raised here).
+
+        For callers that would otherwise create a task per call (the gateway stores tens of
+        thousands of small groups a second). Cancelling the future before its batch started
+        keeps its records out of the batch, as cancelling `submit` does.
+        """
         loop = self._loop
+        count = len(records)
+        if self._closing or not count or (self._queued + count > self._max_queued and self._queued):
+            return asyncio.ensure_future(self._submit_slowly(records))
         future = loop.create_future()
         self._entries.append((records, future, loop.time()))
         queued = self._queued = self._queued + count
@@ -108,7 +114,16 @@ class GroupCommit(Generic[Record, Result]):
             elif self._timer is None:
                 self._timer = loop.call_at(self._entries[0][_ARRIVED] + self._max_delay_s,
                                            self._on_timer)
-        return await future
+        return future
+
+    async def _submit_slowly(self, records: Sequence[Record]) -> list[Result]:
+        """The rare cases of `enqueue`: closed, nothing to store, or waiting for room."""
+        if self._closing:
+            raise StoreClosed("the store is closed; reopen it before storing punches")
+        if not records:
+            return []
+        await self._wait_for_room(len(records))
+        return await self.enqueue(records)
 
     async def _wait_for_room(self, count: int) -> None:
         deadline = self._loop.time() + self._enqueue_wait_s

@@ -302,3 +302,16 @@ async def test_shutdown_answers_every_frame_already_received_before_goodbye(star
     assert goodbye.reason == ResultCode.SHUTTING_DOWN
     await asyncio.wait_for(stopping, WAIT_S)
     assert await gw.store.count_punches() == len(sent)
+
+
+async def test_a_bug_in_the_store_call_closes_the_session_instead_of_wedging_it(start_gateway, caplog):
+    class Broken(StoreProxy):
+        def submit_punches(self, records):
+            raise RuntimeError("injected bug")
+
+    gw = await start_gateway(wrap=Broken)
+    client = await gw.raw_authenticated()
+    client.send(Punch.of(make_punch(1, 1, now_ms())))
+    assert await client.closed_after() == []  # nothing acknowledged; the terminal resends elsewhere
+    assert gw.gateway.counters["closed_server_busy"] == 1
+    assert any("injected bug" in str(r.exc_info) for r in caplog.records if r.exc_info)

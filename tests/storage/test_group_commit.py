@@ -108,3 +108,47 @@ async def test_submit_after_close_is_refused():
     await group.close()
     with pytest.raises(StoreClosed):
         await group.submit([1])
+
+
+# --- enqueue: the same contract as submit, as a future --------------------------------------
+
+
+async def test_enqueue_returns_a_future_sharing_the_batch_with_submit_callers():
+    backend = FakeBackend()
+    group = make(backend)
+    future = group.enqueue(["f1", "f2"])
+    assert isinstance(future, asyncio.Future) and not isinstance(future, asyncio.Task)  # no task made
+    submitted = asyncio.ensure_future(group.submit(["s1"]))
+    assert await future == ["ok:f1", "ok:f2"]
+    assert await submitted == ["ok:s1"]
+    assert backend.batches == [["f1", "f2", "s1"]]
+    await group.close()
+
+
+async def test_a_cancelled_enqueue_future_is_not_written():
+    backend = FakeBackend()
+    group = make(backend, max_delay_ms=50)
+    doomed = group.enqueue(["doomed"])
+    kept = group.enqueue(["kept"])
+    doomed.cancel()
+    assert await kept == ["ok:kept"]
+    assert backend.batches == [["kept"]]
+    await group.close()
+
+
+async def test_enqueue_sets_errors_on_the_future_and_waits_for_room_like_submit():
+    backend = FakeBackend()
+    backend.gate = asyncio.Event()
+    group = make(backend, max_records=5, max_delay_ms=0, max_queued_records=10, enqueue_wait_ms=5_000)
+    in_flight = [group.enqueue([n]) for n in range(11)]  # 1 committing, 10 queued: full
+    waiting = group.enqueue(["after room"])  # not refused: waits for room (up to enqueue_wait_ms)
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    backend.gate.set()
+    assert await waiting == ["ok:after room"]
+    await asyncio.gather(*in_flight)
+    assert await group.enqueue([]) == []
+    await group.close()
+    refused = group.enqueue([1])  # after close: a future holding StoreClosed, not a raise
+    with pytest.raises(StoreClosed):
+        await refused

@@ -45,6 +45,17 @@ async def test_duplicates_across_batches_and_within_one_batch(store):
     assert (await store.outbox_status(T0)).pending == 3
 
 
+async def test_submit_punches_is_store_punches_as_a_future(store):
+    a, b = punch(record_no=1), punch(record_no=2)
+    future = store.submit_punches([a, b, a])
+    assert isinstance(future, asyncio.Future)
+    assert await future == [STORED, STORED, DUPLICATE]
+    assert await store.submit_punches([b]) == [DUPLICATE]
+    assert await store.count_punches() == 2 and (await store.outbox_status(T0)).pending == 2
+    with pytest.raises(TypeError, match="PunchIn"):
+        store.submit_punches([tuple(a)])  # a caller's bug raises at once, never reaches a shared batch
+
+
 async def test_same_record_no_on_two_devices_is_two_punches(store):
     outcomes = await store.store_punches([punch("DEV-A", 1), punch("DEV-B", 1)])
     assert outcomes == [STORED, STORED]
