@@ -17,7 +17,7 @@ import resource
 import signal
 import ssl
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 
 from protocol import DeviceStatus, Goodbye, ResultCode, encode
 from server.config import GatewayConfig, parse_host_port

@@ -1,22 +1,23 @@
 """The thin glue between one transport and one `Session`: carries out the session's actions.
 
 TCP (`server.tcp`) and WebSocket (`server.websocket`) both feed a `TerminalLink`; they
-only supply four primitives (write, close, pause reading, resume reading) and the
+only supply four primitives (write frames, close, pause reading, resume reading) and the
 unsent-output size. Rules kept here:
 
 - Answers leave in the order frames arrived: while an action that awaits the store runs,
   later items wait in `backlog`. Reading goes on until `HELD_ITEMS` items are held, then
   the transport stops reading (back-pressure: a lagging store slows the terminals down
   instead of growing buffers), so at most `HELD_ITEMS` plus one read's worth are held.
-- Consecutive punch frames are stored together: every frame the session would answer
-  only after the store (`Session.stores`) that is already held joins one store call,
-  and their ACKs go out together once it returns. Up to `GROUPS_IN_FLIGHT` calls are in
-  flight, with at most `GROUP_RECORDS` records among them. A
-  terminal that keeps a window of punches in flight thus pays one commit per window, not
-  one per punch. A frame of any other kind ends the group and waits for it, so the seq
-  numbers the session gives its answers stay in sending order.
-- A punch is acknowledged only after `Store.store_punches` returned, i.e. after commit;
-  if the store fails, the session answers NACK STORE_UNAVAILABLE and nothing is acked.
+- Consecutive punch frames are stored together: every held frame the session would
+  answer only after the store (`Session.stores`) joins one store call, and their ACKs go
+  out together once it returns. Up to `GROUPS_IN_FLIGHT` calls are in flight, with at
+  most `GROUP_RECORDS` records among them. A terminal that keeps a window of punches in
+  flight thus pays one commit per window, not one per punch. A frame of any other kind
+  ends the group and waits for it, so the seq numbers the session gives its answers stay
+  in sending order.
+- A punch is acknowledged only after the store's future (`Store.submit_punches`)
+  resolved, i.e. after commit; if the store fails, the session answers NACK
+  STORE_UNAVAILABLE and nothing is acked.
 - Output is corked: the frames one pass produces leave in one `write_frames` call
   (one syscall on TCP). Unsent output above `max_unsent_bytes` means the peer does not
   read: it is closed.
@@ -43,7 +44,6 @@ from server.session import (
     Session,
     State,
     StatusReported,
-    StorePunches,
 )
 from storage import (
     STORED,
@@ -222,8 +222,6 @@ class TerminalLink(abc.ABC):
             kind = type(action)
             if kind is Send:
                 self._send(action.message)
-            elif kind is StorePunches:
-                self._start(self._store_punches(action))
             elif kind is Close:
                 self._close(action)
             elif kind is LoadDevice:
@@ -238,7 +236,8 @@ class TerminalLink(abc.ABC):
                 self._start(self._query_photo(action))
             elif kind is StatusReported:
                 self.gateway.status_reported(self, action.status)
-            else:  # pragma: no cover - a new action type without glue is a bug
+            else:  # pragma: no cover - a new action type without glue is a bug; so is a
+                # StorePunches here: those come only from items `Session.stores` admits (_pump)
                 raise TypeError(f"no glue for {action!r}")
         return self.busy
 

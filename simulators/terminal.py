@@ -19,7 +19,6 @@ from protocol import (
     AuthResult,
     Challenge,
     FrameDecoder,
-    Goodbye,
     Heartbeat,
     Hello,
     MessageType,

@@ -8,7 +8,7 @@ import sqlite3
 import asyncpg
 import pytest
 
-from storage import SchemaTooNew, StoreConfig, open_store
+from storage import SchemaTooNew
 from storage.migrations import load_migrations
 from storage.postgres import PostgresStore
 from storage.sqlite import SqliteStore
