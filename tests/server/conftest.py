@@ -265,6 +265,20 @@ class StoreProxy:
         return asyncio.ensure_future(self.store_punches(records))
 
 
+class GatedStore(StoreProxy):
+    """`store_punches` waits for `release` before it reaches the real store."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def store_punches(self, records):
+        self.entered.set()
+        await self.release.wait()
+        return await self.inner.store_punches(records)
+
+
 # --- a gateway in a subprocess -----------------------------------------------------------------
 
 

@@ -10,25 +10,11 @@ from protocol.identity import check_digit
 from simulators.terminal import make_punch, worker_id_for
 from storage import StoreUnavailable
 
-from .conftest import WAIT_S, StoreProxy, wait_for
+from .conftest import WAIT_S, GatedStore, StoreProxy, wait_for
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class GatedStore(StoreProxy):
-    """`store_punches` waits for `release` before it reaches the real store."""
-
-    def __init__(self, inner):
-        super().__init__(inner)
-        self.entered = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def store_punches(self, records):
-        self.entered.set()
-        await self.release.wait()
-        return await self.inner.store_punches(records)
 
 
 class UnavailableStore(StoreProxy):

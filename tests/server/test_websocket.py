@@ -16,7 +16,7 @@ from protocol import (Ack, Auth, AuthResult, Challenge, Goodbye, Heartbeat, Hell
 from protocol.auth import auth_mac
 from simulators.terminal import make_punch
 
-from .conftest import WAIT_S, StoreProxy, wait_for
+from .conftest import WAIT_S, GatedStore, wait_for
 
 
 def now_ms() -> int:
@@ -105,18 +105,6 @@ async def test_refused_authentication_over_websocket_closes(start_gateway):
     # the server's handler for that connection has returned: nothing holds shutdown up
     # (it is bounded by WAIT_S here, far below the 60 s grace a stuck handler would use)
     await asyncio.wait_for(gw.gateway.shutdown(), WAIT_S)
-
-
-class GatedStore(StoreProxy):
-    def __init__(self, inner):
-        super().__init__(inner)
-        self.entered = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def store_punches(self, records):
-        self.entered.set()
-        await self.release.wait()
-        return await self.inner.store_punches(records)
 
 
 async def test_shutdown_acks_the_punch_in_flight_then_says_goodbye_over_websocket(start_gateway):
