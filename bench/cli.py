@@ -5,7 +5,8 @@ from __future__ import annotations
 from server.cli import optional_modules
 
 # Each benchmark module exposes NAME, HELP, add_arguments(parser) and run(args) -> int.
-BENCHMARKS = ("bench.codec", "bench.storage", "bench.memory", "bench.websocket_libs", "bench.forwarding", "bench.load")
+BENCHMARKS = ("bench.codec", "bench.storage", "bench.memory", "bench.websocket_libs", "bench.forwarding", "bench.load",
+              "bench.writer")
 
 
 def register(subparsers) -> None:

@@ -11,6 +11,8 @@ tell "the store said no" from a bug. The split that matters to the server:
   mismatch); retrying the same request gives the same answer.
 
 Messages are written for the operator who reads them in a log: what was wrong, what to do.
+Every error pickles to an equal one (`__reduce__` where the constructor takes fields, not
+the message): the SQLite writer process sends them back to the caller.
 """
 
 from __future__ import annotations
@@ -43,10 +45,14 @@ class SchemaTooNew(StoreError):
     def __init__(self, found: int, known: int, where: str) -> None:
         self.found = found
         self.known = known
+        self.where = where
         super().__init__(
             f"database schema at {where} is version {found} but this lmg knows up to {known}: "
             f"upgrade lmg or point --store at another database"
         )
+
+    def __reduce__(self):
+        return type(self), (self.found, self.known, self.where)
 
 
 class UnknownDevice(StoreError, LookupError):
@@ -55,6 +61,9 @@ class UnknownDevice(StoreError, LookupError):
     def __init__(self, serial: str) -> None:
         self.serial = serial
         super().__init__(f"no device with serial {serial!r} is provisioned; add it first")
+
+    def __reduce__(self):
+        return type(self), (self.serial,)
 
 
 class DeviceExists(StoreError):
@@ -66,6 +75,9 @@ class DeviceExists(StoreError):
             f"a device with serial {serial!r} is already provisioned; "
             f"rotate its secret instead of adding it again"
         )
+
+    def __reduce__(self):
+        return type(self), (self.serial,)
 
 
 class PhotoError(StoreError):
@@ -83,12 +95,16 @@ class PhotoOffsetMismatch(PhotoError):
     """
 
     def __init__(self, sha256_hex: str, offset: int, expected_offset: int) -> None:
+        self.sha256_hex = sha256_hex
         self.offset = offset
         self.expected_offset = expected_offset
         super().__init__(
             f"photo {sha256_hex}: chunk offset {offset} is not where the upload stands; "
             f"resume at offset {expected_offset}"
         )
+
+    def __reduce__(self):
+        return type(self), (self.sha256_hex, self.offset, self.expected_offset)
 
 
 class PhotoHashMismatch(PhotoError):
@@ -101,3 +117,6 @@ class PhotoHashMismatch(PhotoError):
             f"photo upload announced SHA-256 {sha256_hex} but the bytes received hash to {actual_hex}; "
             f"the partial upload was discarded, upload the photo again from offset 0"
         )
+
+    def __reduce__(self):
+        return type(self), (self.sha256_hex, self.actual_hex)

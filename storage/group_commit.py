@@ -1,9 +1,9 @@
-"""Group commit: many callers' punches, one transaction, one thread hop.
+"""Group commit: many callers' punches, one transaction, one trip to the writer.
 
 Callers `await submit(records)`. What arrives within a short window
 (`group_commit_max_delay_ms` after the oldest waiting record, or at once when
 `group_commit_max_records` are waiting) becomes one batch, handed to the backend's
-`commit` coroutine, which must write it in ONE transaction (one thread hop on SQLite)
+`commit` coroutine, which must write it in ONE transaction (one request to the SQLite writer process)
 and return one outcome per record. Each caller is woken only after that commit returned, with its own slice of the
 outcomes, or with the exception that failed the batch (`StoreUnavailable`).
 
@@ -45,7 +45,7 @@ class GroupCommit(Generic[Record, Result]):
 
     There is no flusher task: a batch starts from `submit` (batch full), from a timer
     (window over) or from the end of the previous commit. The next batch is started
-    BEFORE the finished batch's callers are woken, so the writer thread already works
+    BEFORE the finished batch's callers are woken, so the writer already works
     on it while the event loop runs those callers (measured: without this the writer
     sat idle half the time, 3 ms of every 6.5 ms batch at 1000 producers).
     """

@@ -1,14 +1,15 @@
 """SQLite store: the embedded default (`sqlite:///path/to/lmg.db`).
 
-Threads and connections:
-- ONE writer thread owns the only write connection (plain `sqlite3`, autocommit mode,
-  explicit BEGIN IMMEDIATE / COMMIT). Every write is one call into that thread: a whole
-  group-commit batch (INSERT OR IGNORE via executemany, outbox rows, COMMIT) is one hop,
-  never one await per statement. The thread is ours rather than aiosqlite's because
-  aiosqlite exposes one hop per statement; the single-thread executor gives the same
-  "one connection, one thread" model with whole-transaction calls.
-- `sqlite_readers` read threads, each with its own connection (PRAGMA query_only): in
-  WAL mode readers see the last commit and never block the writer, nor it them.
+Processes, threads and connections:
+- ONE writer process (storage/sqlite_writer.py) owns the only write connection (plain
+  `sqlite3`, autocommit mode, explicit BEGIN IMMEDIATE / COMMIT). Every write is one
+  request to it: a whole group-commit batch (multi-row INSERT OR IGNORE, outbox rows,
+  COMMIT) is one round trip, never one per statement. It is a process rather than a
+  thread because a writer thread shares the GIL with the event loop, and each of its
+  SQLite calls had to win the GIL back from a busy loop (see that module).
+- `sqlite_readers` read threads in this process, each with its own connection (PRAGMA
+  query_only): in WAL mode readers see the last commit and never block the writer, nor
+  it them.
 
 Durability: journal_mode=WAL and synchronous=FULL (configurable) by default, so COMMIT
 returns after the WAL is fsynced; a caller is answered only after that.
@@ -16,8 +17,9 @@ returns after the WAL is fsynced; a caller is answered only after that.
 Faults: an sqlite3.OperationalError or DatabaseError in a write (disk full, I/O error,
 read-only file, locked) rolls the transaction back, closes the connection and raises
 StoreUnavailable to every caller of that call/batch; the next call reopens the
-connection, so the store heals by itself once the fault clears. `WriterFaults` lets
-tests inject such errors at COMMIT or reopen the writer read-only (URI mode=ro).
+connection (or restarts the writer process if it died), so the store heals by itself
+once the fault clears. `WriterFaults` lets tests inject such errors at COMMIT or reopen
+the writer read-only (URI mode=ro).
 
 One process writes a database file at a time; a second gateway on the same file is not
 supported (use PostgreSQL to scale out).
@@ -43,20 +45,17 @@ from storage.api import (
 )
 from storage.backend import (
     COMMAND_COLUMNS, DEVICE_COLUMNS, PUNCH_COLUMNS, REJECTED_COLUMNS, BackendStore,
-    new_secret, rejected_row,
+    new_secret,
 )
 from storage.blobs import BlobStore
 from storage.config import StoreConfig
 from storage.errors import DeviceExists, StoreClosed, StoreUnavailable, UnknownDevice
 from storage.migrations import SQLITE_LEDGER, Migration, load_migrations, plan
+from storage.sqlite_writer import ROWS_PER_STATEMENT, WriterFaults, WriterProcess, is_environmental, unavailable
 
 _INSERT_REJECTED = (f"INSERT OR IGNORE INTO rejected_punches ({REJECTED_COLUMNS}) "
                     f"VALUES (?,?,?,?,?,?,?,?,?,?,?)")
-# Rows per INSERT statement. One statement is one sqlite3_step with the GIL released;
-# 512 rows x 10 columns = 5120 parameters, well under SQLite's 32766.
-_ROWS_PER_STATEMENT = 512
-# Statements are cached per size (sqlite3's statement cache, sized for this).
-_STATEMENT_CACHE = _ROWS_PER_STATEMENT + 64
+_ROWS_PER_STATEMENT = ROWS_PER_STATEMENT  # the writer sizes its statement cache for these
 _PUNCH_FIELDS = 10
 _VALUES_ROW = "(?,?,?,?,?,?,?,?,?,?)"
 _INSERT_SQL: dict[int, str] = {}  # rows per statement -> its SQL text, built once
@@ -88,166 +87,6 @@ _CLAIM = (
 )
 
 
-class WriterFaults:
-    """Test hook: make the writer behave as on a sick disk. Thread-safe.
-
-    `fail_next_commits(n, message)` raises sqlite3.OperationalError(message) at the
-    next n COMMITs (after the batch's statements ran, so the rollback path is real).
-    `read_only = True` makes the writer reopen the file with URI mode=ro, so SQLite
-    itself refuses writes ("attempt to write a readonly database"); chmod would not stop
-    root, who runs the tests.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._failures: list[str] = []
-        self._read_only = False
-        self.generation = 0  # bumped when the writer must reopen its connection
-
-    def fail_next_commits(self, count: int, message: str = "disk I/O error") -> None:
-        with self._lock:
-            self._failures.extend([message] * count)
-
-    @property
-    def read_only(self) -> bool:
-        return self._read_only
-
-    @read_only.setter
-    def read_only(self, value: bool) -> None:
-        with self._lock:
-            if value != self._read_only:
-                self._read_only = value
-                self.generation += 1
-
-    def before_commit(self) -> None:
-        with self._lock:
-            message = self._failures.pop(0) if self._failures else None
-        if message is not None:
-            raise sqlite3.OperationalError(message)
-
-
-def _unavailable(path: Path, exc: sqlite3.Error) -> StoreUnavailable:
-    text = str(exc)
-    if "full" in text:
-        hint = "free space on the file system of the data directory"
-    elif "readonly" in text or "read-only" in text:
-        hint = "make the database file, its -wal/-shm files and its directory writable"
-    elif "locked" in text or "busy" in text:
-        hint = "another process holds the database; stop it (only one lmg may write a SQLite file)"
-    elif "unable to open" in text:
-        hint = "check that the data directory exists and is writable"
-    else:
-        hint = "check the disk (dmesg) and the database file"
-    return StoreUnavailable(
-        f"SQLite store {path}: {text}; nothing of this call was stored ({hint}); "
-        f"devices will resend"
-    )
-
-
-def _is_environmental(exc: BaseException) -> bool:
-    # IntegrityError and ProgrammingError are DatabaseError subclasses but mean a bug or
-    # a rejected value, not a sick disk.
-    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
-        exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
-    )
-
-
-class _Writer:
-    """The one write connection and its thread."""
-
-    def __init__(self, path: Path, config: StoreConfig, faults: WriterFaults) -> None:
-        self.path = path
-        self.config = config
-        self.faults = faults
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="lmg-sqlite-writer")
-        self._conn: sqlite3.Connection | None = None
-        self._generation = -1
-
-    def _connect(self) -> sqlite3.Connection:
-        if self.faults.read_only:
-            conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True,
-                                   isolation_level=None, check_same_thread=False,
-                                   cached_statements=_STATEMENT_CACHE)
-        else:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   cached_statements=_STATEMENT_CACHE)
-        try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise sqlite3.OperationalError(f"cannot switch {self.path} to WAL (got {mode})")
-            conn.execute(f"PRAGMA synchronous={self.config.sqlite_synchronous.upper()}")
-            conn.execute(f"PRAGMA busy_timeout={int(self.config.sqlite_busy_timeout_ms)}")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def connection(self) -> sqlite3.Connection:
-        """In the writer thread: the open connection, reopened after a fault."""
-        generation = self.faults.generation
-        if self._conn is not None and self._generation != generation:
-            self._drop()
-        if self._conn is None:
-            try:
-                self._conn = self._connect()
-            except sqlite3.Error as exc:
-                raise _unavailable(self.path, exc) from exc
-            self._generation = generation
-        return self._conn
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
-
-    def _transaction(self, fn: Callable[..., Any], args: tuple) -> Any:
-        conn = self.connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            result = fn(conn, *args)
-            self.faults.before_commit()
-            conn.execute("COMMIT")
-            return result
-        except BaseException as exc:
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            if _is_environmental(exc):
-                self._drop()  # reopen on the next call: no half-broken connection survives
-                raise _unavailable(self.path, exc) from exc
-            raise
-
-    def _plain(self, fn: Callable[..., Any], args: tuple) -> Any:
-        conn = self.connection()
-        try:
-            return fn(conn, *args)
-        except BaseException as exc:
-            if _is_environmental(exc):
-                self._drop()
-                raise _unavailable(self.path, exc) from exc
-            raise
-
-    async def write(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run fn(conn, *args) in one transaction in the writer thread; one hop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._transaction, fn, args)
-
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run fn(conn, *args) in the writer thread without a surrounding transaction."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._plain, fn, args)
-
-    async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._drop)
-        self._executor.shutdown(wait=True)
-
-
 class _Readers:
     """Read connections, one per read thread, opened on first use."""
 
@@ -271,14 +110,14 @@ class _Readers:
                     self._all.append(conn)
             return fn(conn, *args)
         except sqlite3.Error as exc:
-            if _is_environmental(exc):
+            if is_environmental(exc):
                 self._local.conn = None
                 if conn is not None:
                     with self._lock:
                         if conn in self._all:
                             self._all.remove(conn)
                     conn.close()
-                raise _unavailable(self.path, exc) from exc
+                raise unavailable(self.path, exc) from exc
             raise
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -293,14 +132,16 @@ class _Readers:
             self._all.clear()
 
 
-# ----------------------------------------------------------------- writer-thread work
+# ----------------------------------------------------------------- writer-process work
+# Module-level functions `fn(conn, *args)`: requests name them by reference (pickle).
 
 
-def _write_punches(conn: sqlite3.Connection, records: list[PunchIn], now_ms: int) -> list[PunchOutcome]:
+def _write_punches(conn: sqlite3.Connection, records: list[tuple], now_ms: int) -> list[PunchOutcome]:
     """One group-commit batch, inside the writer's transaction; one outcome per record.
 
-    Runs in the writer thread with the GIL held except inside SQLite, so the common case
-    (no duplicates, nothing rejected) does one pass building the flat parameter list and
+    `records` are PunchIn field tuples, plain: a PunchIn costs ten times as much to
+    pickle (its checked constructor runs again on the way in). The common case (no
+    duplicates, nothing rejected) does one pass building the flat parameter list and
     works out per-record outcomes only when the counts say something was skipped.
     """
     params: list = []
@@ -312,7 +153,7 @@ def _write_punches(conn: sqlite3.Connection, records: list[PunchIn], now_ms: int
             extend(r[:9])  # PunchIn's first nine fields are the row's columns in order
             append(now_ms)
         else:
-            rejected.append(rejected_row(r, now_ms))
+            rejected.append((*r[:10], now_ms))  # PunchIn fields are the table's columns in order
     accepted = len(params) // _PUNCH_FIELDS
     inserted = 0
     watermark = 0
@@ -335,10 +176,10 @@ def _write_punches(conn: sqlite3.Connection, records: list[PunchIn], now_ms: int
     outcomes: list[PunchOutcome] = []
     seen: set[tuple[str, int]] = set()
     for r in records:
-        if r.reject_reason is not None:
-            outcomes.append(PunchOutcome(Outcome.REJECTED, r.reject_reason))
+        if r[9] is not None:  # reject_reason
+            outcomes.append(PunchOutcome(Outcome.REJECTED, r[9]))
             continue
-        key = (r.device_serial, r.record_no)
+        key = (r[0], r[1])  # device_serial, record_no
         if key in seen or (added is not None and key not in added):
             outcomes.append(DUPLICATE)
         else:
@@ -350,9 +191,8 @@ def _write_punches(conn: sqlite3.Connection, records: list[PunchIn], now_ms: int
 def _insert_punches(conn: sqlite3.Connection, params: list, rows: int) -> int:
     """INSERT OR IGNORE `rows` rows from the flat `params`; return how many were added.
 
-    Not executemany: it returns to Python after every row, and each return must win the
-    GIL back from the event loop, which is busy waking the previous batch's callers. A
-    multi-row statement is one sqlite3_step with the GIL released.
+    Not executemany: it returns to Python after every row (a bind, a step, a reset); a
+    multi-row statement is one sqlite3_step for up to _ROWS_PER_STATEMENT rows.
     """
     added = 0
     for first in range(0, rows, _ROWS_PER_STATEMENT):
@@ -364,6 +204,38 @@ def _insert_punches(conn: sqlite3.Connection, params: list, rows: int) -> int:
         chunk = params[first * _PUNCH_FIELDS:(first + count) * _PUNCH_FIELDS]
         added += conn.execute(sql, chunk).rowcount
     return added
+
+
+def _rowcount(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
+    return conn.execute(sql, params).rowcount
+
+
+def _rowcount_many(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+    return conn.executemany(sql, rows).rowcount
+
+
+def _lastrowid(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
+    return conn.execute(sql, params).lastrowid
+
+
+def _scalar(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+    """The first column of the first row (PRAGMAs in tests, for instance)."""
+    row = conn.execute(sql, params).fetchone()
+    return row[0] if row is not None else None
+
+
+def _insert_device(conn: sqlite3.Connection, row: tuple) -> None:
+    try:
+        conn.execute(f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+    except sqlite3.IntegrityError as exc:
+        raise DeviceExists(row[0]) from exc
+
+
+def _claim_outbox(conn: sqlite3.Connection, now_ms: int, limit: int, until: int) -> list[OutboxItem]:
+    rows = conn.execute(_CLAIM, {"now": now_ms, "limit": limit}).fetchall()
+    conn.executemany("UPDATE outbox SET attempts = attempts + 1, next_attempt_at_ms = ? WHERE id = ?",
+                     [(until, row[0]) for row in rows])
+    return [_outbox_item((row[0], row[1] + 1, until) + row[3:]) for row in rows]
 
 
 def _migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...], where: str,
@@ -415,7 +287,7 @@ class SqliteStore(BackendStore):
         self.path = path
         self.url = f"sqlite:///{path}"
         self.faults = WriterFaults()
-        self._writer = _Writer(path, config, self.faults)
+        self._writer = WriterProcess(path, config, self.faults)
         self._readers = _Readers(path, config)
 
     @classmethod
@@ -476,7 +348,7 @@ class SqliteStore(BackendStore):
 
     # punches ------------------------------------------------------------------------
     async def _commit_punches(self, records: list[PunchIn]) -> list[PunchOutcome]:
-        return await self._writer.write(_write_punches, records, self.clock_ms())
+        return await self._writer.write(_write_punches, [tuple(r) for r in records], self.clock_ms())
 
     async def count_punches(self, device_serial: str | None = None) -> int:
         if device_serial is None:
@@ -522,15 +394,9 @@ class SqliteStore(BackendStore):
         device = Device(serial, secret, project_code, region_code, True, None, False, firmware, 0,
                         self.clock_ms())
 
-        def insert(conn: sqlite3.Connection) -> None:
-            try:
-                conn.execute(f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                             (device.serial, device.secret, device.project_code, device.region_code,
-                              1, None, 0, device.firmware, 0, device.created_at_ms))
-            except sqlite3.IntegrityError as exc:
-                raise DeviceExists(serial) from exc
-
-        await self._write(insert)
+        await self._write(_insert_device, (device.serial, device.secret, device.project_code,
+                                           device.region_code, 1, None, 0, device.firmware, 0,
+                                           device.created_at_ms))
         return device
 
     async def get_device(self, serial: str) -> Device | None:
@@ -555,21 +421,15 @@ class SqliteStore(BackendStore):
         return [_device(row) for row in rows]
 
     async def set_device_enabled(self, serial: str, enabled: bool) -> None:
-        def update(conn: sqlite3.Connection) -> int:
-            return conn.execute("UPDATE devices SET enabled = ? WHERE serial = ?",
-                                (int(enabled), serial)).rowcount
-
-        if not await self._write(update):
+        if not await self._write(_rowcount, "UPDATE devices SET enabled = ? WHERE serial = ?",
+                                 (int(enabled), serial)):
             raise UnknownDevice(serial)
 
     async def rotate_device_secret(self, serial: str, secret: bytes | None = None) -> bytes:
         secret = new_secret(secret)
 
-        def update(conn: sqlite3.Connection) -> int:
-            return conn.execute("UPDATE devices SET secret = ? WHERE serial = ?",
-                                (secret, serial)).rowcount
-
-        if not await self._write(update):
+        if not await self._write(_rowcount, "UPDATE devices SET secret = ? WHERE serial = ?",
+                                 (secret, serial)):
             raise UnknownDevice(serial)
         return secret
 
@@ -579,12 +439,9 @@ class SqliteStore(BackendStore):
         rows = [(u.last_seen_ms, int(u.online), u.firmware, u.roster_version, u.serial)
                 for u in updates]
 
-        def update(conn: sqlite3.Connection) -> int:
-            return conn.executemany(
-                "UPDATE devices SET last_seen_ms = ?, online = ?, firmware = coalesce(?, firmware), "
-                "roster_version = coalesce(?, roster_version) WHERE serial = ?", rows).rowcount
-
-        return await self._write(update)
+        return await self._write(
+            _rowcount_many, "UPDATE devices SET last_seen_ms = ?, online = ?, firmware = coalesce(?, firmware), "
+            "roster_version = coalesce(?, roster_version) WHERE serial = ?", rows)
 
     # photos -------------------------------------------------------------------------
     async def _photo_size(self, sha256: bytes) -> int | None:
@@ -593,9 +450,8 @@ class SqliteStore(BackendStore):
 
     async def _record_photo(self, sha256: bytes, size: int) -> None:
         now = self.clock_ms()
-        await self._write(lambda conn: conn.execute(
-            "INSERT OR IGNORE INTO photos (sha256, size, stored_at_ms) VALUES (?, ?, ?)",
-            (sha256, size, now)))
+        await self._write(_rowcount, "INSERT OR IGNORE INTO photos (sha256, size, stored_at_ms) VALUES (?, ?, ?)",
+                          (sha256, size, now))
 
     async def _punch_photo_sha(self, device_serial: str, record_no: int) -> bytes | None:
         rows = await self._query(
@@ -607,36 +463,25 @@ class SqliteStore(BackendStore):
     async def claim_outbox(self, limit: int, now_ms: int, lease_ms: int) -> list[OutboxItem]:
         if limit <= 0:
             return []
-        until = now_ms + lease_ms
-
-        def claim(conn: sqlite3.Connection) -> list[OutboxItem]:
-            rows = conn.execute(_CLAIM, {"now": now_ms, "limit": limit}).fetchall()
-            conn.executemany(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at_ms = ? WHERE id = ?",
-                [(until, row[0]) for row in rows])
-            return [_outbox_item((row[0], row[1] + 1, until) + row[3:]) for row in rows]
-
-        return await self._write(claim)
+        return await self._write(_claim_outbox, now_ms, limit, now_ms + lease_ms)
 
     async def ack_outbox(self, ids: Sequence[int]) -> int:
         if not ids:
             return 0
         params = [(int(i),) for i in ids]
-        return await self._write(
-            lambda conn: conn.executemany("DELETE FROM outbox WHERE id = ?", params).rowcount)
+        return await self._write(_rowcount_many, "DELETE FROM outbox WHERE id = ?", params)
 
     async def fail_outbox(self, ids: int | Sequence[int], error: str, next_attempt_at_ms: int) -> int:
         ids = [ids] if isinstance(ids, int) else list(ids)
         params = [(error, next_attempt_at_ms, int(i)) for i in ids]
-        return await self._write(lambda conn: conn.executemany(
-            "UPDATE outbox SET last_error = ?, next_attempt_at_ms = ? "
-            "WHERE id = ? AND state = 'pending'", params).rowcount)
+        return await self._write(_rowcount_many, "UPDATE outbox SET last_error = ?, next_attempt_at_ms = ? "
+                                 "WHERE id = ? AND state = 'pending'", params)
 
     async def dead_letter(self, ids: Sequence[int], reason: str) -> int:
         params = [(reason, int(i)) for i in ids]
-        return await self._write(lambda conn: conn.executemany(
-            "UPDATE outbox SET state = 'dead', last_error = ? WHERE id = ? AND state = 'pending'",
-            params).rowcount)
+        return await self._write(
+            _rowcount_many, "UPDATE outbox SET state = 'dead', last_error = ? WHERE id = ? AND state = 'pending'",
+            params)
 
     async def list_dead_letters(self, *, limit: int = 100) -> list[OutboxItem]:
         rows = await self._query(
@@ -646,13 +491,11 @@ class SqliteStore(BackendStore):
     async def retry_dead_letters(self, ids: Sequence[int] | None = None) -> int:
         now = self.clock_ms()
         if ids is None:
-            return await self._write(lambda conn: conn.execute(
-                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = ? "
-                "WHERE state = 'dead'", (now,)).rowcount)
+            return await self._write(_rowcount, "UPDATE outbox SET state = 'pending', attempts = 0, "
+                                     "next_attempt_at_ms = ? WHERE state = 'dead'", (now,))
         params = [(now, int(i)) for i in ids]
-        return await self._write(lambda conn: conn.executemany(
-            "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at_ms = ? "
-            "WHERE id = ? AND state = 'dead'", params).rowcount)
+        return await self._write(_rowcount_many, "UPDATE outbox SET state = 'pending', attempts = 0, "
+                                 "next_attempt_at_ms = ? WHERE id = ? AND state = 'dead'", params)
 
     async def outbox_status(self, now_ms: int) -> OutboxStatus:
         def status(conn: sqlite3.Connection) -> OutboxStatus:
@@ -668,10 +511,9 @@ class SqliteStore(BackendStore):
     async def enqueue_command(self, serial: str, command_type: int, payload: bytes, *,
                               expires_at_ms: int | None = None) -> int:
         now = self.clock_ms()
-        return await self._write(lambda conn: conn.execute(
-            "INSERT INTO commands (device_serial, command_type, payload, created_at_ms, expires_at_ms) "
-            "VALUES (?, ?, ?, ?, ?)", (serial, command_type, bytes(payload), now, expires_at_ms)
-        ).lastrowid)
+        return await self._write(
+            _lastrowid, "INSERT INTO commands (device_serial, command_type, payload, created_at_ms, expires_at_ms) "
+            "VALUES (?, ?, ?, ?, ?)", (serial, command_type, bytes(payload), now, expires_at_ms))
 
     async def pending_commands(self, serial: str, limit: int = 16) -> list[Command]:
         rows = await self._query(
@@ -684,7 +526,7 @@ class SqliteStore(BackendStore):
         return _command(rows[0]) if rows else None
 
     async def _update_command(self, sql: str, params: tuple) -> bool:
-        return bool(await self._write(lambda conn: conn.execute(sql, params).rowcount))
+        return bool(await self._write(_rowcount, sql, params))
 
     async def mark_command_sent(self, command_id: int, seq: int) -> bool:
         return await self._update_command(
@@ -702,18 +544,16 @@ class SqliteStore(BackendStore):
             "WHERE id = ? AND state IN ('queued', 'sent')", (self.clock_ms(), command_id))
 
     async def expire_commands(self, now_ms: int) -> int:
-        return await self._write(lambda conn: conn.execute(
-            "UPDATE commands SET state = 'expired', completed_at_ms = ? "
-            "WHERE state IN ('queued', 'sent') AND expires_at_ms <= ?", (now_ms, now_ms)).rowcount)
+        return await self._write(_rowcount, "UPDATE commands SET state = 'expired', completed_at_ms = ? "
+                                 "WHERE state IN ('queued', 'sent') AND expires_at_ms <= ?", (now_ms, now_ms))
 
     # audit --------------------------------------------------------------------------
     async def audit(self, event: str, subject: str, detail: dict[str, Any] | None = None,
                     address: str | None = None) -> int:
         text = orjson.dumps(detail or {}).decode()
         now = self.clock_ms()
-        return await self._write(lambda conn: conn.execute(
-            "INSERT INTO audit_log (at_ms, event, subject, detail, address) VALUES (?, ?, ?, ?, ?)",
-            (now, event, subject, text, address)).lastrowid)
+        return await self._write(_lastrowid, "INSERT INTO audit_log (at_ms, event, subject, detail, address) "
+                                 "VALUES (?, ?, ?, ?, ?)", (now, event, subject, text, address))
 
     async def list_audit(self, *, limit: int = 100, event: str | None = None) -> list[AuditEntry]:
         if event is None:

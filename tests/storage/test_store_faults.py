@@ -11,11 +11,19 @@ faults come from a TCP proxy the test cuts and restores.
 from __future__ import annotations
 
 import asyncio
+import os
+import pickle
+import signal
+import sqlite3
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from storage import STORED, Outcome, PunchIn, StoreConfig, StoreUnavailable, open_store
+from storage import (
+    STORED, DeviceExists, Outcome, PhotoHashMismatch, PhotoOffsetMismatch, PhotoTooLarge, PunchIn,
+    SchemaTooNew, StoreClosed, StoreConfig, StoreUnavailable, UnknownDevice, open_store,
+)
+from storage.sqlite import _scalar
 from storage_fault_proxy import FaultProxy
 
 T0 = 1_700_000_000_000
@@ -51,8 +59,8 @@ async def test_sqlite_failed_commit_fails_the_whole_batch_then_recovers(sqlite_s
 async def test_sqlite_real_disk_full_from_max_page_count(sqlite_store):
     store = sqlite_store
     await store.store_punches([punch(0)])
-    pages = await store._writer.run(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
-    await store._writer.run(lambda conn: conn.execute(f"PRAGMA max_page_count={pages}"))
+    pages = await store._writer.run(_scalar, "PRAGMA page_count")
+    await store._writer.run(_scalar, f"PRAGMA max_page_count={pages}")
     big = [punch(n) for n in range(1, 3000)]
     with pytest.raises(StoreUnavailable, match="full.*free space"):
         await store.store_punches(big)
@@ -119,3 +127,49 @@ async def test_postgres_unreachable_at_open_says_how_to_fix(tmp_path):
                              data_dir=tmp_path, config=StoreConfig(pg_connect_timeout_ms=2000))
     finally:
         await proxy.close()
+
+
+async def test_sqlite_writer_process_killed_fails_its_callers_then_restarts(sqlite_store, tmp_path):
+    """The writer is a process of its own: if it dies, what was in flight gets
+    StoreUnavailable (resendable), and the next write starts a new writer."""
+    store = sqlite_store
+    await store.store_punches([punch(0)])
+    pid = store._writer.pid
+    assert pid is not None and pid != os.getpid()
+    # Another connection holds the write lock, so the next batch is surely in flight
+    # (its BEGIN IMMEDIATE waits) when the writer is killed.
+    blocker = sqlite3.connect(tmp_path / "lmg.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    in_flight = asyncio.ensure_future(store.store_punches([punch(1), punch(2)]))
+    while not store._writer._channel.pending:
+        await asyncio.sleep(0.001)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(StoreUnavailable, match="writer process .* exited"):
+        await in_flight
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert await store.store_punches([punch(9)]) == [STORED]
+    assert store._writer.pid not in (None, pid)
+    # resending what failed is safe: stored once (here: not stored before the kill)
+    assert await store.store_punches([punch(1), punch(2)]) == [STORED, STORED]
+    assert await store.count_punches() == 4
+    assert (await store.outbox_status(T0)).pending == 4
+
+
+async def test_sqlite_close_stops_the_writer_process(tmp_path):
+    store = await open_store(f"sqlite:///{tmp_path / 'lmg.db'}", data_dir=tmp_path)
+    await store.store_punches([punch(0)])
+    pid = store._writer.pid
+    await store.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # exited and reaped, not a zombie
+
+
+def test_store_errors_survive_pickling():
+    """The writer process sends errors back pickled: each must arrive with its message."""
+    errors = [StoreUnavailable("disk"), StoreClosed("closed"), SchemaTooNew(9, 3, "/x.db"),
+              UnknownDevice("LMG1"), DeviceExists("LMG1"), PhotoTooLarge("big"),
+              PhotoOffsetMismatch("ab" * 32, 10, 0), PhotoHashMismatch("ab" * 32, "cd" * 32)]
+    for error in errors:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error) and vars(copy) == vars(error)
