@@ -21,7 +21,9 @@ also make the child reopen its connection; IntegrityError, DeviceExists... as is
 Lifetime: started on the first call; if it dies (killed, crashed), every call in
 flight fails with StoreUnavailable and the next call starts a new one, as a dropped
 connection is reopened. It exits when its socket closes (`close()`, or the owner
-process dying) and, on Linux, at once when the process that started it dies.
+process dying) and, on Linux, at once when the thread that started it ends (the
+kernel's parent-death signal follows the thread; a store opened on a short-lived
+thread's event loop restarts its writer on the next write after that thread ends).
 """
 
 from __future__ import annotations
@@ -231,7 +233,7 @@ class WriterProcess:
             proc = subprocess.Popen(
                 [sys.executable, "-c", "from storage.sqlite_writer import main; main()",
                  str(theirs.fileno()), json.dumps(settings)],
-                pass_fds=(theirs.fileno(),), env=env, start_new_session=True)
+                pass_fds=(theirs.fileno(),), env=env, start_new_session=True, stdin=subprocess.DEVNULL)
         except OSError as exc:
             ours.close()
             raise StoreUnavailable(f"cannot start the SQLite writer process: {exc}") from exc
@@ -356,7 +358,8 @@ def _answer(request_id: int, ok: bool, payload: Any) -> bytes:
 
 
 def _die_with_parent(parent: int) -> None:
-    """Linux: SIGKILL this process when the one that started it dies."""
+    """Linux: SIGKILL this process when the thread that started it ends (its process dying
+    ends it too), so a killed gateway leaves no writer behind."""
     try:
         import ctypes
 

@@ -15,6 +15,9 @@ import os
 import pickle
 import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -173,3 +176,41 @@ def test_store_errors_survive_pickling():
     for error in errors:
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error) and str(copy) == str(error) and vars(copy) == vars(error)
+
+
+def test_sqlite_writer_process_dies_with_its_owner(tmp_path):
+    """A gateway killed with SIGKILL leaves no SQLite writer behind (parent-death signal)."""
+    script = (
+        "import asyncio, os, sys\n"
+        "from storage import open_store\n"
+        "async def main():\n"
+        f"    store = await open_store('sqlite:///{tmp_path / 'lmg.db'}', data_dir={str(tmp_path)!r})\n"
+        "    print(store._writer.pid, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        writer_pid = int(owner.stdout.readline())
+        os.kill(writer_pid, 0)  # running
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(writer_pid, 0)
+        except ProcessLookupError:
+            return  # gone
+        if _zombie(writer_pid):
+            return  # dead, waiting for init to reap it
+        time.sleep(0.01)
+    pytest.fail(f"writer {writer_pid} outlived its owner")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
