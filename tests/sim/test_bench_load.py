@@ -35,6 +35,7 @@ def test_tiny_matrix_reports_every_figure(tmp_path):
     # the open-loop phases ran their fleet in two processes, and the bare server's floor is beside the gateway's
     assert result["baseline"]["latency_at_half"]["acked"] > 0 and result["latency_at_half_baseline"]["acked"] > 0
     assert "bare server (open loop)" in table
+    assert set(result["latency_ladder"]) == {"steps", "met_up_to_rate"}
 
 
 def test_box_share_counts_idle_and_steal():
@@ -42,3 +43,32 @@ def test_box_share_counts_idle_and_steal():
     after = [200, 0, 100, 1100, 20, 0, 10, 60]  # 100+50+100+10+5+40 = 305 ticks spent
     share = load.box_share(before, after)
     assert share == {"box_idle_pct": round(100 * 110 / 305, 1), "box_steal_pct": round(100 * 40 / 305, 1)}
+
+
+def _phase(p99_ms: float) -> dict:
+    return {"acks_per_s": 1.0, "latency_ms": {"p50_ms": 1.0, "p99_ms": p99_ms, "p999_ms": p99_ms}, "server_cpu_s": 0.0,
+            "sent": 1, "acked": 1, "box_idle_pct": 0.0, "box_steal_pct": 0.0}
+
+
+@pytest.mark.parametrize(("p99s", "met_at"), [
+    ([60.0, 40.0, 20.0, 10.0], 1 / 6),  # stops at the first rate that meets 25 ms
+    ([90.0, 80.0, 70.0, 60.0], None),  # none does: every step is reported
+])
+def test_latency_ladder_lowers_the_rate_until_p99_meets_the_target(monkeypatch, p99s, met_at):
+    asked: list[float] = []
+
+    async def fake_fleet_run(server, devices, **spec):
+        asked.append(spec["rate"])
+        return _phase(p99s[len(asked) - 1])
+
+    monkeypatch.setattr(load, "fleet_run", fake_fleet_run)
+    sizes = {"latency_fleet_processes": 2}
+    ladder = uvloop.run(load.latency_ladder(None, [], {}, 24_000.0, _phase(100.0), sizes, lambda msg: None))
+    assert asked == [24_000.0 * f for f in load.LADDER][:len(ladder["steps"])]
+    assert [step["latency_ms"]["p99_ms"] for step in ladder["steps"]] == p99s[:len(asked)]
+    assert ladder["met_up_to_rate"] == (round(24_000 * met_at) if met_at else None)
+
+
+def test_latency_ladder_is_empty_when_half_the_baseline_already_meets_the_target():
+    ladder = uvloop.run(load.latency_ladder(None, [], {}, 24_000.0, _phase(12.0), {}, lambda msg: None))
+    assert ladder == {"steps": [], "met_up_to_rate": 12_000}
