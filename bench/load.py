@@ -392,8 +392,6 @@ async def matrix(sizes: dict, *, mosquitto: bool, log) -> dict:
                                        first_record=30_000_000, processes=sizes["latency_fleet_processes"])
             result["latency_at_half_gateway"] = open_loop(half_own, own)
             log(f"  p99 {half_own['latency_ms']['p99_ms']} ms")
-            result["latency_ladder"] = await latency_ladder(
-                gateway, devices[:sizes["load_devices"]], load, baseline_rate, half, sizes, log)
             log("gateway: backlog upload")
             backlog = await fleet_run(gateway, devices[:sizes["backlog_devices"]], scenario="backlog",
                                       backlog_records=sizes["backlog_records"], batch_size=sizes["backlog_batch"],
@@ -401,6 +399,9 @@ async def matrix(sizes: dict, *, mosquitto: bool, log) -> dict:
             result["backlog"] = {k: backlog.get(k) for k in ("backlog_records", "backlog_s", "backlog_records_per_s",
                                                              "acked", "duplicates", "rejected", "nacks", "server_cpu_s")}
             log(f"  {result['backlog']['backlog_records_per_s']} records/s")
+            # last on this gateway, so the phases before it run as they did before it existed
+            result["latency_ladder"] = await latency_ladder(
+                gateway, devices[:sizes["load_devices"]], load, baseline_rate, half, sizes, log)
         with start_gateway(data_dir) as gateway:  # fresh process: RSS growth is the idle connections only
             log(f"gateway: {sizes['idle_devices']} idle authenticated connections")
             result["idle"] = await idle_rss(gateway, devices[:sizes["idle_devices"]], "lmg",
