@@ -197,16 +197,19 @@ class WriterProcess:
 
     async def write(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run fn(conn, *args) in one transaction in the writer process; one round trip."""
-        channel = self._channel if self._channel is not None and not self._channel.lost else await self._start()
-        faults = self.faults
-        return await channel.request((True, fn, args, faults.take_commit_failure(),
-                                      faults.generation, faults.read_only))
+        return await self._request(True, fn, args)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run fn(conn, *args) in the writer process without a surrounding transaction."""
-        channel = self._channel if self._channel is not None and not self._channel.lost else await self._start()
+        return await self._request(False, fn, args)
+
+    async def _request(self, transactional: bool, fn: Callable[..., Any], args: tuple) -> Any:
+        channel = self._channel
+        if channel is None or channel.lost:
+            channel = await self._start()
         faults = self.faults
-        return await channel.request((False, fn, args, None, faults.generation, faults.read_only))
+        failure = faults.take_commit_failure() if transactional else None
+        return await channel.request((transactional, fn, args, failure, faults.generation, faults.read_only))
 
     async def _start(self) -> _Channel:
         if self._closed:
