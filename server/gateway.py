@@ -10,6 +10,7 @@ GOODBYE SHUTTING_DOWN, flush presence, close the store, all within `shutdown_gra
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -65,7 +66,8 @@ class Gateway:
         self.per_address: Counter = Counter()
         self.accept_rate = AcceptRate(config.accept_rate, config.accept_burst, time.monotonic())
         self.counters: Counter = Counter()
-        self.presence: dict[str, Presence] = {}  # changes since the last flush
+        self.presence: dict[str, Presence] = {}  # state changes since the last flush
+        self.heard: dict[str, int] = {}  # serial -> ms last heard since the last flush (see `seen`)
         self.firmware: dict[str, str] = {}
         self.tasks: set[asyncio.Task] = set()
         self.servers: list = []
@@ -138,7 +140,9 @@ class Gateway:
         self.spawn(self._audit("auth_failed", action.serial, detail, link.peer_host))
 
     def seen(self, serial: str, now_ms: int) -> None:
-        self._note_presence(serial, now_ms, True)
+        """An authenticated terminal was heard at `now_ms`. Called on every pass of every
+        link, so it only stores the time; the Presence is built at the flush."""
+        self.heard[serial] = now_ms
 
     def status_reported(self, link, status: DeviceStatus) -> None:
         self._note_presence(link.session.serial, self.now_ms(), True, roster_version=status.roster_version)
@@ -155,18 +159,16 @@ class Gateway:
     def submit_punches(self, records) -> asyncio.Future:
         """Join the store's group commit; a future of one outcome per record (or the
         StoreError). No task per call: a busy gateway stores tens of thousands of small
-        groups a second. (Shutdown waits for these through the links' `groups`.)"""
-        future = self.store.submit_punches(records)
-        future.add_done_callback(functools.partial(self._punches_settled, len(records), records[0].device_serial))
-        return future
+        groups a second. The link reports the outcome back through `punches_settled`
+        (one done-callback per group, not two). Shutdown waits for these through the
+        links' `groups`."""
+        return self.store.submit_punches(records)
 
-    def _punches_settled(self, count: int, serial: str, future: asyncio.Future) -> None:
-        if future.cancelled():
-            return
-        exc = future.exception()
+    def punches_settled(self, count: int, serial: str, exc: BaseException | None) -> None:
+        """A group of `count` records from `serial` was committed (exc None) or failed."""
         if exc is None:
             self.store_writable = True
-            self.count("punches_committed", count)
+            self.counters["punches_committed"] += count
         elif isinstance(exc, StoreError):
             self.store_writable = False
             self.count("store_failures")
@@ -231,10 +233,23 @@ class Gateway:
             await asyncio.sleep(self.config.presence_flush_s)
             await self.flush_presence()
 
+    def _take_presence(self) -> list[Presence]:
+        """What the next flush writes: the state changes, with the times terminals were
+        heard since (`seen`) merged in; a device gone offline stays offline."""
+        heard, self.heard = self.heard, {}
+        pending, self.presence = self.presence, {}
+        for serial, heard_ms in heard.items():
+            change = pending.get(serial)
+            if change is None:
+                pending[serial] = Presence(serial, heard_ms, True)
+            elif change.online and heard_ms > change.last_seen_ms:
+                pending[serial] = dataclasses.replace(change, last_seen_ms=heard_ms)
+        return list(pending.values())
+
     async def flush_presence(self) -> None:
-        if not self.presence:
+        if not self.presence and not self.heard:
             return
-        batch, self.presence = list(self.presence.values()), {}
+        batch = self._take_presence()
         try:
             await self.store.update_presence(batch)
             self.count("presence_flushes")

@@ -101,6 +101,8 @@ def punch_rows(serial: str, group: list) -> list:
 class TerminalLink(abc.ABC):
     """One connection's session driver; subclasses implement the transport primitives."""
 
+    _paused = False  # reading is paused; kept by the subclasses' pause_reading/resume_reading
+
     def __init__(self, gateway, peer_host: str, peer: str):
         self.gateway = gateway
         self.peer_host = peer_host
@@ -213,7 +215,7 @@ class TerminalLink(abc.ABC):
                 self.gateway.seen(session.serial, now)
         if len(backlog) > HELD_ITEMS or self.gateway.stopping:
             self.pause_reading()
-        else:
+        elif self._paused:
             self.resume_reading()
 
     def _execute(self, actions: list) -> bool:
@@ -318,7 +320,9 @@ class TerminalLink(abc.ABC):
             if not isinstance(exc, StoreError):  # a bug; StoreErrors are logged by the gateway
                 log.error("storing punches failed for %s", self.session.peer, exc_info=exc)
             entry[1] = exc
+            self.gateway.punches_settled(entry[2], self.session.serial, exc)
         else:
+            self.gateway.punches_settled(entry[2], self.session.serial, None)
             outcomes = future.result()
             if outcomes.count(STORED) == len(outcomes):  # the common case: one shared outcome object
                 entry[1] = [_OK] * len(outcomes)
@@ -331,7 +335,7 @@ class TerminalLink(abc.ABC):
         while groups and groups[0][1] is not None and not self.closed:
             group, outcome, _ = groups.pop(0)
             self._execute(self._answer_group(group, outcome))
-        if not self.closed and not self.busy:
+        if not self.closed and not self.busy and self.backlog:  # nothing held: nothing to pump
             self._pump()
         self._flush()
 

@@ -17,7 +17,6 @@ class TcpLink(TerminalLink, asyncio.Protocol):
         self.gateway = gateway
         self.transport = None
         self.closed = False
-        self._paused = False
 
     def connection_made(self, transport) -> None:
         self.transport = transport

@@ -76,7 +76,6 @@ class WebSocketLink(TerminalLink, WSListener):
         self.gateway = gateway
         self.transport = None
         self.closed = False
-        self._paused = False
 
     # -- picows callbacks ---------------------------------------------------------------
     def on_ws_connected(self, transport) -> None:

@@ -123,3 +123,35 @@ async def test_a_failed_presence_flush_is_retried_with_the_newest_state(start_ga
 
     await wait_for(online, what="presence written after the failed flush")
     assert len(gw.gateway.store.presence_calls) >= 2
+
+
+def test_presence_merges_heard_times_into_state_changes():
+    """`seen` only stores a time; the flush merges it into the state changes noted since."""
+    from server.config import GatewayConfig
+    from server.gateway import Gateway
+    from server.session import Authenticated
+    from storage import Presence
+
+    class Link:
+        peer_host = "127.0.0.1"
+
+        class session:
+            @staticmethod
+            def deadline_ms():
+                return 0
+
+    clock = [1000]
+    gateway = Gateway(GatewayConfig(), store=None, clock_ms=lambda: clock[0])
+    gateway.authenticated(Link, Authenticated("AUTH-THEN-HEARD", "fw-2"))
+    gateway.seen("AUTH-THEN-HEARD", 1500)
+    gateway.seen("HEARD-ONLY", 1200)
+    gateway.seen("HEARD-ONLY", 1300)
+    gateway.seen("HEARD-THEN-GONE", 1100)
+    gateway._note_presence("HEARD-THEN-GONE", 1400, False)
+    batch = {p.serial: p for p in gateway._take_presence()}
+    assert batch == {
+        "AUTH-THEN-HEARD": Presence("AUTH-THEN-HEARD", 1500, True, "fw-2", None),  # firmware kept, newest time
+        "HEARD-ONLY": Presence("HEARD-ONLY", 1300, True),
+        "HEARD-THEN-GONE": Presence("HEARD-THEN-GONE", 1400, False),  # gone offline stays offline
+    }
+    assert gateway._take_presence() == []  # taken once
