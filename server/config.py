@@ -51,7 +51,7 @@ class GatewayConfig:
     # batch for a fleet coming back from an outage (2000: +10-20% backlog records/s in
     # `lmg bench load`); keep it where it is for the lowest ack latency on live traffic.
     group_commit_max_records: int = 500
-    group_commit_max_delay_ms: float = 5.0
+    group_commit_max_delay_ms: float = 2.0
     # background work
     presence_flush_s: float = 5.0  # online/last-seen written in batches this often, not per heartbeat
     shutdown_grace_s: float = 10.0  # SIGTERM: in-flight commits and goodbyes get this long

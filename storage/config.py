@@ -21,9 +21,10 @@ class StoreConfig:
     # add latency for every caller in them and buy almost no throughput.
     group_commit_max_records: int = 500
     # How long the first record of a batch waits for company before the batch is written.
-    # 5 ms is about one fsync on a slow disk and three orders of magnitude below the
-    # seconds a device waits for its ack, so devices never notice it.
-    group_commit_max_delay_ms: float = 5.0
+    # Under load the batch fills while the previous one commits anyway; the window only
+    # adds latency. 2 ms rather than 5: at 33,000 punches/s from 256 terminals, p50 6.5 vs
+    # 11.8 ms and p99 15.4 vs 19.3 ms, for 6% more gateway CPU (same closed-loop rate).
+    group_commit_max_delay_ms: float = 2.0
     # Batches being committed at the same time. On SQLite the second waits in the writer
     # thread's queue while the first commits (one writer, strictly one after the other):
     # the writer starts it without waiting for the event loop to notice the first one
