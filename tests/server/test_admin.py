@@ -71,6 +71,8 @@ async def test_readyz_is_503_after_a_failed_store_write_until_one_succeeds(start
     client.send(Punch.of(make_punch(1, 1, now_ms())))
     assert (await client.expect(Ack)).results[0].result == ResultCode.OK
     assert (await http(gw.admin_port, "/readyz"))[0] == 200
+    counters = gw.gateway.counters
+    assert (counters["store_failures"], counters["punches_committed"]) == (1, 1)
 
 
 async def test_readyz_is_503_during_shutdown(start_gateway):
