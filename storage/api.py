@@ -460,6 +460,15 @@ class Store(abc.ABC):
     async def prune_partial_photos(self, now_ms: int) -> int:
         """Delete partial uploads untouched for `photo_partial_ttl_ms`; return how many."""
 
+    @abc.abstractmethod
+    async def unforwarded_photos(self, stored_before_ms: int, limit: int) -> list[bytes]:
+        """Hashes of stored photos the province has not confirmed (`mark_photos_forwarded`),
+        stored before `stored_before_ms`, oldest first, at most `limit`."""
+
+    @abc.abstractmethod
+    async def mark_photos_forwarded(self, sha256s: Sequence[bytes], now_ms: int) -> int:
+        """Record that the province holds these photos; returns how many were not marked yet."""
+
     # outbox --------------------------------------------------------------------------
     @abc.abstractmethod
     async def claim_outbox(self, limit: int, now_ms: int, lease_ms: int) -> list[OutboxItem]:

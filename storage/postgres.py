@@ -383,6 +383,19 @@ class PostgresStore(BackendStore):
             "INSERT INTO photos (sha256, size, stored_at_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
             sha256, size, self.clock_ms())
 
+    async def unforwarded_photos(self, stored_before_ms: int, limit: int) -> list[bytes]:
+        rows = await self._fetch(
+            "SELECT sha256 FROM photos WHERE forwarded_at_ms IS NULL AND stored_at_ms < $1 "
+            "ORDER BY stored_at_ms LIMIT $2", stored_before_ms, max(0, int(limit)))
+        return [bytes(row[0]) for row in rows]
+
+    async def mark_photos_forwarded(self, sha256s: Sequence[bytes], now_ms: int) -> int:
+        if not sha256s:
+            return 0
+        return _count(await self._execute(
+            "UPDATE photos SET forwarded_at_ms = $1 WHERE sha256 = ANY($2::bytea[]) AND forwarded_at_ms IS NULL",
+            now_ms, [bytes(s) for s in sha256s]))
+
     async def _punch_photo_sha(self, device_serial: str, record_no: int) -> bytes | None:
         rows = await self._fetch(
             "SELECT p.photo_sha256 FROM punches p JOIN photos ph ON ph.sha256 = p.photo_sha256 "

@@ -453,6 +453,18 @@ class SqliteStore(BackendStore):
         await self._write(_rowcount, "INSERT OR IGNORE INTO photos (sha256, size, stored_at_ms) VALUES (?, ?, ?)",
                           (sha256, size, now))
 
+    async def unforwarded_photos(self, stored_before_ms: int, limit: int) -> list[bytes]:
+        rows = await self._query(
+            "SELECT sha256 FROM photos WHERE forwarded_at_ms IS NULL AND stored_at_ms < ? "
+            "ORDER BY stored_at_ms LIMIT ?", (stored_before_ms, max(0, int(limit))))
+        return [row[0] for row in rows]
+
+    async def mark_photos_forwarded(self, sha256s: Sequence[bytes], now_ms: int) -> int:
+        if not sha256s:
+            return 0
+        return await self._write(_rowcount_many, "UPDATE photos SET forwarded_at_ms = ? "
+                                 "WHERE sha256 = ? AND forwarded_at_ms IS NULL", [(now_ms, sha) for sha in sha256s])
+
     async def _punch_photo_sha(self, device_serial: str, record_no: int) -> bytes | None:
         rows = await self._query(
             "SELECT p.photo_sha256 FROM punches p JOIN photos ph ON ph.sha256 = p.photo_sha256 "

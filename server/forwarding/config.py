@@ -43,6 +43,10 @@ class ForwarderConfig:
     breaker_open_s: float = 1.0  # first pause while the province is down, doubled per failed probe
     breaker_max_open_s: float = 15.0  # recovery is noticed within 15 s
     status_interval_s: float = 60.0  # device online/offline snapshot this often; 0 turns it off
+    # A photo usually goes out just before the record naming it. One the province has not
+    # confirmed this long after it was stored (it arrived after its record was forwarded,
+    # or its PUT failed) is sent on its own; the sweep looks this often, 100 photos a time.
+    late_photo_s: float = 30.0
     project_cache: int = 50_000  # device -> project code entries kept (~100 bytes each: 5 MB for 5x the design fleet)
 
     def enabled(self) -> bool:
@@ -97,7 +101,7 @@ def validate(config: ForwarderConfig) -> None:
         if getattr(config, name) < 1:
             raise ConfigError(f"forward_{name} must be at least 1, got {getattr(config, name)}")
     for name in ("timeout_s", "lease_s", "idle_poll_s", "retry_base_s", "retry_cap_s", "breaker_open_s",
-                 "breaker_max_open_s"):
+                 "breaker_max_open_s", "late_photo_s"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"forward_{name} must be greater than 0, got {getattr(config, name)}")
     if config.status_interval_s < 0:

@@ -5,6 +5,8 @@ Thin asyncio glue around the pure pieces (`province_api`, `policy`):
     claim_outbox -> pack into batches (records and bytes limits) -> [photos PUT] ->
     POST batch -> per-record verdict -> ack_outbox / dead_letter / fail_outbox
 
+and beside it the late-photo sweep: unforwarded_photos -> PUT -> mark_photos_forwarded.
+
 Rules it keeps:
 
 - At least once, never lost: an item leaves the outbox only by `ack_outbox` after the
@@ -17,6 +19,9 @@ Rules it keeps:
   the batch holding its earlier ones, and is not sent for that device if that failed.
 - Bounded memory: at most `concurrency x batch_records` claimed items are held,
   whatever the backlog; caches (project codes, photos already sent) are bounded LRUs.
+- Every stored photo reaches the province: a photo PUT with its record is marked
+  forwarded; one still unmarked `late_photo_s` after it was stored (uploaded after its
+  record went, or its PUT failed) is PUT by the sweep: at least once, perhaps twice.
 - Gentle with the province: at most `concurrency` requests at once; 429 holds every
   request until Retry-After; while it is down the circuit breaker lets one probe
   through per open period.
@@ -65,6 +70,7 @@ class ForwarderStats:
     retried: int = 0  # records failed back to the outbox with a backoff
     held_back: int = 0  # records not sent because an earlier punch of their device failed
     photos_sent: int = 0
+    late_photos_sent: int = 0  # of photos_sent, those the late-photo sweep sent
     failures: dict = field(default_factory=dict)  # kind -> count
 
     def note(self, kind: str) -> None:
@@ -138,11 +144,13 @@ class Forwarder:
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             self._session = session
             status = asyncio.create_task(self._status_loop(stop)) if self.config.status_interval_s else None
+            photos = asyncio.create_task(self._late_photo_loop(stop))
             try:
                 await self._claim_loop(stop)
             finally:
                 if status is not None:
                     status.cancel()
+                photos.cancel()
                 await self._finish_in_flight()
         self._session = None
 
@@ -370,7 +378,16 @@ class Forwarder:
         return verdict
 
     async def _send_photos(self, entries: list[_Entry]) -> Verdict | None:
-        """PUT the photos the province may lack before the records naming them. None = all sent."""
+        """PUT the photos the province may lack before the records naming them. None = all sent.
+        Each photo the province took is marked forwarded (the late-photo sweep skips it)."""
+        sent: list[bytes] = []
+        try:
+            return await self._put_photos(entries, sent)
+        finally:
+            if sent:
+                await self._store_call(self.store.mark_photos_forwarded, sent, self.clock_ms())
+
+    async def _put_photos(self, entries: list[_Entry], sent: list[bytes]) -> Verdict | None:
         for entry in entries:
             punch = entry.item.punch
             if not punch.photo_size or punch.photo_sha256 is None:
@@ -388,6 +405,7 @@ class Forwarder:
             if status == 200:
                 self._photos_sent.put(sha, True)
                 self.stats.photos_sent += 1
+                sent.append(punch.photo_sha256)
                 continue
             if status is None:
                 return failed_verdict([e.rid for e in entries], f"photo {sha[:12]}: {answer}", Health.DOWN)
@@ -447,6 +465,57 @@ class Forwarder:
             await method(*args)
         except StoreError as exc:
             log.warning("outbox update failed (%s); the items will be sent again after their lease", exc)
+
+    # -- late photos ----------------------------------------------------------------------
+    async def _late_photo_loop(self, stop: asyncio.Event) -> None:
+        """Every late_photo_s, send the photos still unconfirmed late_photo_s after they were stored."""
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.config.late_photo_s)
+                return
+            except asyncio.TimeoutError:
+                pass
+            if self.breaker.state is not BreakerState.CLOSED or self.clock_ms() < self.hold_until_ms:
+                continue  # the claim loop probes the province; photos wait for it to be back
+            try:
+                await self.send_late_photos()
+            except StoreError as exc:
+                log.warning("late photos not sent: cannot read the photo store (%s)", exc)
+
+    async def send_late_photos(self, limit: int = 100) -> int:
+        """PUT up to `limit` photos stored over late_photo_s ago and not confirmed; mark each
+        the province took. Stops at the first failed PUT (the next sweep tries again).
+        Returns how many were sent."""
+        now = self.clock_ms()
+        late = await self.store.unforwarded_photos(now - int(self.config.late_photo_s * 1000), limit)
+        settled: list[bytes] = []  # marked forwarded at the end, whatever happens meanwhile
+        sent = 0
+        try:
+            for sha in late:
+                if self._photos_sent.get(sha.hex()):  # sent by this process; only the mark was lost
+                    settled.append(sha)
+                    continue
+                photo = await self.store.get_photo(sha)
+                if photo is None:  # the row without its blob: nothing to send, ever
+                    log.error("photo %s is recorded but its file is missing; not sent", sha.hex()[:12])
+                    settled.append(sha)
+                    continue
+                async with self._sending:
+                    status, answer, retry_after = await self._request("PUT", api.photo_target(sha.hex()), photo,
+                                                                      "image/jpeg")
+                if status != 200:
+                    log.warning("late photo %s not accepted: %s", sha.hex()[:12], answer if status is None
+                                else f"HTTP {status}: {api.parse_error(answer)[1]}")
+                    break
+                self._photos_sent.put(sha.hex(), True)
+                self.stats.photos_sent += 1
+                self.stats.late_photos_sent += 1
+                settled.append(sha)
+                sent += 1
+        finally:
+            if settled:
+                await self._store_call(self.store.mark_photos_forwarded, settled, self.clock_ms())
+        return sent
 
     # -- device status --------------------------------------------------------------------
     async def _status_loop(self, stop: asyncio.Event) -> None:

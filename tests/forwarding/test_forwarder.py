@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import os
+import socket
 import subprocess
 import time
 from collections import defaultdict
@@ -161,6 +163,65 @@ async def test_a_photo_the_gateway_holds_is_put_before_its_record(store, provinc
     await drained(store)
     assert report(sim.data_dir)["photos"] == 1 and running.forwarder.stats.photos_sent == 1
     assert held(sim) == {("GS-PHOTO-1", 1)}
+    assert await store.unforwarded_photos(2**62, 10) == []  # marked: the late-photo sweep leaves it alone
+
+
+async def wait_until(condition, what: str) -> None:
+    """Poll `condition()` (a value or an awaitable) until true; fail naming `what` after WAIT_S."""
+    end = time.monotonic() + WAIT_S
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_photo_uploaded_after_its_record_went_is_sent_by_the_late_photo_sweep(store, province, forwarding):
+    # A terminal sends the punch, then the photo in chunks; the record may be forwarded
+    # in between. The photo used to stay on the gateway for ever.
+    sim = await province()
+    photo = os.urandom(3000)
+    sha = hashlib.sha256(photo).digest()
+    await store.add_device("GS-PHOTO-2", project_code="P-1", region_code="620100")
+    await store.store_punches([PunchIn("GS-PHOTO-2", 1, "620102198503000011", time.time_ns() // 1_000_000, 1, 1,
+                                       365, sha, len(photo))])
+    running = forwarding(store, fast_config(sim.url, late_photo_s=0.2))
+    await drained(store)
+    assert held(sim) == {("GS-PHOTO-2", 1)} and report(sim.data_dir)["photos"] == 0
+    await store.photo_append("GS-PHOTO-2", sha, len(photo), 0, photo)
+
+    async def sent_and_marked():
+        return report(sim.data_dir)["photos"] == 1 and not await store.unforwarded_photos(2**62, 10)
+
+    await wait_until(sent_and_marked, "the late photo at the province, marked forwarded")
+    assert running.forwarder.stats.late_photos_sent == 1
+
+
+async def test_a_late_photo_the_province_did_not_take_is_sent_by_a_later_sweep(store, province, forwarding):
+    photo = os.urandom(2000)
+    sha = hashlib.sha256(photo).digest()
+    await store.photo_append("GS-PHOTO-3", sha, len(photo), 0, photo)  # no punch names it yet
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{probe.getsockname()[1]}"  # closed: every request fails to connect
+    down = forwarding(store, fast_config(nobody, late_photo_s=0.05))
+    await wait_until(lambda: down.forwarder.stats.failures.get("connection"), "a failed PUT")
+    await down.stop()
+    assert await store.unforwarded_photos(2**62, 10) == [sha]
+    assert down.forwarder.stats.late_photos_sent == 0
+
+    sim = await province()
+    up = forwarding(store, fast_config(sim.url, late_photo_s=0.05))
+    await wait_until(lambda: report(sim.data_dir)["photos"] == 1, "the photo at the province")
+
+    async def marked():
+        return not await store.unforwarded_photos(2**62, 10)
+
+    await wait_until(marked, "the photo marked forwarded")
+    assert up.forwarder.stats.late_photos_sent == 1
 
 
 async def test_device_status_snapshot_goes_in_pages(store, province, forwarding):
@@ -200,6 +261,7 @@ def test_flags_beat_environment_beat_file(tmp_path):
     ({"forward_batch_records": 501}, "province's limit"),
     ({"forward_timeout_s": 30.0, "forward_lease_s": 60.0}, "raise the lease"),
     ({"forward_concurrency": "many"}, "expected int"),
+    ({"forward_late_photo_s": 0}, "forward_late_photo_s must be greater than 0"),
 ])
 def test_bad_settings_name_the_key_and_what_to_do(values, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):

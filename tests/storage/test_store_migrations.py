@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 
@@ -43,6 +44,23 @@ async def test_version_1_database_upgrades_in_place_and_keeps_its_data(backend):
     assert await new.count_punches() == 5
     assert (await new.get_device("LMG0001")).region_code == "620102"
     assert await new.enqueue_command("LMG0001", 1, b"") > 0  # a table from migration 2
+
+
+async def test_photos_stored_before_version_3_count_as_forwarded(backend):
+    """Migration 3 adds photos.forwarded_at_ms: photos an older gateway held were sent
+    before their records, so the late-photo sweep must not send them all again."""
+    dialect = "sqlite" if backend.name == "sqlite" else "postgres"
+    full = load_migrations(dialect)
+    old = await _open_with(backend, full[:2])
+    photo = os.urandom(64)
+    sha = hashlib.sha256(photo).digest()
+    assert await old.photo_append("LMG0001", sha, len(photo), 0, photo) == len(photo)
+    await old.close()
+
+    new = await backend.open()
+    backend.opened.append(new)
+    assert await new.get_photo(sha) == photo
+    assert await new.unforwarded_photos(2**62, 10) == []
 
 
 async def test_database_newer_than_the_code_is_refused(backend):

@@ -67,3 +67,21 @@ async def test_abandoned_partials_are_pruned(store):
     assert await store.prune_partial_photos(store.clock_ms()) == 0
     assert await store.prune_partial_photos(store.clock_ms() + store.config.photo_partial_ttl_ms + 1000) == 1
     assert await store.photo_status("CAM1", sha) == 0
+
+
+async def test_stored_photos_wait_for_the_province_until_marked_forwarded(store):
+    """The forwarder's late-photo sweep reads this list: complete photos the province has
+    not confirmed, stored before a time, at most `limit`; a partial upload is not listed."""
+    first, second, partial = os.urandom(100), os.urandom(200), os.urandom(300)
+    a, b, c = (hashlib.sha256(p).digest() for p in (first, second, partial))
+    await store.photo_append("CAM1", a, len(first), 0, first)
+    await store.photo_append("CAM1", b, len(second), 0, second)
+    await store.photo_append("CAM1", c, len(partial), 0, partial[:10])
+    later = 2**62
+    assert set(await store.unforwarded_photos(later, 10)) == {a, b}
+    assert len(await store.unforwarded_photos(later, 1)) == 1
+    assert await store.unforwarded_photos(0, 10) == []  # none stored before the epoch
+    assert await store.mark_photos_forwarded([a], T0) == 1
+    assert await store.mark_photos_forwarded([a], T0 + 1) == 0  # already marked: the first time is kept
+    assert await store.mark_photos_forwarded([], T0) == 0
+    assert await store.unforwarded_photos(later, 10) == [b]
