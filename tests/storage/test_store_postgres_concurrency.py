@@ -89,3 +89,25 @@ async def test_presence_flushes_of_two_nodes_over_the_same_devices_never_deadloc
     finally:
         await a.close()
         await b.close()
+
+
+async def test_handing_a_connection_back_to_the_pool_costs_no_query(pg_urls, tmp_path):
+    # asyncpg's default reset sent "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    # RESET ALL" on every release: a round trip per store call for state we never set.
+    store = await open_store(pg_urls(), data_dir=tmp_path)
+    try:
+        queries: list[str] = []
+        async with store._pool.acquire() as conn:
+            conn.add_query_logger(lambda record: queries.append(record.query))
+            assert await conn.fetchval("SELECT 1") == 1
+        async with store._pool.acquire() as conn:  # released, reset, taken again
+            assert await conn.fetchval("SELECT 2") == 2
+        assert queries == ["SELECT 1", "SELECT 2"]
+        async with store._pool.acquire() as conn:  # a transaction left open is still rolled back
+            await conn.execute("BEGIN")
+            await conn.execute("CREATE TEMP TABLE left_open (x int)")
+        async with store._pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.left_open')") is None
+    finally:
+        await store.close()
