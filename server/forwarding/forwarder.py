@@ -469,12 +469,7 @@ class Forwarder:
     # -- late photos ----------------------------------------------------------------------
     async def _late_photo_loop(self, stop: asyncio.Event) -> None:
         """Every late_photo_s, send the photos still unconfirmed late_photo_s after they were stored."""
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), self.config.late_photo_s)
-                return
-            except asyncio.TimeoutError:
-                pass
+        async for _ in _every(self.config.late_photo_s, stop):
             if self.breaker.state is not BreakerState.CLOSED or self.clock_ms() < self.hold_until_ms:
                 continue  # the claim loop probes the province; photos wait for it to be back
             try:
@@ -520,12 +515,7 @@ class Forwarder:
     # -- device status --------------------------------------------------------------------
     async def _status_loop(self, stop: asyncio.Event) -> None:
         """Send an online/offline snapshot of every device each status_interval_s (best effort)."""
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), self.config.status_interval_s)
-                return
-            except asyncio.TimeoutError:
-                pass
+        async for _ in _every(self.config.status_interval_s, stop):
             if self.breaker.state is BreakerState.OPEN:
                 continue
             try:
@@ -548,6 +538,16 @@ class Forwarder:
                 return sent
             sent += len(page)
             after = page[-1].serial
+
+
+async def _every(seconds: float, stop: asyncio.Event):
+    """Yield every `seconds` (after the work of the previous turn) until `stop` is set."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), seconds)
+            return
+        except asyncio.TimeoutError:
+            yield
 
 
 async def run_forwarder(store: Store, config: ForwarderConfig, stop_event: asyncio.Event, *,

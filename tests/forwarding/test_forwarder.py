@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import inspect
 import os
 import socket
 import subprocess
@@ -18,6 +17,7 @@ from server.config import ConfigError
 from server.forwarding.config import ForwarderConfig, load_forwarder_config
 from simulators.province import Faults, held_records, report
 from storage import PunchIn
+from tests.waiting import wait_for
 
 from .conftest import LMG, REPO, WAIT_S, add_punches, drained, env_without_forward_vars, fast_config
 
@@ -151,13 +151,19 @@ async def test_a_new_forwarder_resumes_from_the_outbox_where_the_last_stopped(st
     assert report(sim.data_dir)["unique"] == len(sent)
 
 
-async def test_a_photo_the_gateway_holds_is_put_before_its_record(store, province, forwarding):
-    sim = await province()
+async def punch_naming_a_photo(store, serial: str) -> tuple[bytes, bytes]:
+    """Provision `serial` and store its punch 1 naming a new photo; (photo, sha256)."""
     photo = os.urandom(3000)
     sha = hashlib.sha256(photo).digest()
-    await store.add_device("GS-PHOTO-1", project_code="P-1", region_code="620100")
-    await store.store_punches([PunchIn("GS-PHOTO-1", 1, "620102198503000011", time.time_ns() // 1_000_000, 1, 1,
+    await store.add_device(serial, project_code="P-1", region_code="620100")
+    await store.store_punches([PunchIn(serial, 1, "620102198503000011", time.time_ns() // 1_000_000, 1, 1,
                                        365, sha, len(photo))])
+    return photo, sha
+
+
+async def test_a_photo_the_gateway_holds_is_put_before_its_record(store, province, forwarding):
+    sim = await province()
+    photo, sha = await punch_naming_a_photo(store, "GS-PHOTO-1")
     await store.photo_append("GS-PHOTO-1", sha, len(photo), 0, photo)
     running = forwarding(store, fast_config(sim.url))
     await drained(store)
@@ -166,28 +172,11 @@ async def test_a_photo_the_gateway_holds_is_put_before_its_record(store, provinc
     assert await store.unforwarded_photos(2**62, 10) == []  # marked: the late-photo sweep leaves it alone
 
 
-async def wait_until(condition, what: str) -> None:
-    """Poll `condition()` (a value or an awaitable) until true; fail naming `what` after WAIT_S."""
-    end = time.monotonic() + WAIT_S
-    while True:
-        value = condition()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_photo_uploaded_after_its_record_went_is_sent_by_the_late_photo_sweep(store, province, forwarding):
     # A terminal sends the punch, then the photo in chunks; the record may be forwarded
     # in between. The photo used to stay on the gateway for ever.
     sim = await province()
-    photo = os.urandom(3000)
-    sha = hashlib.sha256(photo).digest()
-    await store.add_device("GS-PHOTO-2", project_code="P-1", region_code="620100")
-    await store.store_punches([PunchIn("GS-PHOTO-2", 1, "620102198503000011", time.time_ns() // 1_000_000, 1, 1,
-                                       365, sha, len(photo))])
+    photo, sha = await punch_naming_a_photo(store, "GS-PHOTO-2")
     running = forwarding(store, fast_config(sim.url, late_photo_s=0.2))
     await drained(store)
     assert held(sim) == {("GS-PHOTO-2", 1)} and report(sim.data_dir)["photos"] == 0
@@ -196,7 +185,7 @@ async def test_a_photo_uploaded_after_its_record_went_is_sent_by_the_late_photo_
     async def sent_and_marked():
         return report(sim.data_dir)["photos"] == 1 and not await store.unforwarded_photos(2**62, 10)
 
-    await wait_until(sent_and_marked, "the late photo at the province, marked forwarded")
+    await wait_for(sent_and_marked, WAIT_S, "the late photo at the province, marked forwarded")
     assert running.forwarder.stats.late_photos_sent == 1
 
 
@@ -208,19 +197,19 @@ async def test_a_late_photo_the_province_did_not_take_is_sent_by_a_later_sweep(s
         probe.bind(("127.0.0.1", 0))
         nobody = f"http://127.0.0.1:{probe.getsockname()[1]}"  # closed: every request fails to connect
     down = forwarding(store, fast_config(nobody, late_photo_s=0.05))
-    await wait_until(lambda: down.forwarder.stats.failures.get("connection"), "a failed PUT")
+    await wait_for(lambda: down.forwarder.stats.failures.get("connection"), WAIT_S, "a failed PUT")
     await down.stop()
     assert await store.unforwarded_photos(2**62, 10) == [sha]
     assert down.forwarder.stats.late_photos_sent == 0
 
     sim = await province()
     up = forwarding(store, fast_config(sim.url, late_photo_s=0.05))
-    await wait_until(lambda: report(sim.data_dir)["photos"] == 1, "the photo at the province")
+    await wait_for(lambda: report(sim.data_dir)["photos"] == 1, WAIT_S, "the photo at the province")
 
     async def marked():
         return not await store.unforwarded_photos(2**62, 10)
 
-    await wait_until(marked, "the photo marked forwarded")
+    await wait_for(marked, WAIT_S, "the photo marked forwarded")
     assert up.forwarder.stats.late_photos_sent == 1
 
 

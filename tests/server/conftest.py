@@ -33,6 +33,7 @@ from server.config import GatewayConfig
 from server.gateway import Gateway
 from simulators.terminal import DeviceCredentials, TerminalConnection
 from storage import Store, open_store
+from tests import waiting
 
 REPO = Path(__file__).resolve().parents[2]
 LMG = str(Path(sys.executable).with_name("lmg"))
@@ -149,18 +150,8 @@ class RawClient:
 
 
 async def wait_for(predicate, timeout: float = WAIT_S, what: str = "condition", interval: float = 0.05):
-    """Poll an (async or plain) predicate until true; fail naming `what` after `timeout`."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if loop.time() > end:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
+    """`tests.waiting.wait_for` with this folder's WAIT_S."""
+    return await waiting.wait_for(predicate, timeout, what, interval)
 
 
 # --- an in-process gateway ---------------------------------------------------------------------
