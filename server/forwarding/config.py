@@ -43,10 +43,12 @@ class ForwarderConfig:
     breaker_open_s: float = 1.0  # first pause while the province is down, doubled per failed probe
     breaker_max_open_s: float = 15.0  # recovery is noticed within 15 s
     status_interval_s: float = 60.0  # device online/offline snapshot this often; 0 turns it off
-    # A photo usually goes out just before the record naming it. One the province has not
-    # confirmed this long after it was stored (it arrived after its record was forwarded,
-    # or its PUT failed) is sent on its own; the sweep looks this often, 100 photos a time.
-    late_photo_s: float = 30.0
+    # Terminals upload a photo after its punch, so the record has often gone by then. A
+    # photo the province has not confirmed this long after it was stored is sent on its
+    # own; the sweep looks this often and sends all it finds (`concurrency` at once). Short
+    # enough that photos follow their records within seconds, long enough that one whose
+    # record is still in the outbox goes with that record instead (not twice).
+    late_photo_s: float = 5.0
     project_cache: int = 50_000  # device -> project code entries kept (~100 bytes each: 5 MB for 5x the design fleet)
 
     def enabled(self) -> bool:

@@ -20,8 +20,9 @@ Rules it keeps:
 - Bounded memory: at most `concurrency x batch_records` claimed items are held,
   whatever the backlog; caches (project codes, photos already sent) are bounded LRUs.
 - Every stored photo reaches the province: a photo PUT with its record is marked
-  forwarded; one still unmarked `late_photo_s` after it was stored (uploaded after its
-  record went, or its PUT failed) is PUT by the sweep: at least once, perhaps twice.
+  forwarded; one still unmarked `late_photo_s` after it was stored is PUT by the sweep:
+  at least once, perhaps twice. Terminals upload a photo after its punch (PHOTO_CHUNK
+  follows PUNCH), so with a prompt outbox most photos take the sweep.
 - Gentle with the province: at most `concurrency` requests at once; 429 holds every
   request until Retry-After; while it is down the circuit breaker lets one probe
   through per open period.
@@ -477,40 +478,45 @@ class Forwarder:
             except StoreError as exc:
                 log.warning("late photos not sent: cannot read the photo store (%s)", exc)
 
-    async def send_late_photos(self, limit: int = 100) -> int:
-        """PUT up to `limit` photos stored over late_photo_s ago and not confirmed; mark each
-        the province took. Stops at the first failed PUT (the next sweep tries again).
-        Returns how many were sent."""
-        now = self.clock_ms()
-        late = await self.store.unforwarded_photos(now - int(self.config.late_photo_s * 1000), limit)
-        settled: list[bytes] = []  # marked forwarded at the end, whatever happens meanwhile
+    async def send_late_photos(self, page: int = 100) -> int:
+        """PUT every photo stored over late_photo_s ago and not confirmed, `page` at a time
+        and up to `concurrency` at once; mark each the province took. A page with a failed
+        PUT ends the sweep (the next one tries again). Returns how many were sent."""
         sent = 0
-        try:
-            for sha in late:
-                if self._photos_sent.get(sha.hex()):  # sent by this process; only the mark was lost
-                    settled.append(sha)
-                    continue
-                photo = await self.store.get_photo(sha)
-                if photo is None:  # the row without its blob: nothing to send, ever
-                    log.error("photo %s is recorded but its file is missing; not sent", sha.hex()[:12])
-                    settled.append(sha)
-                    continue
-                async with self._sending:
-                    status, answer, retry_after = await self._request("PUT", api.photo_target(sha.hex()), photo,
-                                                                      "image/jpeg")
-                if status != 200:
-                    log.warning("late photo %s not accepted: %s", sha.hex()[:12], answer if status is None
-                                else f"HTTP {status}: {api.parse_error(answer)[1]}")
-                    break
-                self._photos_sent.put(sha.hex(), True)
-                self.stats.photos_sent += 1
-                self.stats.late_photos_sent += 1
-                settled.append(sha)
-                sent += 1
-        finally:
+        while True:
+            now = self.clock_ms()
+            late = await self.store.unforwarded_photos(now - int(self.config.late_photo_s * 1000), page)
+            outcomes = await asyncio.gather(*(self._put_late_photo(sha) for sha in late))
+            settled = [sha for sha, outcome in zip(late, outcomes, strict=True) if not isinstance(outcome, str)]
             if settled:
                 await self._store_call(self.store.mark_photos_forwarded, settled, self.clock_ms())
-        return sent
+            sent += outcomes.count(True)
+            failed = [error for error in outcomes if isinstance(error, str)]
+            if failed:
+                log.warning("%d late photo(s) not accepted, next try in %g s: %s", len(failed),
+                            self.config.late_photo_s, failed[0])
+            if failed or len(late) < page:
+                return sent
+
+    async def _put_late_photo(self, sha: bytes) -> bool | str | None:
+        """True: the province took it. False: nothing to send (sent earlier by this process and
+        only the mark was lost, or the file is gone); marked all the same. A string: why the
+        PUT failed; left unmarked for the next sweep."""
+        if self._photos_sent.get(sha.hex()):
+            return False
+        photo = await self.store.get_photo(sha)
+        if photo is None:
+            log.error("photo %s is recorded but its file is missing; not sent", sha.hex()[:12])
+            return False
+        async with self._sending:
+            status, answer, _ = await self._request("PUT", api.photo_target(sha.hex()), photo, "image/jpeg")
+        if status != 200:
+            return f"photo {sha.hex()[:12]}: " + (answer if status is None else
+                                                  f"HTTP {status}: {api.parse_error(answer)[1]}")
+        self._photos_sent.put(sha.hex(), True)
+        self.stats.photos_sent += 1
+        self.stats.late_photos_sent += 1
+        return True
 
     # -- device status --------------------------------------------------------------------
     async def _status_loop(self, stop: asyncio.Event) -> None:

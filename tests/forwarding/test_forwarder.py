@@ -16,7 +16,7 @@ import pytest
 from server.config import ConfigError
 from server.forwarding.config import ForwarderConfig, load_forwarder_config
 from simulators.province import Faults, held_records, report
-from storage import PunchIn
+from storage import PunchIn, open_store
 from tests.waiting import wait_for
 
 from .conftest import LMG, REPO, WAIT_S, add_punches, drained, env_without_forward_vars, fast_config
@@ -187,6 +187,27 @@ async def test_a_photo_uploaded_after_its_record_went_is_sent_by_the_late_photo_
 
     await wait_for(sent_and_marked, WAIT_S, "the late photo at the province, marked forwarded")
     assert running.forwarder.stats.late_photos_sent == 1
+
+
+async def test_one_sweep_sends_every_late_photo_not_one_page(province, forwarding, tmp_path):
+    # Terminals upload photos after their punches, so at the design load (167 punches/s,
+    # each with a photo) most photos take the sweep: one sweep must send them all, not a page.
+    sim = await province()
+    hour_ago = await open_store(None, data_dir=tmp_path / "gateway", clock_ms=lambda: time.time_ns() // 1_000_000
+                                - 3_600_000)  # the photos were stored an hour ago
+    try:
+        photos = [os.urandom(200) for _ in range(25)]
+        for photo in photos:
+            await hour_ago.photo_append("GS-PHOTO-4", hashlib.sha256(photo).digest(), len(photo), 0, photo)
+        running = forwarding(hour_ago, fast_config(sim.url, late_photo_s=600))  # its own sweep waits 10 min
+        await wait_for(lambda: running.forwarder._session is not None, WAIT_S, "the forwarder's HTTP session")
+        assert await running.forwarder.send_late_photos(page=7) == len(photos)  # four pages, one call
+        assert report(sim.data_dir)["photos"] == len(photos)
+        assert await hour_ago.unforwarded_photos(2**62, 10) == []
+        assert await running.forwarder.send_late_photos(page=7) == 0  # nothing left, nothing sent twice
+        await running.stop()
+    finally:
+        await hour_ago.close()
 
 
 async def test_a_late_photo_the_province_did_not_take_is_sent_by_a_later_sweep(store, province, forwarding):
