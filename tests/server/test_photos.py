@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import time
 
 from protocol import PhotoChunk, PhotoQuery, PhotoStatus, Punch, ResultCode
+from server.forwarding.config import ForwarderConfig
+from server.forwarding.forwarder import Forwarder
+from simulators.province import Access, Faults, ProvinceSimulator, held_records, report
 from simulators.terminal import make_punch
 
-from .conftest import WAIT_S
+from .conftest import WAIT_S, wait_for
 
 
 async def test_photo_resumes_after_a_reconnect_and_is_linked_to_its_punch(gw):
@@ -65,3 +69,29 @@ async def test_wrong_photo_bytes_are_refused_with_hash_mismatch(gw):
     assert (status.result, status.next_offset) == (ResultCode.PHOTO_HASH_MISMATCH, 0)
     client.send(PhotoChunk(9, sha, len(photo), 0, photo))
     assert (await client.expect(PhotoStatus)).result == ResultCode.OK
+
+
+async def test_a_photo_uploaded_after_its_punch_was_forwarded_reaches_the_province(gw, tmp_path):
+    """End to end: the terminal sends the punch, the forwarder sends its record, then the
+    terminal uploads the photo (as the protocol orders them); the photo still reaches the
+    province, through the forwarder's late-photo sweep."""
+    province = ProvinceSimulator(tmp_path / "province", Access("e2e-app", "e2e-secret-123"), Faults(), seed=1)
+    host, port = await province.start("127.0.0.1", 0)
+    config = ForwarderConfig(url=f"http://{host}:{port}", app_key="e2e-app", app_secret="e2e-secret-123",
+                             idle_poll_s=0.05, status_interval_s=0, late_photo_s=0.2)
+    stop = asyncio.Event()
+    forwarding = asyncio.ensure_future(Forwarder(gw.store, config).run(stop))
+    try:
+        photo = os.urandom(40_000)
+        terminal = await gw.terminal()
+        reply = await terminal.request(Punch.of(make_punch(9, 3, time.time_ns() // 1_000_000, photo=photo)))
+        assert [r.result for r in reply.results] == [ResultCode.OK]
+        await wait_for(lambda: held_records(tmp_path / "province"), what="the record at the province")
+        assert report(tmp_path / "province")["photos"] == 0  # the record went without its photo
+        status = await terminal.upload_photo(9, photo, chunk_size=16_000)
+        assert (status.result, status.next_offset) == (ResultCode.OK, len(photo))
+        await wait_for(lambda: report(tmp_path / "province")["photos"] == 1, what="the photo at the province")
+    finally:
+        stop.set()
+        await asyncio.wait_for(forwarding, WAIT_S)
+        await province.stop()
