@@ -54,8 +54,12 @@ class AcceptRate:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, store: Store, *, clock_ms=wall_ms):
+    def __init__(self, config: GatewayConfig, store: Store, *, clock_ms=wall_ms, forwarding=None):
+        """`forwarding`: the ForwarderConfig to run when config.forward_url is set (`lmg
+        serve` reads its tuning keys, see forwarding.config.for_gateway); None: built from
+        `config` alone, the tuning keys at their defaults."""
         self.config = config
+        self.forwarding = forwarding
         self.store = store
         self.now_ms = clock_ms
         self.limits = config.session_limits()
@@ -296,7 +300,7 @@ class Gateway:
             from server.forwarding.config import ForwarderConfig
             from server.forwarding.forwarder import run_forwarder
 
-            forwarding = ForwarderConfig.from_mapping(self.config)
+            forwarding = self.forwarding or ForwarderConfig.from_mapping(self.config)
             self._forwarder = loop.create_task(run_forwarder(self.store, forwarding, self._forward_stop))
 
     async def ready(self) -> tuple[bool, str]:
@@ -362,11 +366,12 @@ def raise_fd_limit() -> int:
     return hard
 
 
-async def serve(config: GatewayConfig, *, ready_file: str | None = None, reuse_port: bool = False) -> int:
-    """Run the gateway until SIGTERM/SIGINT; returns the exit status."""
+async def serve(config: GatewayConfig, *, ready_file: str | None = None, reuse_port: bool = False,
+                forwarding=None) -> int:
+    """Run the gateway until SIGTERM/SIGINT; returns the exit status. `forwarding`: see Gateway."""
     os.makedirs(config.data_dir, exist_ok=True)
     store = await open_store(config.store_url(), data_dir=config.data_dir, config=config.store_config())
-    gateway = Gateway(config, store)
+    gateway = Gateway(config, store, forwarding=forwarding)
     gateway.reuse_port = reuse_port
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -43,6 +43,14 @@ def run(args) -> int:
         config = load_config(flags, config_file=args.config)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+    forwarding = None
+    if config.forward_url:
+        from server.forwarding.config import for_gateway
+
+        try:
+            forwarding = for_gateway(config, config_file=args.config)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.workers != 1:
         from server.workers import supervise
@@ -55,6 +63,7 @@ def run(args) -> int:
 
     tune_collector()
     try:
-        return uvloop.run(serve(config, ready_file=args.ready_file, reuse_port=args.reuse_port))
+        return uvloop.run(serve(config, ready_file=args.ready_file, reuse_port=args.reuse_port,
+                                forwarding=forwarding))
     except OSError as exc:
         raise UsageError(f"cannot start: {exc} (is another gateway already listening? change --tcp/--ws/--admin)") from None

@@ -83,6 +83,14 @@ def load_forwarder_config(flags: dict | None = None, env: dict | None = None,
     return config
 
 
+def for_gateway(gateway, env: dict | None = None, config_file: str | None = None) -> ForwarderConfig:
+    """The forwarder `lmg serve` runs: url, key and secret from the gateway's config
+    (`gateway`, a GatewayConfig, whose flags and sources already won), every tuning key
+    from the same TOML file's forward_* keys and LMG_FORWARD_* variables."""
+    own = {PREFIX + name: getattr(gateway, PREFIX + name) for name in ("url", "app_key", "app_secret")}
+    return load_forwarder_config(own, env=env, config_file=config_file)
+
+
 def validate(config: ForwarderConfig) -> None:
     """Raise ConfigError naming the key and what to do."""
     if config.url:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.config import ConfigError, GatewayConfig, load_config
+from server.forwarding.config import ForwarderConfig, for_gateway
 from server.gateway import Gateway
 from simulators.province import held_records
 
@@ -43,3 +44,37 @@ async def test_no_forward_url_means_no_forwarder(store, tmp_path):
 def test_a_bad_forward_key_is_refused_at_start():
     with pytest.raises(ConfigError, match="forward"):
         load_config({"forward_url": "not a url", "forward_app_key": "k", "forward_app_secret": "s"}, env={})
+
+
+async def test_the_gateway_runs_the_forwarder_config_it_is_given(store, province, tmp_path):
+    # `lmg serve` builds the forwarder's config with its tuning keys (for_gateway); the
+    # gateway must run that one, not one rebuilt from its own three forward_* keys.
+    sim = await province()
+    config = load_config({"tcp": "127.0.0.1:0", "ws": "", "admin": "", "data_dir": str(tmp_path),
+                          "forward_url": sim.url, "forward_app_key": "not-the-province-key",
+                          "forward_app_secret": "not-the-secret"}, env={})
+    forwarding = ForwarderConfig(url=sim.url, app_key=APP_KEY, app_secret=APP_SECRET, idle_poll_s=0.05,
+                                 status_interval_s=0)
+    gateway = Gateway(config, store, forwarding=forwarding)
+    await gateway.start()
+    try:
+        sent = await add_punches(store, devices=2, per_device=3)
+        await drained(store, what="the forwarder with the given config to drain the outbox")
+        assert {(serial, n) for serial, n, _ in held_records(sim.data_dir)} == set(sent)
+    finally:
+        await gateway.shutdown()
+
+
+def test_lmg_serve_reads_the_forwarders_tuning_keys_from_its_file_and_environment(tmp_path):
+    config_file = tmp_path / "lmg.toml"
+    config_file.write_text('tcp = "127.0.0.1:9100"\nforward_url = "http://province:8080"\n'
+                           'forward_app_key = "file-key"\nforward_app_secret = "file-secret"\n'
+                           'forward_concurrency = 5\n')
+    env = {"LMG_FORWARD_LATE_PHOTO_S": "2.5", "LMG_FORWARD_APP_KEY": "env-key"}
+    gateway = load_config({"forward_app_secret": "flag-secret"}, env=env, config_file=str(config_file))
+    forwarding = for_gateway(gateway, env=env, config_file=str(config_file))
+    assert (forwarding.url, forwarding.app_key, forwarding.app_secret) == ("http://province:8080", "env-key",
+                                                                           "flag-secret")
+    assert (forwarding.concurrency, forwarding.late_photo_s) == (5, 2.5)
+    with pytest.raises(ConfigError, match="forward_late_photo_s must be greater than 0"):
+        for_gateway(gateway, env={"LMG_FORWARD_LATE_PHOTO_S": "0"}, config_file=str(config_file))
