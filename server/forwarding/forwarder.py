@@ -56,6 +56,9 @@ from storage.api import wall_clock_ms
 
 log = logging.getLogger("lmg.forward")
 
+# PUT answers that no retry can change: 400 (the bytes do not hash to the id: the stored
+# file is damaged) and 413 (larger than the province takes).
+PHOTO_REFUSED_FOR_GOOD = frozenset({400, 413})
 PHOTOS_SENT_CACHE = 10_000  # hashes of photos the province confirmed; 64 bytes each, 1 MB at most
 STOP_GRACE_S_EXTRA = 1.0  # on stop, requests in flight get timeout_s plus this to finish
 
@@ -380,15 +383,16 @@ class Forwarder:
 
     async def _send_photos(self, entries: list[_Entry]) -> Verdict | None:
         """PUT the photos the province may lack before the records naming them. None = all sent.
-        Each photo the province took is marked forwarded (the late-photo sweep skips it)."""
-        sent: list[bytes] = []
+        Each photo settled (taken, or refused for good) is marked forwarded: the late-photo
+        sweep skips it."""
+        settled: list[bytes] = []
         try:
-            return await self._put_photos(entries, sent)
+            return await self._put_photos(entries, settled)
         finally:
-            if sent:
-                await self._store_call(self.store.mark_photos_forwarded, sent, self.clock_ms())
+            if settled:
+                await self._store_call(self.store.mark_photos_forwarded, settled, self.clock_ms())
 
-    async def _put_photos(self, entries: list[_Entry], sent: list[bytes]) -> Verdict | None:
+    async def _put_photos(self, entries: list[_Entry], settled: list[bytes]) -> Verdict | None:
         for entry in entries:
             punch = entry.item.punch
             if not punch.photo_size or punch.photo_sha256 is None:
@@ -402,11 +406,9 @@ class Forwarder:
                 return failed_verdict([e.rid for e in entries], f"cannot read photo {sha[:12]}: {exc}", Health.NEUTRAL)
             if photo is None:
                 continue  # not uploaded by the terminal yet: the record carries the reference only
-            status, answer, retry_after = await self._request("PUT", api.photo_target(sha), photo, "image/jpeg")
-            if status == 200:
-                self._photos_sent.put(sha, True)
-                self.stats.photos_sent += 1
-                sent.append(punch.photo_sha256)
+            status, answer, retry_after = await self._put_photo(punch.photo_sha256, photo)
+            if status == 200 or status in PHOTO_REFUSED_FOR_GOOD:
+                settled.append(punch.photo_sha256)  # the record goes on, naming the photo either way
                 continue
             if status is None:
                 return failed_verdict([e.rid for e in entries], f"photo {sha[:12]}: {answer}", Health.DOWN)
@@ -488,9 +490,13 @@ class Forwarder:
             late = await self.store.unforwarded_photos(now - int(self.config.late_photo_s * 1000), page)
             outcomes = await asyncio.gather(*(self._put_late_photo(sha) for sha in late))
             settled = [sha for sha, outcome in zip(late, outcomes, strict=True) if not isinstance(outcome, str)]
-            if settled:
-                await self._store_call(self.store.mark_photos_forwarded, settled, self.clock_ms())
             sent += outcomes.count(True)
+            if settled:
+                try:
+                    await self.store.mark_photos_forwarded(settled, self.clock_ms())
+                except StoreError as exc:  # they would come back in the next page: stop here
+                    log.warning("late photos sent but not marked (%s); they may be sent again", exc)
+                    return sent
             failed = [error for error in outcomes if isinstance(error, str)]
             if failed:
                 log.warning("%d late photo(s) not accepted, next try in %g s: %s", len(failed),
@@ -498,10 +504,11 @@ class Forwarder:
             if failed or len(late) < page:
                 return sent
 
-    async def _put_late_photo(self, sha: bytes) -> bool | str | None:
-        """True: the province took it. False: nothing to send (sent earlier by this process and
-        only the mark was lost, or the file is gone); marked all the same. A string: why the
-        PUT failed; left unmarked for the next sweep."""
+    async def _put_late_photo(self, sha: bytes) -> bool | str:
+        """True: the province took it. False: settled without sending (sent earlier by this
+        process and only the mark was lost, the file is gone, or the province refused it
+        for good); marked all the same. A string: why the PUT failed; left unmarked for the
+        next sweep."""
         if self._photos_sent.get(sha.hex()):
             return False
         photo = await self.store.get_photo(sha)
@@ -509,14 +516,28 @@ class Forwarder:
             log.error("photo %s is recorded but its file is missing; not sent", sha.hex()[:12])
             return False
         async with self._sending:
-            status, answer, _ = await self._request("PUT", api.photo_target(sha.hex()), photo, "image/jpeg")
-        if status != 200:
-            return f"photo {sha.hex()[:12]}: " + (answer if status is None else
-                                                  f"HTTP {status}: {api.parse_error(answer)[1]}")
-        self._photos_sent.put(sha.hex(), True)
-        self.stats.photos_sent += 1
-        self.stats.late_photos_sent += 1
-        return True
+            status, answer, _ = await self._put_photo(sha, photo)
+        if status == 200:
+            self.stats.late_photos_sent += 1
+            return True
+        if status in PHOTO_REFUSED_FOR_GOOD:
+            return False
+        return f"photo {sha.hex()[:12]}: " + (answer if status is None else
+                                              f"HTTP {status}: {api.parse_error(answer)[1]}")
+
+    async def _put_photo(self, sha: bytes, photo: bytes):
+        """PUT one photo: (status, answer, Retry-After) as `_request`. A photo the province
+        refuses for good (PHOTO_REFUSED_FOR_GOOD) is logged as an error: retrying cannot help,
+        and waiting for it would hold back everything behind it."""
+        status, answer, retry_after = await self._request("PUT", api.photo_target(sha.hex()), photo, "image/jpeg")
+        if status == 200:
+            self._photos_sent.put(sha.hex(), True)
+            self.stats.photos_sent += 1
+        elif status in PHOTO_REFUSED_FOR_GOOD:
+            self.stats.note("photo_refused")
+            log.error("the province refused photo %s for good (HTTP %s: %s); it will not be sent again",
+                      sha.hex()[:12], status, api.parse_error(answer)[1])
+        return status, answer, retry_after
 
     # -- device status --------------------------------------------------------------------
     async def _status_loop(self, stop: asyncio.Event) -> None:

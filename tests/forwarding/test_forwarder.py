@@ -210,6 +210,38 @@ async def test_one_sweep_sends_every_late_photo_not_one_page(province, forwardin
         await hour_ago.close()
 
 
+async def test_a_photo_the_province_refuses_for_good_holds_back_nothing(province, forwarding, tmp_path):
+    # A damaged photo file gets 400 (hash mismatch) on every try: first in the sweep's
+    # order, it used to end every sweep before the photos behind it; naming a record, it
+    # kept the record in the outbox for ever.
+    sim = await province()
+    hour_ago = await open_store(None, data_dir=tmp_path / "gateway", clock_ms=lambda: time.time_ns() // 1_000_000
+                                - 3_600_000)
+    try:
+        photos = [os.urandom(300) for _ in range(3)]
+        shas = [hashlib.sha256(p).digest() for p in photos]
+        for photo, sha in zip(photos, shas, strict=True):
+            await hour_ago.photo_append("GS-PHOTO-5", sha, len(photo), 0, photo)
+        hour_ago.blobs.path(shas[0].hex()).write_bytes(b"damaged on disk")  # the oldest
+        await hour_ago.add_device("GS-PHOTO-6", project_code="P-1", region_code="620100")
+        damaged = os.urandom(300)
+        damaged_sha = hashlib.sha256(damaged).digest()
+        await hour_ago.store_punches([PunchIn("GS-PHOTO-6", 1, "620102198503000011", time.time_ns() // 1_000_000,
+                                              1, 1, 365, damaged_sha, len(damaged))])
+        await hour_ago.photo_append("GS-PHOTO-6", damaged_sha, len(damaged), 0, damaged)
+        hour_ago.blobs.path(damaged_sha.hex()).write_bytes(b"damaged too")
+        running = forwarding(hour_ago, fast_config(sim.url, late_photo_s=600))
+        await drained(hour_ago)  # the record naming the damaged photo went all the same
+        assert held(sim) == {("GS-PHOTO-6", 1)}
+        assert await running.forwarder.send_late_photos(page=1) == 2  # the two sound photos, past the damaged one
+        assert report(sim.data_dir)["photos"] == 2
+        assert await hour_ago.unforwarded_photos(2**62, 10) == []  # refused for good: not tried again
+        assert running.forwarder.stats.failures["photo_refused"] == 2
+        await running.stop()
+    finally:
+        await hour_ago.close()
+
+
 async def test_a_late_photo_the_province_did_not_take_is_sent_by_a_later_sweep(store, province, forwarding):
     photo = os.urandom(2000)
     sha = hashlib.sha256(photo).digest()
