@@ -20,14 +20,19 @@ async def test_the_gateway_runs_the_forwarder_when_configured(store, province, t
         env={},
     )
     gateway = Gateway(config, store)
+    await punches_reach_the_province_through(gateway, store, sim, devices=3, per_device=10)
+    assert gateway._forwarder.done()
+
+
+async def punches_reach_the_province_through(gateway, store, sim, *, devices: int, per_device: int) -> None:
+    """Start `gateway`, store punches, check its forwarder delivered them all, shut it down."""
     await gateway.start()
     try:
-        sent = await add_punches(store, devices=3, per_device=10)
+        sent = await add_punches(store, devices=devices, per_device=per_device)
         await drained(store, what="the gateway's forwarder to drain the outbox")
         assert {(serial, n) for serial, n, _ in held_records(sim.data_dir)} == set(sent)
     finally:
         await gateway.shutdown()
-    assert gateway._forwarder.done()
 
 
 async def test_no_forward_url_means_no_forwarder(store, tmp_path):
@@ -55,14 +60,8 @@ async def test_the_gateway_runs_the_forwarder_config_it_is_given(store, province
                           "forward_app_secret": "not-the-secret"}, env={})
     forwarding = ForwarderConfig(url=sim.url, app_key=APP_KEY, app_secret=APP_SECRET, idle_poll_s=0.05,
                                  status_interval_s=0)
-    gateway = Gateway(config, store, forwarding=forwarding)
-    await gateway.start()
-    try:
-        sent = await add_punches(store, devices=2, per_device=3)
-        await drained(store, what="the forwarder with the given config to drain the outbox")
-        assert {(serial, n) for serial, n, _ in held_records(sim.data_dir)} == set(sent)
-    finally:
-        await gateway.shutdown()
+    await punches_reach_the_province_through(Gateway(config, store, forwarding=forwarding), store, sim,
+                                             devices=2, per_device=3)
 
 
 def test_lmg_serve_reads_the_forwarders_tuning_keys_from_its_file_and_environment(tmp_path):
