@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from server.cli import optional_modules
+from lmg.server.cli import optional_modules
 
 # Each benchmark module exposes NAME, HELP, add_arguments(parser) and run(args) -> int.
-BENCHMARKS = ("bench.codec", "bench.storage", "bench.memory", "bench.websocket_libs", "bench.forwarding", "bench.load",
-              "bench.writer")
+BENCHMARKS = ("lmg.bench.codec", "lmg.bench.storage", "lmg.bench.memory", "lmg.bench.websocket_libs", "lmg.bench.forwarding", "lmg.bench.load",
+              "lmg.bench.writer")
 
 
 def register(subparsers) -> None:

@@ -19,9 +19,9 @@ import struct
 import time
 import zlib
 
-from protocol.codec import FrameDecoder, encode, reference_decode_frame
-from protocol.messages import PUNCH_RECORD_SIZE, Punch, PunchRecord
-from protocol.schema import FRAME_OVERHEAD, HEADER_SIZE, MAGIC, MAX_FRAME_SIZE
+from lmg.protocol.codec import FrameDecoder, encode, reference_decode_frame
+from lmg.protocol.messages import PUNCH_RECORD_SIZE, Punch, PunchRecord
+from lmg.protocol.schema import FRAME_OVERHEAD, HEADER_SIZE, MAGIC, MAX_FRAME_SIZE
 
 NAME = "codec"
 HELP = "frame decode rate: construct vs the project's codec vs a hand-written struct loop"

@@ -1,6 +1,6 @@
 """`lmg bench forwarding`: records/s forwarded to a healthy province, and a 1-hour backlog's drain.
 
-The province simulator runs in its own process (`python -m simulators.province_cli
+The province simulator runs in its own process (`python -m lmg.simulators.province_cli
 serve`, no faults), as the real province would be another machine; everything else
 runs in this process on uvloop, as `lmg forward` does.
 
@@ -65,7 +65,7 @@ class Province:
         ready = directory / "province.json"
         self.log = open(directory / "province.log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "simulators.province_cli", "serve", "--listen", "127.0.0.1:0", "--data-dir",
+            [sys.executable, "-m", "lmg.simulators.province_cli", "serve", "--listen", "127.0.0.1:0", "--data-dir",
              str(directory / "province"), "--app-key", APP_KEY, "--app-secret", APP_SECRET, "--ready-file", str(ready)],
             stdout=self.log, stderr=self.log, cwd=Path(__file__).resolve().parents[1])  # the repository: `-m simulators...` resolves there
         end = time.monotonic() + 30
@@ -86,9 +86,9 @@ async def baseline(url: str, records: int, batch: int, concurrency: int) -> floa
     """records/s of pre-built valid batches posted straight to the simulator."""
     import aiohttp
 
-    from server.forwarding import province_api as api
-    from simulators.terminal import worker_id_for
-    from storage.api import Punch
+    from lmg.protocol import province as api
+    from lmg.simulators.terminal import worker_id_for
+    from lmg.storage.api import Punch
 
     cipher = api.WorkerIdCipher.for_app(APP_SECRET, APP_KEY)
     now = _now_ms()
@@ -117,8 +117,8 @@ async def baseline(url: str, records: int, batch: int, concurrency: int) -> floa
 
 async def fill(store, devices: int, records: int, first_record: int = 1) -> None:
     """Provision devices (if new) and store `records` punches spread evenly over them."""
-    from simulators.terminal import worker_id_for
-    from storage import PunchIn
+    from lmg.simulators.terminal import worker_id_for
+    from lmg.storage import PunchIn
 
     for d in range(devices):
         serial = f"GS-BENCH-{d:06d}"
@@ -139,7 +139,7 @@ async def fill(store, devices: int, records: int, first_record: int = 1) -> None
 
 async def forward_until(store, config, done) -> tuple[float, object]:
     """Run the forwarder until `await done()` is true; (seconds, stats)."""
-    from server.forwarding.forwarder import Forwarder
+    from lmg.server.forwarding.forwarder import Forwarder
 
     forwarder = Forwarder(store, config)
     stop = asyncio.Event()
@@ -157,7 +157,7 @@ async def forward_until(store, config, done) -> tuple[float, object]:
 
 
 async def throughput(store, url: str, args) -> dict:
-    from server.forwarding.config import ForwarderConfig
+    from lmg.server.forwarding.config import ForwarderConfig
 
     await fill(store, args.terminals, args.records)
     config = ForwarderConfig(url=url, app_key=APP_KEY, app_secret=APP_SECRET, batch_records=args.batch_records,
@@ -172,7 +172,7 @@ async def throughput(store, url: str, args) -> dict:
 
 
 async def drain(store, url: str, args) -> dict:
-    from server.forwarding.config import ForwarderConfig
+    from lmg.server.forwarding.config import ForwarderConfig
 
     rate = args.terminals * args.punches_per_minute / 60  # punches/s at the design load
     backlog = int(rate * args.backlog_minutes * 60)
@@ -186,8 +186,8 @@ async def drain(store, url: str, args) -> dict:
 
     async def live_load():
         """The design load keeps arriving while the backlog drains: one round of all terminals per round."""
-        from simulators.terminal import worker_id_for
-        from storage import PunchIn
+        from lmg.simulators.terminal import worker_id_for
+        from lmg.storage import PunchIn
 
         tick = 0.5
         owed = 0.0
@@ -228,7 +228,7 @@ def run(args) -> int:
     province = Province(directory)
     try:
         async def main() -> dict:
-            from storage import open_store
+            from lmg.storage import open_store
 
             base = await baseline(province.url, args.records, args.batch_records, args.concurrency)
             store = await open_store(None, data_dir=directory / "gateway")

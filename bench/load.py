@@ -174,8 +174,8 @@ class Server:
 
 
 def punch_frame_sizes() -> tuple[int, bytes]:
-    from protocol import Ack, MessageType, Punch, RecordResult, ResultCode, encode
-    from simulators.terminal import make_punch
+    from lmg.protocol import Ack, MessageType, Punch, RecordResult, ResultCode, encode
+    from lmg.simulators.terminal import make_punch
 
     frame = encode(Punch.of(make_punch(1, 1, int(time.time() * 1000)), 1))
     ack = encode(Ack(0, MessageType.PUNCH, 0, (RecordResult(1, ResultCode.OK),), 0))
@@ -217,8 +217,8 @@ def _wait_port(port: int, proc: subprocess.Popen, name: str, timeout_s: float = 
 
 async def provision(store_url: str | None, data_dir: str, prefix: str, count: int) -> list[list[str]]:
     """Devices `prefix`000001.. with derived secrets (simulators.fleet.fleet_secret)."""
-    from simulators.fleet import fleet_secret
-    from storage import open_store
+    from lmg.simulators.fleet import fleet_secret
+    from lmg.storage import open_store
 
     store = await open_store(store_url, data_dir=data_dir)
     try:
@@ -240,7 +240,7 @@ def start_gateway(data_dir: str, *, store: str = "", workers: int = 1, extra: tu
     ready = os.path.join(data_dir, "ready.json")
     if os.path.exists(ready):  # left by an earlier server on this data directory
         os.unlink(ready)
-    command = [sys.executable, "-m", "server.cli", "serve", "--data-dir", data_dir, "--tcp", "127.0.0.1:0",
+    command = [sys.executable, "-m", "lmg.server.cli", "serve", "--data-dir", data_dir, "--tcp", "127.0.0.1:0",
                "--ws", "", "--admin", "", "--ready-file", ready, "--log-level", "warning",
                "--max-connections-per-address", "100000", "--accept-rate", "20000", "--accept-burst", "20000", *extra]
     if store:
@@ -280,7 +280,7 @@ def box_share(before: list[int], after: list[int]) -> dict:
 
 
 async def fleet_run(server: Server, devices: list, **spec) -> dict:
-    from simulators.fleet import FleetSpec, run_fleet
+    from lmg.simulators.fleet import FleetSpec, run_fleet
 
     processes = spec.pop("processes", 1)
     fleet = FleetSpec(host="127.0.0.1", port=server.port, devices=devices, **spec)
@@ -308,7 +308,7 @@ def throughput(summary: dict) -> dict:
 
 async def idle_rss(server: Server, devices: list, dialect: str, processes: int = 1) -> dict:
     """Server RSS growth per idle connection (authenticated, for the gateway) once all are up."""
-    from simulators.fleet import FleetSpec, run_fleet
+    from lmg.simulators.fleet import FleetSpec, run_fleet
 
     await asyncio.sleep(0.5)
     before = server.rss_kib()
@@ -337,7 +337,7 @@ async def idle_rss(server: Server, devices: list, dialect: str, processes: int =
 
 
 async def matrix(sizes: dict, *, mosquitto: bool, log) -> dict:
-    from simulators.fleet import raise_fd_limit
+    from lmg.simulators.fleet import raise_fd_limit
 
     raise_fd_limit()
     result: dict = {"sizes": sizes}
@@ -553,7 +553,7 @@ def _per_k(section: dict) -> float | None:
 def run(args) -> int:
     import uvloop
 
-    from server.collector import tune_collector
+    from lmg.server.gateway.collector import tune_collector
 
     tune_collector()  # the fleet runs in this process for most phases: same settings as the gateway
     sizes = dict(QUICK if args.quick else FULL)
@@ -612,7 +612,7 @@ async def workers_run(sizes: dict, *, log) -> dict:
             def on_progress(snap: dict) -> None:
                 peak_rss["kib"] = max(peak_rss["kib"], gateway.rss_kib())
 
-            from simulators.fleet import FleetSpec, run_fleet
+            from lmg.simulators.fleet import FleetSpec, run_fleet
 
             cpu_before = gateway.cpu_s()
             spec = FleetSpec(host="127.0.0.1", port=gateway.port, devices=devices, scenario="idle", duration_s=hold_s,

@@ -59,7 +59,7 @@ async def _hold_raw(port: int, n: int) -> list:
 
 
 async def _hold_terminals(port: int, devices, concurrency: int = 200) -> list:
-    from simulators.terminal import DeviceCredentials, TerminalConnection
+    from lmg.simulators.terminal import DeviceCredentials, TerminalConnection
 
     gate = asyncio.Semaphore(concurrency)
     connections = []
@@ -81,7 +81,7 @@ async def _settled_rss(pid: int, seconds: float = 2.0) -> int:
 
 
 async def _provision(data_dir: str, n: int) -> list[tuple[str, bytes]]:
-    from storage import open_store
+    from lmg.storage import open_store
 
     store = await open_store(None, data_dir=data_dir)
     try:
@@ -119,7 +119,7 @@ def measure(connections: int = 2000) -> dict:
         devices = asyncio.run(_provision(data_dir, connections))
         ready = os.path.join(data_dir, "ready.json")
         server = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--data-dir", data_dir, "--tcp", "127.0.0.1:0", "--ws", "",
+            [sys.executable, "-m", "lmg.server.cli", "serve", "--data-dir", data_dir, "--tcp", "127.0.0.1:0", "--ws", "",
              "--admin", "", "--ready-file", ready, "--log-level", "warning",
              "--max-connections-per-address", str(connections + 10)],
         )

@@ -1,6 +1,6 @@
 """Storage soak: the crash probe of tests/storage for longer, stopping by itself.
 
-    python -m bench.soak_storage [--cycles 500] [--minutes 10] [--store URL] [--max-run-s 1.0]
+    python -m lmg.bench.soak_storage [--cycles 500] [--minutes 10] [--store URL] [--max-run-s 1.0]
 
 Kills a writing process with SIGKILL at random moments, `--cycles` times or until
 `--minutes` have passed (whichever first; both are bounded), checking after every
@@ -16,14 +16,14 @@ import sys
 import tempfile
 import time
 
-from storage.crash_probe import run_cycles
+from lmg.storage.crash_probe import run_cycles
 
 MAX_CYCLES = 100_000  # a soak is a long test, not a service: it must end
 MAX_MINUTES = 24 * 60
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.soak_storage", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lmg.bench.soak_storage", description=__doc__.split("\n")[0])
     parser.add_argument("--cycles", type=int, default=500, help=f"kill cycles (default 500, at most {MAX_CYCLES})")
     parser.add_argument("--minutes", type=float, default=10.0,
                         help=f"stop after this long (default 10, at most {MAX_MINUTES})")

@@ -67,8 +67,8 @@ def _punch_rows(count: int, devices: int) -> list[tuple]:
 
 def run_baseline(directory: str, rows: list[tuple]) -> float:
     """Seconds to insert `rows` with raw sqlite3, 500 per transaction."""
-    from storage.migrations import load_migrations
-    from storage.sqlite import _migrate
+    from lmg.storage.migrations import load_migrations
+    from lmg.storage.sqlite import _migrate
 
     path = os.path.join(directory, f"baseline-{uuid.uuid4().hex}.db")
     conn = sqlite3.connect(path, isolation_level=None)
@@ -96,7 +96,7 @@ def run_baseline(directory: str, rows: list[tuple]) -> float:
 async def run_producers(store, rows: int, producers: int, batch: int, first_record: int,
                         latencies: list[float]) -> float:
     """Seconds for `producers` tasks to store `rows` records through `store`."""
-    from storage.api import PunchIn
+    from lmg.storage.api import PunchIn
 
     per_producer = max(1, rows // producers)
     now = int(time.time() * 1000)
@@ -151,7 +151,7 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 
 async def _measure(args: argparse.Namespace) -> dict:
-    from storage import open_store
+    from lmg.storage import open_store
 
     directory = tempfile.mkdtemp(prefix="lmg-bench-", dir=args.dir)
     rows_per_phase = (args.rows // args.producers) * args.producers or args.producers
@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.storage", description=HELP)
+    parser = argparse.ArgumentParser(prog="python -m lmg.bench.storage", description=HELP)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

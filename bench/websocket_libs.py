@@ -1,6 +1,6 @@
 """WebSocket server libraries compared on the gateway's traffic shape, in one run.
 
-Run: `python -m bench.websocket_libs [--json] [--quick]`.
+Run: `python -m lmg.bench.websocket_libs [--json] [--quick]`.
 
 Each candidate (`websockets`, `picows`, `aiohttp`) serves `/terminal` on 127.0.0.1 from
 its own subprocess under uvloop, and answers every binary message with a fixed 34-byte
@@ -428,7 +428,7 @@ class _Children:
         fd, stderr_path = tempfile.mkstemp(prefix=f"{role}-{target}-", suffix=".stderr", dir=self.stderr_dir)
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.websocket_libs", "--role", role, "--target", target, *extra,
+                sys.executable, "-m", "lmg.bench.websocket_libs", "--role", role, "--target", target, *extra,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=fd, cwd=self.repo,
             )  # fmt: skip
         finally:
@@ -721,7 +721,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.websocket_libs", description=HELP)
+    parser = argparse.ArgumentParser(prog="python -m lmg.bench.websocket_libs", description=HELP)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

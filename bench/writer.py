@@ -94,9 +94,9 @@ def _summary(latencies: list[float], seconds: float) -> dict:
 
 
 async def measure(busy_levels: list[float], seconds: float, rounds: int) -> dict:
-    from storage import open_store
-    from storage.sqlite import _write_punches
-    from storage.sqlite_writer import STATEMENT_CACHE
+    from lmg.storage import open_store
+    from lmg.storage.sqlite import _write_punches
+    from lmg.storage.sqlite_writer import STATEMENT_CACHE
 
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="lmg-bench-writer-") as work:

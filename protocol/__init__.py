@@ -4,9 +4,9 @@ Import from here: `encode`, `decode_frame`, `FrameDecoder`, the message classes,
 tables and the error tree. See docs/protocol.md for the wire format.
 """
 
-from protocol.codec import FrameDecoder, decode_frame, encode
-from protocol.codes import Capability, Direction, MessageType, ResultCode, VerifyMode, WorkerRole
-from protocol.errors import (
+from lmg.protocol.codec import FrameDecoder, decode_frame, encode
+from lmg.protocol.codes import Capability, Direction, MessageType, ResultCode, VerifyMode, WorkerRole
+from lmg.protocol.errors import (
     BadChecksum,
     EncodeError,
     FrameTooLarge,
@@ -16,7 +16,7 @@ from protocol.errors import (
     UnsupportedMessage,
     UnsupportedVersion,
 )
-from protocol.identity import is_valid_id_number
-from protocol.messages import *  # noqa: F401,F403 - the message classes are the API
-from protocol.messages import MESSAGE_CLASSES, PUNCH_RECORD_SIZE
-from protocol.schema import MAX_FRAME_SIZE, PROTOCOL_VERSION
+from lmg.protocol.identity import is_valid_id_number
+from lmg.protocol.messages import *  # noqa: F401,F403 - the message classes are the API
+from lmg.protocol.messages import MESSAGE_CLASSES, PUNCH_RECORD_SIZE
+from lmg.protocol.schema import MAX_FRAME_SIZE, PROTOCOL_VERSION

@@ -14,9 +14,9 @@ import hmac
 
 from construct import Struct
 
-from protocol.fastpath import compile_packer
-from protocol.messages import Hello
-from protocol.schema import Bytes, Text, U8
+from lmg.protocol.fastpath import compile_packer
+from lmg.protocol.messages import Hello
+from lmg.protocol.schema import Bytes, Text, U8
 
 NONCE_SIZE = 16
 SECRET_SIZE = 32

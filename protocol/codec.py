@@ -22,8 +22,8 @@ import zlib
 
 from construct import ChecksumError, ConstError, ConstructError, ListContainer
 
-from protocol.codes import FrameFlag, MessageType
-from protocol.errors import (
+from lmg.protocol.codes import FrameFlag, MessageType
+from lmg.protocol.errors import (
     BadChecksum,
     EncodeError,
     FrameTooLarge,
@@ -33,9 +33,9 @@ from protocol.errors import (
     UnsupportedMessage,
     UnsupportedVersion,
 )
-from protocol.fastpath import compile_codec, fixed_format
-from protocol.messages import BODY_SCHEMAS, MESSAGE_CLASSES, REPLY_TYPES, data_field_names
-from protocol.schema import (
+from lmg.protocol.fastpath import compile_codec, fixed_format
+from lmg.protocol.messages import BODY_SCHEMAS, MESSAGE_CLASSES, REPLY_TYPES, data_field_names
+from lmg.protocol.schema import (
     CHECKSUM,
     CHECKSUM_SIZE,
     FRAME,

@@ -12,7 +12,7 @@ wire (a field out of range), which is a bug on this side, not the peer's.
 
 from __future__ import annotations
 
-from protocol.codes import ResultCode
+from lmg.protocol.codes import ResultCode
 
 
 class ProtocolError(Exception):

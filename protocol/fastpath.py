@@ -29,8 +29,8 @@ from typing import NamedTuple
 
 from construct import Array, Bytes, Const, FixedSized, FormatField, GreedyBytes, Prefixed, Rebuild, Renamed, Struct
 
-from protocol.errors import EncodeError, MalformedBody
-from protocol.schema import FixedText, Row, Text, unwrap as _unwrap
+from lmg.protocol.errors import EncodeError, MalformedBody
+from lmg.protocol.schema import FixedText, Row, Text, unwrap as _unwrap
 
 
 class NotFastPathable(TypeError):

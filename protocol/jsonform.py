@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import typing
 
-from protocol.codes import MessageType
-from protocol.messages import BODY_SCHEMAS, MESSAGE_CLASSES
-from protocol.schema import row_of_array
+from lmg.protocol.codes import MessageType
+from lmg.protocol.messages import BODY_SCHEMAS, MESSAGE_CLASSES
+from lmg.protocol.schema import row_of_array
 
 
 def _to(value):

@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 from construct import Rebuild, Struct
 
-from protocol.codes import MessageType
-from protocol.schema import (
+from lmg.protocol.codes import MessageType
+from lmg.protocol.schema import (
     U8,
     U16,
     U32,

@@ -1,8 +1,8 @@
 """Wire building blocks: the construct vocabulary every message schema is written in.
 
-The construct schemas in `protocol.messages` (bodies) and here (frame) are the single source
+The construct schemas in `lmg.protocol.messages` (bodies) and here (frame) are the single source
 of truth for the wire format. Everything else is derived from them: the fast struct codec
-(`protocol.fastpath`), the field tables in docs/protocol.md (`protocol.spec_tables`) and
+(`lmg.protocol.fastpath`), the field tables in docs/protocol.md (`lmg.protocol.spec_tables`) and
 the size constants below. All integers are big-endian (network order).
 """
 

@@ -6,7 +6,7 @@ The document keeps hand-written prose between generated blocks:
     ...rendered here...
     <!-- end generated:NAME -->
 
-`update_document(text, vectors)` re-renders every block; `python -m protocol.spec_tables
+`update_document(text, vectors)` re-renders every block; `python -m lmg.protocol.spec_tables
 docs/protocol.md` rewrites the file, and tests/protocol/test_doc.py fails when the
 document is not what this module renders, so the doc cannot drift from the code.
 """
@@ -20,10 +20,10 @@ import zlib
 
 from construct import Bytes, Const, FormatField, Rebuild
 
-from protocol.auth import auth_mac, auth_message
-from protocol.codes import MESSAGE_DESCRIPTIONS, RESULT_DESCRIPTIONS, MessageType, ResultCode
-from protocol.messages import BODY_SCHEMAS, MESSAGE_CLASSES, PUNCH_RECORD
-from protocol.schema import (
+from lmg.protocol.auth import auth_mac, auth_message
+from lmg.protocol.codes import MESSAGE_DESCRIPTIONS, RESULT_DESCRIPTIONS, MessageType, ResultCode
+from lmg.protocol.messages import BODY_SCHEMAS, MESSAGE_CLASSES, PUNCH_RECORD
+from lmg.protocol.schema import (
     FRAME_HEADER,
     FRAME_OVERHEAD,
     HEADER_SIZE,
@@ -162,7 +162,7 @@ def checksum_example(vectors: dict[str, dict]) -> str:
 
 
 def auth_example(vectors: dict[str, dict]) -> str:
-    from protocol.jsonform import from_jsonable
+    from lmg.protocol.jsonform import from_jsonable
 
     hello = from_jsonable(vectors["hello"]["message"])
     challenge = from_jsonable(vectors["challenge"]["message"])

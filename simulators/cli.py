@@ -8,8 +8,8 @@ import time
 
 import orjson
 
-from server.cli import UsageError
-from simulators.fleet import DIALECTS, SCENARIOS
+from lmg.server.cli import UsageError
+from lmg.simulators.fleet import DIALECTS, SCENARIOS
 
 
 def register(subparsers) -> None:
@@ -52,7 +52,7 @@ def register(subparsers) -> None:
     fleet.add_argument("--dialect", choices=DIALECTS, default="lmg",
                        help="lmg (the gateway), bare (baseline server), mqtt (QoS 1 broker)")
     terminals.set_defaults(handler=run_terminals)
-    from simulators.province_cli import register_province
+    from lmg.simulators.province_cli import register_province
 
     register_province(group)
 
@@ -76,7 +76,7 @@ def source_addresses(text: str) -> list[str]:
 
 
 def run_terminals(args) -> int:
-    from server.device_cli import read_devices_csv
+    from lmg.server.cli.device import read_devices_csv
 
     host, _, port = args.target.rpartition(":")
     if not port.isdigit():
@@ -101,7 +101,7 @@ def run_terminals(args) -> int:
 async def _drive(args, host: str, port: int, devices) -> dict:
     import ssl
 
-    from simulators.terminal import DeviceCredentials, TerminalConnection, UploadTally, make_punch, upload_punches
+    from lmg.simulators.terminal import DeviceCredentials, TerminalConnection, UploadTally, make_punch, upload_punches
 
     tls = None
     if args.tls:
@@ -146,12 +146,12 @@ def run_fleet_cli(args, host: str, port: int, devices) -> int:
     """`--scenario`: run the fleet; a live display on a terminal, one JSON object with --json."""
     import uvloop
 
-    from simulators.fleet import FleetSpec, raise_fd_limit, run_fleet
+    from lmg.simulators.fleet import FleetSpec, raise_fd_limit, run_fleet
 
     if args.processes < 1:
         raise UsageError("--processes must be at least 1")
     raise_fd_limit()
-    from server.collector import tune_collector
+    from lmg.server.gateway.collector import tune_collector
 
     tune_collector()
     spec = FleetSpec(host=host, port=port, devices=[[serial, secret.hex()] for serial, secret, _ in devices],

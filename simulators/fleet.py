@@ -2,7 +2,7 @@
 
 `lmg sim terminals --scenario ...` and `lmg bench load` run this. One `Fleet` is one event
 loop holding up to ~15,000 terminals (a process may hold 20,000 descriptors); `run_fleet`
-spreads larger fleets over several processes (`python -m simulators.fleet`, a spec on
+spreads larger fleets over several processes (`python -m lmg.simulators.fleet`, a spec on
 stdin, JSON lines out) and over loopback source addresses, since one (source, destination)
 address pair offers only ~28,000 ephemeral ports.
 
@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 
 import orjson
 
-from protocol import (
+from lmg.protocol import (
     Ack,
     Auth,
     AuthResult,
@@ -59,10 +59,10 @@ from protocol import (
     decode_frame,
     encode,
 )
-from protocol.auth import auth_mac
-from protocol.codes import Capability
-from simulators import mqtt
-from simulators.terminal import worker_id_for
+from lmg.protocol.auth import auth_mac
+from lmg.protocol.codes import Capability
+from lmg.simulators import mqtt
+from lmg.simulators.terminal import worker_id_for
 
 SCENARIOS = ("rush", "idle", "backlog", "storm", "chaos")
 DIALECTS = ("lmg", "bare", "mqtt")
@@ -890,7 +890,7 @@ async def _run_processes(spec: FleetSpec, parts: list[FleetSpec], on_progress) -
         if storm:
             part.wait_for_go = True
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "simulators.fleet", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            sys.executable, "-m", "lmg.simulators.fleet", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             limit=1 << 26)
         proc.stdin.write(orjson.dumps(asdict(part)) + b"\n")
         await proc.stdin.drain()
@@ -940,7 +940,7 @@ def raise_fd_limit() -> int:
 
 
 async def _worker_main() -> None:
-    """`python -m simulators.fleet`: a FleetSpec as one JSON line on stdin; JSON lines out."""
+    """`python -m lmg.simulators.fleet`: a FleetSpec as one JSON line on stdin; JSON lines out."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 28)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -971,7 +971,7 @@ if __name__ == "__main__":
     raise_fd_limit()
     import uvloop
 
-    from server.collector import tune_collector
+    from lmg.server.gateway.collector import tune_collector
 
     tune_collector()  # the measuring tool's own GC pauses must not show up as server latency
 

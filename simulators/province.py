@@ -37,9 +37,9 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
-from protocol.identity import is_valid_id_number
-from server.forwarding import province_api as api
-from server.forwarding.province_api import ProvinceCode, ProvinceError
+from lmg.protocol.identity import is_valid_id_number
+from lmg.protocol import province as api
+from lmg.protocol.province import ProvinceCode, ProvinceError
 
 log = logging.getLogger("lmg.sim.province")
 

@@ -10,7 +10,7 @@ import sys
 
 import orjson
 
-from server.cli import UsageError
+from lmg.server.cli import UsageError
 
 
 def register_province(subparsers) -> None:
@@ -55,7 +55,7 @@ def register_province(subparsers) -> None:
 def run_serve(args) -> int:
     import logging
 
-    from simulators.province import Access, Faults, parse_allow, serve
+    from lmg.simulators.province import Access, Faults, parse_allow, serve
 
     host, sep, port = args.listen.rpartition(":")
     if not sep or not port.isdigit():
@@ -85,7 +85,7 @@ def run_serve(args) -> int:
 
 
 def run_report(args) -> int:
-    from simulators.province import report
+    from lmg.simulators.province import report
 
     try:
         summary = report(args.data_dir)
@@ -101,10 +101,10 @@ def run_report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m simulators.province_cli serve|report ...`: the same actions without `lmg sim`."""
+    """`python -m lmg.simulators.province_cli serve|report ...`: the same actions without `lmg sim`."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m simulators.province_cli")
+    parser = argparse.ArgumentParser(prog="python -m lmg.simulators.province_cli")
     register_province(parser.add_subparsers(dest="sim_command", metavar="SIMULATOR", required=True))
     args = parser.parse_args(["province", *(sys.argv[1:] if argv is None else argv)])
     try:

@@ -14,7 +14,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 
-from protocol import (
+from lmg.protocol import (
     Auth,
     AuthResult,
     Challenge,
@@ -34,9 +34,9 @@ from protocol import (
     decode_frame,
     encode,
 )
-from protocol.auth import auth_mac
-from protocol.codes import Capability
-from protocol.identity import check_digit
+from lmg.protocol.auth import auth_mac
+from lmg.protocol.codes import Capability
+from lmg.protocol.identity import check_digit
 
 
 class TerminalError(Exception):

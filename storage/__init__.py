@@ -5,7 +5,7 @@ The server uses only what is exported here: `open_store(url, data_dir=...)` retu
 the error tree come with it. See docs/storage.md for the contracts.
 """
 
-from storage.api import (
+from lmg.storage.api import (
     DUPLICATE,
     STORED,
     AuditEntry,
@@ -24,8 +24,8 @@ from storage.api import (
     Store,
     VerifyMode,
 )
-from storage.config import StoreConfig
-from storage.errors import (
+from lmg.storage.config import StoreConfig
+from lmg.storage.errors import (
     DeviceExists,
     PhotoError,
     PhotoHashMismatch,
@@ -38,7 +38,7 @@ from storage.errors import (
     StoreUrlError,
     UnknownDevice,
 )
-from storage.url import open_store, parse_store_url
+from lmg.storage.url import open_store, parse_store_url
 
 __all__ = [
     "DUPLICATE", "STORED", "AuditEntry", "Command", "CommandState", "Device", "DeviceExists",

@@ -1,7 +1,7 @@
 """The storage interface the server talks to, and the records that cross it.
 
-One abstract `Store` with two implementations (`storage.sqlite`, `storage.postgres`)
-chosen by URL in `storage.open_store`. Rules every implementation keeps:
+One abstract `Store` with two implementations (`lmg.storage.sqlite`, `lmg.storage.postgres`)
+chosen by URL in `lmg.storage.open_store`. Rules every implementation keeps:
 
 - Durable before acknowledged: `store_punches` returns only after the transaction holding
   those punches has committed (SQLite: WAL fsync with synchronous=FULL; PostgreSQL:
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 # The code tables live with the protocol; the store uses the same ones.
-from protocol.codes import Direction, VerifyMode  # noqa: F401 - re-exported by storage
+from lmg.protocol.codes import Direction, VerifyMode  # noqa: F401 - re-exported by storage
 
 U32_MAX = 0xFFFF_FFFF
 SECRET_BYTES = 32
@@ -331,7 +331,7 @@ class AuditEntry:
 class Store(abc.ABC):
     """Durable state of the gateway. One instance per process; safe for many tasks.
 
-    Open with `storage.open_store(url)`; close with `await store.close()` (or `async with`).
+    Open with `lmg.storage.open_store(url)`; close with `await store.close()` (or `async with`).
     Every method may raise `StoreUnavailable` (not committed, retry later) and
     `StoreClosed`; other raised errors are listed per method.
     """

@@ -17,12 +17,12 @@ import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from storage.api import SECRET_BYTES, SHA256_BYTES, PunchIn, PunchOutcome, Store, wall_clock_ms
-from storage.blobs import BlobStore, FileBlobStore
-from storage.config import StoreConfig
-from storage.errors import StoreClosed
-from storage.group_commit import GroupCommit
-from storage.photos import PhotoUploads
+from lmg.storage.api import SECRET_BYTES, SHA256_BYTES, PunchIn, PunchOutcome, Store, wall_clock_ms
+from lmg.storage.blobs import BlobStore, FileBlobStore
+from lmg.storage.config import StoreConfig
+from lmg.storage.errors import StoreClosed
+from lmg.storage.group_commit import GroupCommit
+from lmg.storage.photos import PhotoUploads
 
 
 class BackendStore(Store):

@@ -1,6 +1,6 @@
 """Crash-consistency probe: kill a writing process with SIGKILL, check every ack survived.
 
-    python -m storage.crash_probe write --store URL --data-dir DIR --cycle N
+    python -m lmg.storage.crash_probe write --store URL --data-dir DIR --cycle N
         writes punches forever from a few concurrent producers and prints
         "<serial> <record_no>" for each record, flushed, only AFTER store_punches
         reported it STORED or DUPLICATE (that is, after the commit).
@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from storage.api import PunchIn
+from lmg.storage.api import PunchIn
 
 RECORDS_PER_CYCLE = 1_000_000  # record_no = cycle * this + n: cycles never collide
 PRODUCERS = 8
@@ -61,7 +61,7 @@ def probe_serial(producer: int) -> str:
 
 
 async def _write_forever(url: str, data_dir: str, cycle: int, seed: int) -> None:
-    from storage.url import open_store
+    from lmg.storage.url import open_store
 
     store = await open_store(url, data_dir=data_dir)
     rng = random.Random(seed)
@@ -101,7 +101,7 @@ class CycleReport:
 async def _verify(url: str, data_dir: str, acked: set[tuple[str, int]], fresh: set[tuple[str, int]],
                   sample: int, rng: random.Random, full: bool) -> list[str]:
     """Check the acknowledged records; return what is wrong (empty if all is well)."""
-    from storage.url import open_store, parse_store_url
+    from lmg.storage.url import open_store, parse_store_url
 
     problems: list[str] = []
     store = await open_store(url, data_dir=data_dir)
@@ -169,7 +169,7 @@ def run_cycles(url: str, data_dir: str, *, cycles: int, max_run_s: float = 0.4, 
 
 def _one_cycle(url: str, data_dir: str, cycle: int, seed: int, run_s: float) -> set[tuple[str, int]]:
     """Run the writer, kill it `run_s` after its first ack; return the acknowledged keys."""
-    command = [sys.executable, "-m", "storage.crash_probe", "write", "--store", url,
+    command = [sys.executable, "-m", "lmg.storage.crash_probe", "write", "--store", url,
                "--data-dir", data_dir, "--cycle", str(cycle), "--seed", str(seed)]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -209,7 +209,7 @@ def _one_cycle(url: str, data_dir: str, cycle: int, seed: int, run_s: float) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m storage.crash_probe")
+    parser = argparse.ArgumentParser(prog="python -m lmg.storage.crash_probe")
     sub = parser.add_subparsers(dest="mode", required=True)
     write = sub.add_parser("write", help="write and acknowledge punches until killed")
     write.add_argument("--store", required=True)

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from storage.errors import StoreClosed, StoreUnavailable
+from lmg.storage.errors import StoreClosed, StoreUnavailable
 
 Record = TypeVar("Record")
 Result = TypeVar("Result")

@@ -25,9 +25,9 @@ import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from storage.api import SHA256_BYTES
-from storage.blobs import BlobStore
-from storage.errors import PhotoHashMismatch, PhotoOffsetMismatch, PhotoTooLarge
+from lmg.storage.api import SHA256_BYTES
+from lmg.storage.blobs import BlobStore
+from lmg.storage.errors import PhotoHashMismatch, PhotoOffsetMismatch, PhotoTooLarge
 
 
 class PhotoUploads:

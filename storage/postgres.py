@@ -31,18 +31,18 @@ from typing import Any
 import asyncpg
 import orjson
 
-from storage.api import (
+from lmg.storage.api import (
     DUPLICATE, STORED, AuditEntry, Command, CommandState, Device, Outcome, OutboxItem,
     OutboxStatus, Presence, Punch, PunchIn, PunchOutcome, RejectedPunch, check_device_fields,
     wall_clock_ms,
 )
-from storage.backend import (
+from lmg.storage.backend import (
     COMMAND_COLUMNS, DEVICE_COLUMNS, PUNCH_COLUMNS, REJECTED_COLUMNS, BackendStore, new_secret,
 )
-from storage.blobs import BlobStore
-from storage.config import StoreConfig
-from storage.errors import DeviceExists, StoreClosed, StoreUnavailable, UnknownDevice
-from storage.migrations import POSTGRES_LEDGER, Migration, load_migrations, plan
+from lmg.storage.blobs import BlobStore
+from lmg.storage.config import StoreConfig
+from lmg.storage.errors import DeviceExists, StoreClosed, StoreUnavailable, UnknownDevice
+from lmg.storage.migrations import POSTGRES_LEDGER, Migration, load_migrations, plan
 
 # Any number works as long as every lmg uses the same one: "LMG" "mig" in ASCII.
 _MIGRATION_LOCK = 0x4C4D47_6D6967
@@ -135,7 +135,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 class PostgresStore(BackendStore):
-    """The scale-out store. Open with `storage.open_store("postgresql://...")`."""
+    """The scale-out store. Open with `lmg.storage.open_store("postgresql://...")`."""
 
     dialect = "postgres"
 

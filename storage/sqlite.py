@@ -38,20 +38,20 @@ from typing import Any
 
 import orjson
 
-from storage.api import (
+from lmg.storage.api import (
     DUPLICATE, STORED, AuditEntry, Command, CommandState, Device, Outcome,
     OutboxItem, OutboxStatus, Presence, Punch, PunchIn, PunchOutcome, RejectedPunch,
     check_device_fields, wall_clock_ms,
 )
-from storage.backend import (
+from lmg.storage.backend import (
     COMMAND_COLUMNS, DEVICE_COLUMNS, PUNCH_COLUMNS, REJECTED_COLUMNS, BackendStore,
     new_secret,
 )
-from storage.blobs import BlobStore
-from storage.config import StoreConfig
-from storage.errors import DeviceExists, StoreClosed, StoreUnavailable, UnknownDevice
-from storage.migrations import SQLITE_LEDGER, Migration, load_migrations, plan
-from storage.sqlite_writer import ROWS_PER_STATEMENT, WriterFaults, WriterProcess, is_environmental, unavailable
+from lmg.storage.blobs import BlobStore
+from lmg.storage.config import StoreConfig
+from lmg.storage.errors import DeviceExists, StoreClosed, StoreUnavailable, UnknownDevice
+from lmg.storage.migrations import SQLITE_LEDGER, Migration, load_migrations, plan
+from lmg.storage.sqlite_writer import ROWS_PER_STATEMENT, WriterFaults, WriterProcess, is_environmental, unavailable
 
 _INSERT_REJECTED = (f"INSERT OR IGNORE INTO rejected_punches ({REJECTED_COLUMNS}) "
                     f"VALUES (?,?,?,?,?,?,?,?,?,?,?)")

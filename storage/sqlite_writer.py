@@ -43,8 +43,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from storage.config import StoreConfig
-from storage.errors import StoreClosed, StoreUnavailable
+from lmg.storage.config import StoreConfig
+from lmg.storage.errors import StoreClosed, StoreUnavailable
 
 _HEADER = struct.Struct(">I")
 # Rows per multi-row INSERT (storage/sqlite.py). One statement is one sqlite3_step;

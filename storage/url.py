@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from storage.api import Store, wall_clock_ms
-from storage.blobs import BlobStore
-from storage.config import StoreConfig
-from storage.errors import StoreUrlError
+from lmg.storage.api import Store, wall_clock_ms
+from lmg.storage.blobs import BlobStore
+from lmg.storage.config import StoreConfig
+from lmg.storage.errors import StoreUrlError
 
 DEFAULT_DATA_DIR = "lmg-data"
 DEFAULT_SQLITE_NAME = "lmg.db"
@@ -107,11 +107,11 @@ async def open_store(
     location = parse_store_url(url, data_dir)
     data_dir = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR)
     if location.dialect == "sqlite":
-        from storage.sqlite import SqliteStore
+        from lmg.storage.sqlite import SqliteStore
 
         return await SqliteStore.open(location.sqlite_path, data_dir=data_dir, config=config,
                                       clock_ms=clock_ms, blobs=blobs)
-    from storage.postgres import PostgresStore  # asyncpg is imported only when used
+    from lmg.storage.postgres import PostgresStore  # asyncpg is imported only when used
 
     return await PostgresStore.open(location, data_dir=data_dir, config=config,
                                     clock_ms=clock_ms, blobs=blobs)

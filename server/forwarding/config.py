@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass, field, fields
 from urllib.parse import urlsplit
 
-from server.config import ConfigError, gather_keys
-from server.forwarding import province_api as api
+from lmg.server.settings import ConfigError, gather_keys
+from lmg.protocol import province as api
 
 PREFIX = "forward_"
 

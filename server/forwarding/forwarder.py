@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from server.forwarding import province_api as api
-from server.forwarding.config import ForwarderConfig
-from server.forwarding.policy import (
+from lmg.protocol import province as api
+from lmg.server.forwarding.config import ForwarderConfig
+from lmg.server.forwarding.policy import (
     BreakerState,
     CircuitBreaker,
     Health,
@@ -51,8 +51,8 @@ from server.forwarding.policy import (
     failed_verdict,
     judge_answer,
 )
-from storage import OutboxItem, Store, StoreError
-from storage.api import wall_clock_ms
+from lmg.storage import OutboxItem, Store, StoreError
+from lmg.storage.api import wall_clock_ms
 
 log = logging.getLogger("lmg.forward")
 

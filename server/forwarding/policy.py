@@ -19,7 +19,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from server.forwarding import province_api as api
+from lmg.protocol import province as api
 
 
 @dataclass(frozen=True, slots=True)

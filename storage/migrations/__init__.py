@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-from storage.errors import SchemaTooNew
+from lmg.storage.errors import SchemaTooNew
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench import websocket_libs
+from lmg.bench import websocket_libs
 
 pytestmark = pytest.mark.timeout(60)
 

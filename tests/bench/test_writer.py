@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench import writer
+from lmg.bench import writer
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,9 +19,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 import atheris  # noqa: E402
 
 with atheris.instrument_imports():
-    from protocol.codec import FrameDecoder, decode_frame, reference_decode_frame
-    from protocol.errors import DOCUMENTED_ERRORS, ProtocolError
-    from protocol.messages import MESSAGE_CLASSES
+    from lmg.protocol.codec import FrameDecoder, decode_frame, reference_decode_frame
+    from lmg.protocol.errors import DOCUMENTED_ERRORS, ProtocolError
+    from lmg.protocol.messages import MESSAGE_CLASSES
 
 MAX_FRAME = 4096
 MESSAGE_TYPES = tuple(MESSAGE_CLASSES.values())

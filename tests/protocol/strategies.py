@@ -11,8 +11,8 @@ import struct
 from construct import Bytes, FormatField, Rebuild
 from hypothesis import strategies as st
 
-from protocol.messages import BODY_SCHEMAS, MESSAGE_CLASSES, data_field_names
-from protocol.schema import Blob, FixedText, Row, Text, row_of_array, unwrap
+from lmg.protocol.messages import BODY_SCHEMAS, MESSAGE_CLASSES, data_field_names
+from lmg.protocol.schema import Blob, FixedText, Row, Text, row_of_array, unwrap
 
 MAX_ROWS = 12  # enough to cover counts of 0, 1 and many without slow examples
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.codec import codec_decode, construct_decode, measure, punch_stream, struct_baseline
+from lmg.bench.codec import codec_decode, construct_decode, measure, punch_stream, struct_baseline
 
 
 def test_the_three_decoders_agree_on_the_stream():

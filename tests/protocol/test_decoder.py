@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.codec import FrameDecoder, encode
-from protocol.codes import MessageType, ResultCode
-from protocol.errors import BadChecksum, FrameTooLarge, MalformedBody, ProtocolError, UnsupportedMessage, UnsupportedVersion
-from protocol.messages import Ack, Heartbeat, Punch, PunchRecord
-from protocol.schema import FRAME_OVERHEAD, HEADER_SIZE, MAGIC, MAX_FRAME_SIZE, frame_checksum
+from lmg.protocol.codec import FrameDecoder, encode
+from lmg.protocol.codes import MessageType, ResultCode
+from lmg.protocol.errors import BadChecksum, FrameTooLarge, MalformedBody, ProtocolError, UnsupportedMessage, UnsupportedVersion
+from lmg.protocol.messages import Ack, Heartbeat, Punch, PunchRecord
+from lmg.protocol.schema import FRAME_OVERHEAD, HEADER_SIZE, MAGIC, MAX_FRAME_SIZE, frame_checksum
 
 RECORD = PunchRecord(7, 1_700_000_000_000, "11010519491231002X", 1, 1, 365, 0, bytes(32))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pathlib
 import re
 
-from protocol.codes import MessageType
-from protocol.spec_tables import generated_block_names, update_document
+from lmg.protocol.codes import MessageType
+from lmg.protocol.spec_tables import generated_block_names, update_document
 from tests.protocol.test_vectors import VECTORS
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -19,7 +19,7 @@ def doc_text() -> str:
 def test_generated_tables_are_up_to_date():
     text = doc_text()
     assert update_document(text, VECTORS) == text, (
-        "docs/protocol.md is stale: run `python -m protocol.spec_tables docs/protocol.md` and review the diff"
+        "docs/protocol.md is stale: run `python -m lmg.protocol.spec_tables docs/protocol.md` and review the diff"
     )
 
 

@@ -15,7 +15,7 @@ from construct import ConstructError, Struct
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from protocol.codec import (
+from lmg.protocol.codec import (
     BODY_ENCODERS,
     REFERENCE_ENCODERS,
     FAST_CODECS,
@@ -25,12 +25,12 @@ from protocol.codec import (
     encode,
     reference_decode_frame,
 )
-from protocol.auth import SIGNED_AUTH_MESSAGE, auth_message
-from protocol.codes import MessageType
-from protocol.errors import DOCUMENTED_ERRORS, EncodeError, MalformedBody, ProtocolError
-from protocol.fastpath import NotFastPathable, compile_codec
-from protocol.messages import MESSAGE_CLASSES, PUNCH_RECORD_SIZE, Hello, Punch, PunchBatch, PunchRecord
-from protocol.schema import HEADER_SIZE, U8, U16, Row, Text, counted_rows
+from lmg.protocol.auth import SIGNED_AUTH_MESSAGE, auth_message
+from lmg.protocol.codes import MessageType
+from lmg.protocol.errors import DOCUMENTED_ERRORS, EncodeError, MalformedBody, ProtocolError
+from lmg.protocol.fastpath import NotFastPathable, compile_codec
+from lmg.protocol.messages import MESSAGE_CLASSES, PUNCH_RECORD_SIZE, Hello, Punch, PunchBatch, PunchRecord
+from lmg.protocol.schema import HEADER_SIZE, U8, U16, Row, Text, counted_rows
 from tests.protocol.strategies import message_strategy
 
 HOT_CLASSES = [MESSAGE_CLASSES[int(t)] for t in HOT_MESSAGE_TYPES]

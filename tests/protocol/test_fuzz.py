@@ -10,9 +10,9 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.codec import FrameDecoder, encode
-from protocol.errors import DOCUMENTED_ERRORS, ProtocolError
-from protocol.messages import MESSAGE_CLASSES
+from lmg.protocol.codec import FrameDecoder, encode
+from lmg.protocol.errors import DOCUMENTED_ERRORS, ProtocolError
+from lmg.protocol.messages import MESSAGE_CLASSES
 from tests.protocol.strategies import any_message
 
 MAX_FRAME = 2048  # small maximum so oversize paths are hit often

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.identity import check_digit, is_valid_id_number
+from lmg.protocol.identity import check_digit, is_valid_id_number
 
 
 @pytest.mark.parametrize(

@@ -13,16 +13,23 @@ FORBIDDEN = {
 }
 
 
+def root(module: str) -> str:
+    """The top-level name of `module`; the project's own layers count by their name under
+    the `lmg` namespace (`lmg.storage.api` -> `storage`)."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "lmg" and len(parts) > 1 else parts[0]
+
+
 def imported_roots(path: pathlib.Path) -> set[str]:
     roots = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            roots |= {alias.name.split(".")[0] for alias in node.names}
+            roots |= {root(alias.name) for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            roots.add(node.module.split(".")[0])
+            roots.add(root(node.module))
         elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "__import__":
             if node.args and isinstance(node.args[0], ast.Constant):
-                roots.add(str(node.args[0].value).split(".")[0])
+                roots.add(root(str(node.args[0].value)))
     return roots
 
 
@@ -31,3 +38,9 @@ def test_protocol_imports_nothing_that_does_io():
     assert files
     offenders = {str(p.relative_to(PROTOCOL)): sorted(imported_roots(p) & FORBIDDEN) for p in files}
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_project_imports_count_by_their_layer():
+    assert root("lmg.storage.api") == "storage"
+    assert root("lmg.server") == "server"
+    assert root("os.path") == "os"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 
-from protocol.codec import FrameDecoder, decode_frame, encode, reference_decode_frame, reference_encode
-from protocol.errors import EncodeError
-from protocol.messages import MESSAGE_CLASSES, Ack, Punch, PunchBatch, PunchRecord, RecordResult
-from protocol.schema import MAX_FRAME_SIZE
+from lmg.protocol.codec import FrameDecoder, decode_frame, encode, reference_decode_frame, reference_encode
+from lmg.protocol.errors import EncodeError
+from lmg.protocol.messages import MESSAGE_CLASSES, Ack, Punch, PunchBatch, PunchRecord, RecordResult
+from lmg.protocol.schema import MAX_FRAME_SIZE
 from tests.protocol.strategies import message_strategy
 
 
@@ -30,7 +30,7 @@ def test_round_trip_every_message(cls, data):
 
 
 def reference_body_size(message):
-    from protocol.codec import REFERENCE_ENCODERS
+    from lmg.protocol.codec import REFERENCE_ENCODERS
 
     return REFERENCE_ENCODERS[type(message)](message)
 

@@ -9,9 +9,9 @@ import pathlib
 
 import pytest
 
-from protocol.codec import FrameDecoder, decode_frame, encode, reference_decode_frame
-from protocol.codes import MessageType
-from protocol.jsonform import from_jsonable, to_jsonable
+from lmg.protocol.codec import FrameDecoder, decode_frame, encode, reference_decode_frame
+from lmg.protocol.codes import MessageType
+from lmg.protocol.jsonform import from_jsonable, to_jsonable
 
 VECTORS_DIR = pathlib.Path(__file__).resolve().parents[1] / "vectors"
 VECTORS = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(VECTORS_DIR.glob("*.json"))}

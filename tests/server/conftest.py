@@ -26,13 +26,13 @@ from pathlib import Path
 
 import pytest
 
-from protocol import Auth, AuthResult, Challenge, FrameDecoder, Hello, ResultCode, encode
-from protocol.auth import auth_mac
-from protocol.codes import Capability
-from server.config import GatewayConfig
-from server.gateway import Gateway
-from simulators.terminal import DeviceCredentials, TerminalConnection
-from storage import Store, open_store
+from lmg.protocol import Auth, AuthResult, Challenge, FrameDecoder, Hello, ResultCode, encode
+from lmg.protocol.auth import auth_mac
+from lmg.protocol.codes import Capability
+from lmg.server.settings import GatewayConfig
+from lmg.server.gateway.gateway import Gateway
+from lmg.simulators.terminal import DeviceCredentials, TerminalConnection
+from lmg.storage import Store, open_store
 from tests import waiting
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import Store, StoreConfig, open_store
+from lmg.storage import Store, StoreConfig, open_store
 
 PG_DSN = os.environ.get("LMG_TEST_PG_DSN", "postgresql://127.0.0.1:5432/test")
 START_HINT = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"

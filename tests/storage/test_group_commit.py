@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from storage.errors import StoreClosed, StoreUnavailable
-from storage.group_commit import GroupCommit
+from lmg.storage.errors import StoreClosed, StoreUnavailable
+from lmg.storage.group_commit import GroupCommit
 
 
 class FakeBackend:

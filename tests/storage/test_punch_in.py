@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from storage import PunchIn
-from storage.backend import PUNCH_COLUMNS
+from lmg.storage import PunchIn
+from lmg.storage.backend import PUNCH_COLUMNS
 
 SHA = bytes(32)
 

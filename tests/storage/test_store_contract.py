@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from storage import (
+from lmg.storage import (
     DUPLICATE, STORED, CommandState, DeviceExists, Outcome, Presence, PunchIn, UnknownDevice,
 )
 

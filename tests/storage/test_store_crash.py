@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from storage.crash_probe import run_cycles
+from lmg.storage.crash_probe import run_cycles
 
 pytestmark = pytest.mark.slow
 

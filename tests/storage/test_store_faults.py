@@ -22,11 +22,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from storage import (
+from lmg.storage import (
     STORED, DeviceExists, Outcome, PhotoHashMismatch, PhotoOffsetMismatch, PhotoTooLarge, PunchIn,
     SchemaTooNew, StoreClosed, StoreConfig, StoreUnavailable, UnknownDevice, open_store,
 )
-from storage.sqlite import _scalar
+from lmg.storage.sqlite import _scalar
 from storage_fault_proxy import FaultProxy
 
 T0 = 1_700_000_000_000

@@ -9,11 +9,11 @@ import sqlite3
 import asyncpg
 import pytest
 
-from storage import SchemaTooNew
-from storage.migrations import load_migrations
-from storage.postgres import PostgresStore
-from storage.sqlite import SqliteStore
-from storage.url import parse_store_url
+from lmg.storage import SchemaTooNew
+from lmg.storage.migrations import load_migrations
+from lmg.storage.postgres import PostgresStore
+from lmg.storage.sqlite import SqliteStore
+from lmg.storage.url import parse_store_url
 from test_store_contract import punch
 
 # As in conftest.py; not imported from there, as other test folders have a conftest too.

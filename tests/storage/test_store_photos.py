@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from storage import PhotoHashMismatch, PhotoOffsetMismatch, PhotoTooLarge, PunchIn, StoreConfig
+from lmg.storage import PhotoHashMismatch, PhotoOffsetMismatch, PhotoTooLarge, PunchIn, StoreConfig
 
 T0 = 1_700_000_000_000
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from storage import Outcome, open_store
+from lmg.storage import Outcome, open_store
 from test_store_contract import punch
 
 pytestmark = pytest.mark.postgres
@@ -69,7 +69,7 @@ async def test_forwarders_on_two_nodes_never_claim_the_same_item(pg_urls, tmp_pa
 async def test_presence_flushes_of_two_nodes_over_the_same_devices_never_deadlock(pg_urls, tmp_path):
     """A reconnect storm moves terminals between `lmg serve --workers` processes, so two
     workers' flushes name the same devices; each used to lock rows in its own order."""
-    from storage import Presence, StoreUnavailable
+    from lmg.storage import Presence, StoreUnavailable
 
     url = pg_urls()
     a = await open_store(url, data_dir=tmp_path)

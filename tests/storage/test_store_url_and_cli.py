@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import StoreUrlError, open_store, parse_store_url
+from lmg.storage import StoreUrlError, open_store, parse_store_url
 from test_store_contract import punch
 
 REPO = Path(__file__).resolve().parents[2]

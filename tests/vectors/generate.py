@@ -15,11 +15,11 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 
-from protocol.auth import auth_mac  # noqa: E402
-from protocol.codec import encode  # noqa: E402
-from protocol.codes import Capability, Direction, MessageType, ResultCode, VerifyMode, WorkerRole  # noqa: E402
-from protocol.jsonform import to_jsonable  # noqa: E402
-from protocol.messages import *  # noqa: E402,F403
+from lmg.protocol.auth import auth_mac  # noqa: E402
+from lmg.protocol.codec import encode  # noqa: E402
+from lmg.protocol.codes import Capability, Direction, MessageType, ResultCode, VerifyMode, WorkerRole  # noqa: E402
+from lmg.protocol.jsonform import to_jsonable  # noqa: E402
+from lmg.protocol.messages import *  # noqa: E402,F403
 
 HERE = pathlib.Path(__file__).resolve().parent
 T0 = 1_763_942_400_000  # 2025-11-24 00:00:00 UTC in ms

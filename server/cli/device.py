@@ -1,0 +1,225 @@
+"""`lmg device ...`: provisioning terminals, working on the store directly.
+
+Secrets are shown once, when created or rotated (`add`, `generate` writes them to the
+CSV file for simulators, `rotate-secret`); `list` never shows them. Every change is
+written to the audit log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import getpass
+import os
+
+
+import orjson
+
+from lmg.server.cli import UsageError
+
+
+def _store_args(parser) -> None:
+    parser.add_argument("--data-dir", default=os.environ.get("LMG_DATA_DIR", "./lmg-data"),
+                        help="data directory (default ./lmg-data or LMG_DATA_DIR)")
+    parser.add_argument("--store", default=os.environ.get("LMG_STORE", ""),
+                        help="store URL (default sqlite:///<data dir>/lmg.db or LMG_STORE)")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("device", help="provision and manage terminals")
+    group = parser.add_subparsers(dest="device_command", metavar="ACTION")
+    group.required = True
+
+    add = group.add_parser("add", help="provision one device and print its secret once")
+    add.add_argument("serial")
+    add.add_argument("--project", required=True, help="project code (项目编码)")
+    add.add_argument("--region", default="620000", help="GB/T 2260 region code (default 620000, Gansu)")
+    add.add_argument("--json", action="store_true")
+    _store_args(add)
+    add.set_defaults(handler=lambda a: _run(_add, a))
+
+    gen = group.add_parser("generate", help="provision N devices and write serial,secret,project rows")
+    gen.add_argument("--count", type=int, required=True)
+    gen.add_argument("--prefix", required=True, help="serials are PREFIX000001, PREFIX000002, …")
+    gen.add_argument("--project", required=True)
+    gen.add_argument("--region", default="620000")
+    gen.add_argument("--out", required=True, help="CSV file to write (serial,secret,project)")
+    _store_args(gen)
+    gen.set_defaults(handler=lambda a: _run(_generate, a))
+
+    imp = group.add_parser("import", help="provision devices from a serial,secret,project CSV")
+    imp.add_argument("file")
+    imp.add_argument("--region", default="620000")
+    _store_args(imp)
+    imp.set_defaults(handler=lambda a: _run(_import, a))
+
+    lst = group.add_parser("list", help="list devices (never their secrets)")
+    lst.add_argument("--json", action="store_true")
+    _store_args(lst)
+    lst.set_defaults(handler=lambda a: _run(_list, a))
+
+    for name, text in (("disable", "refuse the device's connections"), ("enable", "accept the device again"),
+                       ("rotate-secret", "give the device a new secret and print it once")):
+        sub = group.add_parser(name, help=text)
+        sub.add_argument("serial")
+        sub.add_argument("--json", action="store_true")
+        _store_args(sub)
+        sub.set_defaults(handler=lambda a, n=name: _run(_change, a, n))
+
+
+def _run(fn, args, *extra) -> int:
+    return asyncio.run(_with_store(fn, args, *extra))
+
+
+async def _with_store(fn, args, *extra) -> int:
+    from lmg.storage import StoreError, open_store
+
+    try:
+        store = await open_store(args.store or None, data_dir=args.data_dir)
+    except (StoreError, ValueError) as exc:
+        raise UsageError(f"cannot open the store: {exc}") from None
+    try:
+        return await fn(store, args, *extra)
+    finally:
+        await store.close()
+
+
+def _actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+async def _add(store, args) -> int:
+    from lmg.storage import DeviceExists
+
+    try:
+        device = await store.add_device(args.serial, project_code=args.project, region_code=args.region)
+    except DeviceExists:
+        raise UsageError(f"device {args.serial} already exists; use `lmg device rotate-secret {args.serial}` for a new secret") from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    await store.audit("device_added", device.serial, {"project": args.project, "by": _actor()})
+    if args.json:
+        print(orjson.dumps({"serial": device.serial, "secret": device.secret.hex(), "project": device.project_code,
+                            "region": device.region_code}).decode())
+    else:
+        print(f"device {device.serial} added to project {device.project_code}")
+        print(f"secret (shown once, configure it on the terminal): {device.secret.hex()}")
+    return 0
+
+
+async def _generate(store, args) -> int:
+    if args.count <= 0:
+        raise UsageError("--count must be at least 1")
+    if os.path.exists(args.out):
+        raise UsageError(f"{args.out} exists; choose another --out (it would hold secrets of other devices)")
+    rows = []
+    try:
+        for i in range(1, args.count + 1):
+            device = await store.add_device(f"{args.prefix}{i:06d}", project_code=args.project, region_code=args.region)
+            rows.append((device.serial, device.secret.hex(), device.project_code))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        if rows:
+            _write_csv(args.out, rows)
+    await store.audit("devices_generated", args.prefix, {"count": len(rows), "project": args.project, "by": _actor()})
+    print(f"provisioned {len(rows)} devices; credentials in {args.out}")
+    return 0
+
+
+def _write_csv(path: str, rows) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # secrets: owner only
+    with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["serial", "secret", "project"])
+        writer.writerows(rows)
+
+
+def read_devices_csv(path: str) -> list[tuple[str, bytes, str]]:
+    """Rows of a serial,secret,project file (header optional); errors name the line."""
+    rows = []
+    try:
+        fh = open(path, newline="", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    with fh:
+        for number, row in enumerate(csv.reader(fh), start=1):
+            if not row or row[0].strip().lower() == "serial":
+                continue
+            if len(row) < 3:
+                raise UsageError(f"{path}:{number}: expected serial,secret,project")
+            serial, secret_hex, project = (c.strip() for c in row[:3])
+            try:
+                secret = bytes.fromhex(secret_hex)
+            except ValueError:
+                raise UsageError(f"{path}:{number}: secret is not hex") from None
+            if len(secret) != 32:
+                raise UsageError(f"{path}:{number}: secret must be 32 bytes (64 hex characters)")
+            rows.append((serial, secret, project))
+    return rows
+
+
+async def _import(store, args) -> int:
+    from lmg.storage import DeviceExists
+
+    added = skipped = 0
+    for serial, secret, project in read_devices_csv(args.file):
+        try:
+            await store.add_device(serial, project_code=project, region_code=args.region, secret=secret)
+            added += 1
+        except DeviceExists:
+            skipped += 1
+        except ValueError as exc:
+            raise UsageError(f"{args.file}: {exc}") from None
+    await store.audit("devices_imported", args.file, {"added": added, "skipped": skipped, "by": _actor()})
+    print(f"imported {added} devices ({skipped} already present, left unchanged)")
+    return 0
+
+
+async def _list(store, args) -> int:
+    devices, after = [], ""
+    while True:
+        page = await store.list_devices(after_serial=after, limit=1000)
+        devices += page
+        if len(page) < 1000:
+            break
+        after = page[-1].serial
+    if args.json:
+        print(orjson.dumps([{"serial": d.serial, "project": d.project_code, "region": d.region_code,
+                             "enabled": d.enabled, "online": d.online, "last_seen_ms": d.last_seen_ms,
+                             "firmware": d.firmware, "roster_version": d.roster_version} for d in devices]).decode())
+        return 0
+    print(f"{'serial':<24} {'project':<16} {'region':<7} {'enabled':<8} {'online':<7} firmware")
+    for d in devices:
+        print(f"{d.serial:<24} {d.project_code:<16} {d.region_code:<7} {str(d.enabled):<8} {str(d.online):<7} {d.firmware}")
+    return 0
+
+
+async def _change(store, args, action: str) -> int:
+    from lmg.storage import UnknownDevice
+
+    try:
+        if action == "disable":
+            await store.disable_device(args.serial)
+            result = {"serial": args.serial, "enabled": False}
+        elif action == "enable":
+            await store.enable_device(args.serial)
+            result = {"serial": args.serial, "enabled": True}
+        else:
+            secret = await store.rotate_device_secret(args.serial)
+            result = {"serial": args.serial, "secret": secret.hex()}
+    except UnknownDevice:
+        raise UsageError(f"no device {args.serial}; see `lmg device list`") from None
+    await store.audit(f"device_{action.replace('-', '_')}", args.serial, {"by": _actor()})
+    if args.json:
+        print(orjson.dumps(result).decode())
+    elif action == "rotate-secret":
+        print(f"new secret for {args.serial} (shown once): {result['secret']}")
+    else:
+        print(f"device {args.serial} {action}d")
+    return 0
+
+

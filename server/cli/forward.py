@@ -1,0 +1,178 @@
+"""`lmg forward ...`: run the forwarder alone, and look after its outbox.
+
+    lmg forward [run] --forward-url URL --forward-app-key K --forward-app-secret S
+    lmg forward status [--json]          pending, oldest_age_s, dead_letters
+    lmg forward dead-letters [--json]    records the province rejected, with its reason
+    lmg forward retry ID ... | --all     make dead letters pending again
+
+`run` works on the same store as `lmg serve` (same --data-dir / --store), beside it or
+on another machine; several forwarders on one PostgreSQL store share the work. Every
+`forward_*` key comes from flags, LMG_FORWARD_* variables or the TOML file given by
+--config (see server/forwarding/config.py for the keys and their defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+
+import orjson
+
+from lmg.server.cli import UsageError
+
+
+def _store_args(parser, suppress: bool) -> None:
+    default = (lambda value: argparse.SUPPRESS) if suppress else (lambda value: value)
+    parser.add_argument("--data-dir", default=default(os.environ.get("LMG_DATA_DIR", "./lmg-data")),
+                        help="data directory of the gateway (default ./lmg-data or LMG_DATA_DIR)")
+    parser.add_argument("--store", default=default(os.environ.get("LMG_STORE", "")),
+                        help="store URL (default sqlite:///<data dir>/lmg.db or LMG_STORE)")
+
+
+def _run_args(parser, suppress: bool) -> None:
+    from lmg.server.forwarding.config import KEYS
+
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--config", default=default, help="TOML file holding forward_* keys (also LMG_CONFIG)")
+    parser.add_argument("--log-level", default=argparse.SUPPRESS if suppress else "info",
+                        choices=("debug", "info", "warning", "error"))
+    for key, spec in KEYS.items():
+        kind = {"str": str, "int": int, "float": float}.get(spec.type, spec.type) if isinstance(spec.type, str) else spec.type
+        shown = "<hidden>" if key == "forward_app_secret" else repr(spec.default)
+        parser.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, default=default,
+                            metavar=key[len("forward_"):].upper(), help=f"(default: {shown})")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "forward", help="forward stored punches to the provincial system; outbox status and dead letters",
+        description="Without an action: run the forwarder (same as `lmg forward run`).")
+    _store_args(parser, suppress=False)
+    _run_args(parser, suppress=False)
+    parser.set_defaults(handler=run)
+    group = parser.add_subparsers(dest="forward_command", metavar="ACTION")
+
+    sub = group.add_parser("run", help="forward until SIGTERM/SIGINT")
+    _store_args(sub, suppress=True)
+    _run_args(sub, suppress=True)
+    sub.set_defaults(handler=run)
+
+    sub = group.add_parser("status", help="outbox: pending, oldest_age_s, dead_letters")
+    sub.add_argument("--json", action="store_true")
+    _store_args(sub, suppress=True)
+    sub.set_defaults(handler=lambda a: _with_store(_status, a))
+
+    sub = group.add_parser("dead-letters", help="records the province rejected as invalid, with its reason")
+    sub.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
+    sub.add_argument("--json", action="store_true", help="one JSON array")
+    _store_args(sub, suppress=True)
+    sub.set_defaults(handler=lambda a: _with_store(_dead_letters, a))
+
+    sub = group.add_parser("retry", help="send dead letters again (after fixing the cause)")
+    sub.add_argument("ids", nargs="*", type=int, metavar="ID", help="outbox ids from `lmg forward dead-letters`")
+    sub.add_argument("--all", action="store_true", help="every dead letter")
+    sub.add_argument("--json", action="store_true")
+    _store_args(sub, suppress=True)
+    sub.set_defaults(handler=lambda a: _with_store(_retry, a))
+
+
+async def _open(args):
+    from lmg.storage import StoreError, open_store
+
+    try:
+        return await open_store(args.store or None, data_dir=args.data_dir)
+    except (StoreError, ValueError, OSError) as exc:
+        raise UsageError(f"cannot open the store: {exc} (check --data-dir / --store)") from None
+
+
+def _with_store(fn, args) -> int:
+    async def main() -> int:
+        store = await _open(args)
+        try:
+            return await fn(store, args)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+async def _status(store, args) -> int:
+    from lmg.storage.api import wall_clock_ms
+
+    status = await store.outbox_status(wall_clock_ms())
+    data = {"pending": status.pending, "oldest_age_s": round(status.oldest_age_s, 3),
+            "dead_letters": status.dead_letters}
+    if args.json:
+        print(orjson.dumps(data).decode())
+    else:
+        for key, value in data.items():
+            print(f"{key:>13}: {value}")
+    return 0
+
+
+async def _dead_letters(store, args) -> int:
+    from lmg.server.forwarding.forwarder import summarize
+
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    rows = summarize(await store.list_dead_letters(limit=args.limit))
+    if args.json:
+        print(orjson.dumps(rows).decode())
+    elif not rows:
+        print("no dead letters")
+    else:
+        for row in rows:
+            print(f"{row['id']:>10}  {row['record_id']:<32} {row['reason']}")
+        print(f"{len(rows)} dead letter(s); `lmg forward retry ID ...` or `--all` sends them again")
+    return 0
+
+
+async def _retry(store, args) -> int:
+    if bool(args.ids) == bool(args.all):
+        raise UsageError("give dead-letter ids (see `lmg forward dead-letters`) or --all, not both")
+    count = await store.retry_dead_letters(None if args.all else args.ids)
+    await store.audit("dead_letters_retried", "outbox", {"ids": "all" if args.all else args.ids, "count": count})
+    if args.json:
+        print(orjson.dumps({"retried": count}).decode())
+    else:
+        print(f"{count} dead letter(s) pending again")
+    if args.ids and count < len(args.ids):
+        print(f"{len(args.ids) - count} id(s) were not dead letters (already retried, forwarded, or unknown)")
+    return 0
+
+
+def run(args) -> int:
+    from lmg.server.settings import ConfigError
+    from lmg.server.forwarding.config import KEYS, load_forwarder_config
+
+    flags = {key: getattr(args, key, None) for key in KEYS}
+    try:
+        config = load_forwarder_config(flags, config_file=getattr(args, "config", None))
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if not config.enabled():
+        raise UsageError("nothing to forward to: give --forward-url (or LMG_FORWARD_URL, or forward_url in --config)")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import uvloop
+
+    return uvloop.run(_run(args, config))
+
+
+async def _run(args, config) -> int:
+    import signal
+
+    from lmg.server.forwarding.forwarder import run_forwarder
+
+    store = await _open(args)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        stats = await run_forwarder(store, config, stop)
+        logging.getLogger("lmg.forward").info("stopped: %s", stats)
+    finally:
+        await store.close()
+    return 0

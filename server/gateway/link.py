@@ -1,0 +1,381 @@
+"""The thin glue between one transport and one `Session`: carries out the session's actions.
+
+TCP (`lmg.server.gateway.tcp`) and WebSocket (`lmg.server.gateway.websocket`) both feed a `TerminalLink`; they
+only supply four primitives (write frames, close, pause reading, resume reading) and the
+unsent-output size. Rules kept here:
+
+- Answers leave in the order frames arrived: while an action that awaits the store runs,
+  later items wait in `backlog`. Reading goes on until `HELD_ITEMS` items are held, then
+  the transport stops reading (back-pressure: a lagging store slows the terminals down
+  instead of growing buffers), so at most `HELD_ITEMS` plus one read's worth are held.
+- Consecutive punch frames are stored together: every held frame the session would
+  answer only after the store (`Session.stores`) joins one store call, and their ACKs go
+  out together once it returns. Up to `GROUPS_IN_FLIGHT` calls are in flight, with at
+  most `GROUP_RECORDS` records among them. A terminal that keeps a window of punches in
+  flight thus pays one commit per window, not one per punch. A frame of any other kind
+  ends the group and waits for it, so the seq numbers the session gives its answers stay
+  in sending order.
+- A punch is acknowledged only after the store's future (`Store.submit_punches`)
+  resolved, i.e. after commit; if the store fails, the session answers NACK
+  STORE_UNAVAILABLE and nothing is acked.
+- Output is corked: the frames one pass produces leave in one `write_frames` call
+  (one syscall on TCP). Unsent output above `max_unsent_bytes` means the peer does not
+  read: it is closed.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import functools
+import logging
+import os
+
+from lmg.protocol import FrameDecoder, ProtocolError, PunchBatch, ResultCode, decode_frame, encode
+from lmg.server.gateway.session import (
+    AppendPhoto,
+    Authenticated,
+    AuthFailed,
+    Close,
+    DeviceView,
+    LoadDevice,
+    QueryPhoto,
+    Send,
+    Session,
+    State,
+    StatusReported,
+)
+from lmg.storage import (
+    STORED,
+    Outcome,
+    PhotoHashMismatch,
+    PhotoOffsetMismatch,
+    PhotoTooLarge,
+    PunchIn,
+    StoreClosed,
+    StoreError,
+)
+
+log = logging.getLogger("lmg.link")
+
+# Items held while the store works before reading pauses: a terminal's window of punches
+# (8 in our simulator, a few in real firmware) fits, a flood does not.
+HELD_ITEMS = 64
+# Records gathered into one store call: one group-commit batch (storage default 500).
+GROUP_RECORDS = 500
+# Store calls one connection may have in flight. Frames of a window arrive over several
+# reads; with one call at a time each read after the first waited a whole commit cycle.
+# Records in flight per connection stay below GROUP_RECORDS (one group may exceed it
+# alone): an offline backlog in big batches gets no more of the store's shared queue
+# (max_queued_records) than before, so 100 terminals uploading at once are not nacked.
+GROUPS_IN_FLIGHT = 4
+
+_OUTCOME_CODES = {Outcome.STORED: int(ResultCode.OK), Outcome.DUPLICATE: int(ResultCode.DUPLICATE)}
+_OK = int(ResultCode.OK)
+I64_MAX = 2**63 - 1  # the store's time columns are signed 64-bit
+
+
+def punch_rows(serial: str, group: list) -> list:
+    """The PunchIn records of a group of StorePunches, in order.
+
+    Built with tuple.__new__, without PunchIn's argument check (a fifth of the event
+    loop's time on backlog upload): every value comes from a decoded frame, whose schema
+    bounds it, and the session set a reject reason wherever its validation found a value
+    the store would refuse. tests/server/test_link_records.py checks, for any decodable
+    batch, that the checked constructor accepts every record built here.
+    """
+    new = tuple.__new__
+    rows = []
+    append = rows.append
+    for action in group:
+        for r, reason in action.records:
+            t = r.punch_time_ms
+            if t > I64_MAX:  # a u64 on the wire, refused as TIME_IN_FUTURE; kept as the column's largest
+                t = I64_MAX
+            append(new(PunchIn, (serial, r.record_no, r.worker_id, t, r.direction, r.verify_mode,
+                                 r.temperature_dc, r.photo_sha256 if r.photo_size else None, r.photo_size,
+                                 None if reason is None else int(reason))))
+    return rows
+
+
+class TerminalLink(abc.ABC):
+    """One connection's session driver; subclasses implement the transport primitives."""
+
+    _paused = False  # reading is paused; kept by the subclasses' pause_reading/resume_reading
+
+    def __init__(self, gateway, peer_host: str, peer: str):
+        self.gateway = gateway
+        self.peer_host = peer_host
+        now = gateway.now_ms()
+        self.session = Session(peer=peer, nonce=os.urandom(16), connected_ms=now, limits=gateway.limits)
+        self.decoder = FrameDecoder(gateway.limits.max_frame_size)
+        self.backlog: list = []  # items held while busy; a list is 56 B, a deque 600+
+        self.out: list | None = None  # frames of the current pass, written by _flush
+        self.groups: list = []  # store groups in flight, oldest first (see _pump)
+        self.busy = False
+        self.closed = False
+        gateway.link_opened(self)
+
+    # -- transport primitives (subclasses) -----------------------------------------------
+    @abc.abstractmethod
+    def write_frames(self, frames: list) -> None:
+        """Queue whole frames (bytes), in order, for the peer; never blocks."""
+
+    @abc.abstractmethod
+    def unsent_bytes(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+
+    @abc.abstractmethod
+    def close_transport(self, abort: bool = False) -> None:
+        """Close after flushing (abort=True: drop unsent output at once)."""
+
+    @abc.abstractmethod
+    def pause_reading(self) -> None:
+        """Stop taking bytes from the peer until `resume_reading`."""
+
+    @abc.abstractmethod
+    def resume_reading(self) -> None:
+        """Take bytes from the peer again."""
+
+    # -- input from the transport ------------------------------------------------------
+    def bytes_received(self, data: bytes) -> None:
+        """TCP: any slice of the byte stream."""
+        self._process(self.decoder.feed(data))
+
+    def frame_received(self, data: bytes) -> None:
+        """WebSocket: one binary message, which must be exactly one frame."""
+        try:
+            item = decode_frame(data, max_frame_size=self.decoder.max_frame_size)
+        except ProtocolError as exc:
+            item = exc
+        self._process([item])
+
+    def transport_lost(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.session.state = State.CLOSED
+        self.backlog.clear()
+        self.groups.clear()
+        self.out = None
+        self.gateway.link_closed(self)
+
+    # -- the loop over items -------------------------------------------------------------
+    def _process(self, items: list) -> None:
+        backlog = self.backlog
+        backlog.extend(items)
+        if not self.busy:
+            self._pump()
+        elif len(backlog) > HELD_ITEMS:
+            self.pause_reading()
+        self._flush()
+
+    def _pump(self) -> None:
+        """Feed held items to the session until one of them must wait for an async answer.
+
+        Store requests join a new group (stored in one call) while fewer than
+        `GROUPS_IN_FLIGHT` groups are in flight; any other item waits until every group
+        before it was answered.
+        """
+        backlog, session, groups = self.backlog, self.session, self.groups
+        now = self.gateway.now_ms()
+        group: list = []
+        records = done = 0
+        in_flight = sum(entry[2] for entry in groups)
+        for item in backlog:
+            if session.stores(item):
+                size = len(item.records) if type(item) is PunchBatch else 1
+                if len(groups) >= GROUPS_IN_FLIGHT or (
+                        (records or in_flight) and in_flight + records + size > GROUP_RECORDS):
+                    break  # at most one group's worth of records at the store (one frame may exceed it)
+                action = session.receive(item, now)[0]
+                group.append(action)
+                records += len(action.records)
+                continue
+            if group or groups:
+                break  # its answer must follow the groups' ACKs
+            done += 1
+            if self._execute(session.receive(item, now)) or self.closed:
+                break
+        if self.closed:
+            return
+        if group:
+            done += len(group)
+            entry = [group, None, records]  # [StorePunches actions, the store's outcome once known, records]
+            groups.append(entry)
+            try:
+                future = self.gateway.submit_punches(punch_rows(session.serial, group))
+            except Exception as exc:  # noqa: BLE001 - a bug: answer the group, never leave it in flight
+                future = asyncio.get_running_loop().create_future()
+                future.set_exception(exc)
+            future.add_done_callback(functools.partial(self._group_stored, entry))
+        if done:
+            del backlog[:done]
+            if session.state is State.AUTHENTICATED:
+                self.gateway.seen(session.serial, now)
+        if len(backlog) > HELD_ITEMS or self.gateway.stopping:
+            self.pause_reading()
+        elif self._paused:
+            self.resume_reading()
+
+    def _execute(self, actions: list) -> bool:
+        """Carry out `actions`; True when one of them started async work (the link is busy)."""
+        for action in actions:
+            kind = type(action)
+            if kind is Send:
+                self._send(action.message)
+            elif kind is Close:
+                self._close(action)
+            elif kind is LoadDevice:
+                self._start(self._load_device(action))
+            elif kind is Authenticated:
+                self.gateway.authenticated(self, action)
+            elif kind is AuthFailed:
+                self.gateway.auth_failed(self, action)
+            elif kind is AppendPhoto:
+                self._start(self._append_photo(action))
+            elif kind is QueryPhoto:
+                self._start(self._query_photo(action))
+            elif kind is StatusReported:
+                self.gateway.status_reported(self, action.status)
+            else:  # pragma: no cover - a new action type without glue is a bug; so is a
+                # StorePunches here: those come only from items `Session.stores` admits (_pump)
+                raise TypeError(f"no glue for {action!r}")
+        return self.busy
+
+    def execute(self, actions: list) -> None:
+        """Run actions produced outside `receive` (takeover, shutdown, deadlines)."""
+        if not self.closed:
+            self._execute(actions)
+            self._flush()
+
+    def _send(self, message) -> None:
+        if self.closed:
+            return
+        frame = encode(message, max_frame_size=self.decoder.max_frame_size)
+        if self.out is None:
+            self.out = [frame]
+        else:
+            self.out.append(frame)
+
+    def _flush(self) -> None:
+        """Write the frames the current pass produced; close a peer that does not read."""
+        frames = self.out
+        if frames is None or self.closed:
+            return
+        self.out = None
+        self.write_frames(frames)
+        if self.unsent_bytes() > self.gateway.config.max_unsent_bytes:
+            self.gateway.count("slow_reader_closed")
+            self._execute(self.session.too_slow_reader())
+
+    def _close(self, action: Close) -> None:
+        if self.closed:
+            return
+        self._flush()  # answers produced before the close go first (a GOODBYE, an AUTH_RESULT)
+        if self.closed:  # the flush found a peer that does not read and closed it
+            return
+        log.debug("closing %s (%s): %s", self.session.peer, action.reason.name, action.detail)
+        self.gateway.count(f"closed_{action.reason.name.lower()}")
+        abort = action.reason is ResultCode.SERVER_BUSY  # a non-reader would never drain a graceful close
+        self.close_transport(abort=abort)
+        self.transport_lost()
+
+    # -- async actions -------------------------------------------------------------------
+    def _start(self, coroutine) -> None:
+        self.busy = True
+        self.gateway.spawn(self._finish(coroutine))
+
+    async def _finish(self, coroutine) -> None:
+        try:
+            actions = await coroutine
+        except Exception:  # noqa: BLE001 - a bug in one action must not kill the server
+            log.exception("action failed for %s", self.session.peer)
+            actions = self.session._close(ResultCode.SERVER_BUSY, "internal error")
+        self.busy = False
+        if not self.closed:
+            self._execute(actions)
+            self._pump()
+            self._flush()
+
+    async def _load_device(self, action: LoadDevice) -> list:
+        gateway = self.gateway
+        locked = gateway.guard.is_locked(self.peer_host, action.serial, gateway.now_ms())
+        device = None
+        if not locked:
+            try:
+                stored = await gateway.lookup_device(action.serial)
+            except StoreError:  # logged by the gateway, once per interval
+                return self.session._close(ResultCode.STORE_UNAVAILABLE, "device lookup failed")
+            if stored is not None:
+                device = DeviceView(stored.serial, stored.secret, stored.enabled)
+        return self.session.device_loaded(device, locked, gateway.now_ms())
+
+    def _group_stored(self, entry: list, future) -> None:
+        """The store answered a group: answer every group whose turn has come (answers are
+        made in group order, so their seq numbers are too), then go on with held items."""
+        if future.cancelled():
+            entry[1] = StoreClosed("the store was closed before this group was written")
+        elif (exc := future.exception()) is not None:
+            if not isinstance(exc, StoreError):  # a bug; StoreErrors are logged by the gateway
+                log.error("storing punches failed for %s", self.session.peer, exc_info=exc)
+            entry[1] = exc
+            self.gateway.punches_settled(entry[2], self.session.serial, exc)
+        else:
+            self.gateway.punches_settled(entry[2], self.session.serial, None)
+            outcomes = future.result()
+            if outcomes.count(STORED) == len(outcomes):  # the common case: one shared outcome object
+                entry[1] = [_OK] * len(outcomes)
+            else:
+                entry[1] = [o.reject_reason if o.status is Outcome.REJECTED else _OUTCOME_CODES[o.status]
+                            for o in outcomes]
+        if self.closed:
+            return
+        groups = self.groups
+        while groups and groups[0][1] is not None and not self.closed:
+            group, outcome, _ = groups.pop(0)
+            self._execute(self._answer_group(group, outcome))
+        if not self.closed and not self.busy and self.backlog:  # nothing held: nothing to pump
+            self._pump()
+        self._flush()
+
+    def _answer_group(self, group: list, outcome) -> list:
+        session = self.session
+        if isinstance(outcome, StoreError):
+            return [answer for action in group for answer in session.store_failed(action)]
+        if isinstance(outcome, Exception):
+            return session._close(ResultCode.SERVER_BUSY, "internal error")
+        now = self.gateway.now_ms()
+        answers = []
+        start = 0
+        for action in group:
+            end = start + len(action.records)
+            answers += session.punches_stored(action, outcome[start:end], now)
+            start = end
+        return answers
+
+    async def _append_photo(self, action: AppendPhoto) -> list:
+        chunk = action.chunk
+        try:
+            next_offset = await self.gateway.store.photo_append(
+                self.session.serial, chunk.photo_sha256, chunk.total_size, chunk.offset, chunk.data
+            )
+            result = ResultCode.OK
+        except PhotoOffsetMismatch as exc:
+            result, next_offset = ResultCode.PHOTO_OFFSET_MISMATCH, exc.expected_offset
+        except PhotoHashMismatch:
+            result, next_offset = ResultCode.PHOTO_HASH_MISMATCH, 0
+        except PhotoTooLarge:
+            result, next_offset = ResultCode.PHOTO_TOO_LARGE, 0
+        except StoreError:
+            result, next_offset = ResultCode.STORE_UNAVAILABLE, chunk.offset
+        return self.session.photo_result(chunk.photo_sha256, result, next_offset)
+
+    async def _query_photo(self, action: QueryPhoto) -> list:
+        query = action.query
+        try:
+            next_offset = await self.gateway.store.photo_status(self.session.serial, query.photo_sha256)
+            result = ResultCode.OK
+        except StoreError:
+            result, next_offset = ResultCode.STORE_UNAVAILABLE, 0
+        return self.session.photo_result(query.photo_sha256, result, next_offset)

@@ -1,0 +1,64 @@
+"""TCP transport: an asyncio.Protocol that is also the connection's TerminalLink.
+
+One object per connection and no task: an idle terminal costs the transport, this
+object, its Session and its FrameDecoder. Reading pauses while the link holds a full backlog
+(see TerminalLink) and the kernel's receive window then pushes back on the terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from lmg.server.gateway.link import TerminalLink
+
+
+class TcpLink(TerminalLink, asyncio.Protocol):
+    def __init__(self, gateway):  # TerminalLink.__init__ runs once the peer is known
+        self.gateway = gateway
+        self.transport = None
+        self.closed = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        refusal = self.gateway.admit(peer[0])
+        if refusal is not None:
+            self.closed = True
+            transport.write(self.gateway.refusal(refusal))
+            transport.close()
+            return
+        TerminalLink.__init__(self, self.gateway, peer[0], f"{peer[0]}:{peer[1]}")
+
+    def data_received(self, data: bytes) -> None:
+        if not self.closed:
+            self.bytes_received(data)
+
+    def eof_received(self):
+        return False  # close our side too
+
+    def connection_lost(self, exc) -> None:
+        if hasattr(self, "session"):
+            self.transport_lost()
+
+    # -- primitives ------------------------------------------------------------------------
+    def write_frames(self, frames: list) -> None:
+        self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def unsent_bytes(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    def close_transport(self, abort: bool = False) -> None:
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    def pause_reading(self) -> None:
+        if not self._paused and not self.transport.is_closing():
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused and not self.transport.is_closing():
+            self._paused = False
+            self.transport.resume_reading()

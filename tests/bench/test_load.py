@@ -1,0 +1,74 @@
+"""Smoke test of `lmg bench load`: the --quick machinery end to end with tiny sizes, every
+headline key present and the report written. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import uvloop
+
+from lmg.bench import load
+
+pytestmark = pytest.mark.timeout(90)
+
+TINY = dict(load_devices=4, load_s=0.5, warmup_s=0.0, idle_devices=20, storm_devices=20, backlog_devices=2,
+            backlog_records=100, backlog_batch=20, fleet_processes=1, latency_fleet_processes=2,
+            workers_devices=0)
+
+
+def test_tiny_matrix_reports_every_figure(tmp_path):
+    result = uvloop.run(load.matrix(TINY, mosquitto=True, log=lambda msg: None))
+    headline = load.headline(result)
+    for key in ("baseline_acks_per_s", "gateway_acks_per_s", "p99_ms", "rss_per_conn_kib", "storm_s",
+                "backlog_records_per_s", "mosquitto_acks_per_s", "bare_p99_ms_at_half_baseline",
+                "box_steal_pct_at_half_baseline"):
+        assert key in headline
+    assert headline["baseline_acks_per_s"] > 0 and headline["gateway_acks_per_s"] > 0
+    assert result["storm"]["complete"] and result["backlog"]["acked"] == 200
+    assert result["gateway"]["errors"] == 0 and result["gateway"]["rejected"] == 0
+    report = {"date": "today", "quick": True, "machine": load.machine(), "elapsed_s": 0, "headline": headline,
+              "result": result}
+    json.dumps(report)
+    table = load.markdown(report)
+    assert "| acked punches/s, bare baseline |" in table and "storm" in table
+    # the open-loop phases ran their fleet in two processes, and the bare server's floor is beside the gateway's
+    assert result["baseline"]["latency_at_half"]["acked"] > 0 and result["latency_at_half_baseline"]["acked"] > 0
+    assert "bare server (open loop)" in table
+    assert set(result["latency_ladder"]) == {"steps", "met_up_to_rate"}
+
+
+def test_box_share_counts_idle_and_steal():
+    before = [100, 0, 50, 1000, 10, 0, 5, 20]
+    after = [200, 0, 100, 1100, 20, 0, 10, 60]  # 100+50+100+10+5+40 = 305 ticks spent
+    share = load.box_share(before, after)
+    assert share == {"box_idle_pct": round(100 * 110 / 305, 1), "box_steal_pct": round(100 * 40 / 305, 1)}
+
+
+def _phase(p99_ms: float) -> dict:
+    return {"acks_per_s": 1.0, "latency_ms": {"p50_ms": 1.0, "p99_ms": p99_ms, "p999_ms": p99_ms}, "server_cpu_s": 0.0,
+            "sent": 1, "acked": 1, "box_idle_pct": 0.0, "box_steal_pct": 0.0}
+
+
+@pytest.mark.parametrize(("p99s", "met_at"), [
+    ([60.0, 40.0, 20.0, 10.0], 1 / 6),  # stops at the first rate that meets 25 ms
+    ([90.0, 80.0, 70.0, 60.0], None),  # none does: every step is reported
+])
+def test_latency_ladder_lowers_the_rate_until_p99_meets_the_target(monkeypatch, p99s, met_at):
+    asked: list[float] = []
+
+    async def fake_fleet_run(server, devices, **spec):
+        asked.append(spec["rate"])
+        return _phase(p99s[len(asked) - 1])
+
+    monkeypatch.setattr(load, "fleet_run", fake_fleet_run)
+    sizes = {"latency_fleet_processes": 2}
+    ladder = uvloop.run(load.latency_ladder(None, [], {}, 24_000.0, _phase(100.0), sizes, lambda msg: None))
+    assert asked == [24_000.0 * f for f in load.LADDER][:len(ladder["steps"])]
+    assert [step["latency_ms"]["p99_ms"] for step in ladder["steps"]] == p99s[:len(asked)]
+    assert ladder["met_up_to_rate"] == (round(24_000 * met_at) if met_at else None)
+
+
+def test_latency_ladder_is_empty_when_half_the_baseline_already_meets_the_target():
+    ladder = uvloop.run(load.latency_ladder(None, [], {}, 24_000.0, _phase(12.0), {}, lambda msg: None))
+    assert ladder == {"steps": [], "met_up_to_rate": 12_000}

@@ -1,0 +1,97 @@
+"""Photo upload in chunks, resumed across a reconnect, linked to its punch."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+
+from lmg.protocol import PhotoChunk, PhotoQuery, PhotoStatus, Punch, ResultCode
+from lmg.server.forwarding.config import ForwarderConfig
+from lmg.server.forwarding.forwarder import Forwarder
+from lmg.simulators.province import Access, Faults, ProvinceSimulator, held_records, report
+from lmg.simulators.terminal import make_punch
+
+from tests.server.conftest import WAIT_S, wait_for
+
+
+async def test_photo_resumes_after_a_reconnect_and_is_linked_to_its_punch(gw):
+    photo = os.urandom(70_000)  # three chunks of 32 KiB, the largest the spec recommends
+    sha = hashlib.sha256(photo).digest()
+    record = make_punch(7, 1, time.time_ns() // 1_000_000, photo=photo)
+    first = await gw.raw_authenticated()
+    first.send(Punch.of(record))
+    assert [r.result for r in (await first.receive()).results] == [ResultCode.OK]
+    first.send(PhotoChunk(7, sha, len(photo), 0, photo[:32768]))
+    status = await first.expect(PhotoStatus)
+    assert (status.photo_sha256, status.result, status.next_offset) == (sha, ResultCode.OK, 32768)
+    await first.close()
+    assert await gw.store.get_punch_photo(gw.device.serial, 7) is None
+
+    second = await gw.raw_authenticated()
+    second.send(PhotoQuery(7, sha, len(photo)))
+    status = await second.expect(PhotoStatus)
+    assert (status.result, status.next_offset) == (ResultCode.OK, 32768)
+    # a chunk at the wrong offset is told where to resume
+    second.send(PhotoChunk(7, sha, len(photo), 0, photo[:100]))
+    status = await second.expect(PhotoStatus)
+    assert (status.result, status.next_offset) == (ResultCode.PHOTO_OFFSET_MISMATCH, 32768)
+    offset = status.next_offset
+    while offset < len(photo):
+        second.send(PhotoChunk(7, sha, len(photo), offset, photo[offset : offset + 32768]))
+        status = await second.expect(PhotoStatus)
+        assert status.result == ResultCode.OK
+        offset = status.next_offset
+    assert offset == len(photo)
+    assert await gw.store.get_punch_photo(gw.device.serial, 7) == photo
+    second.send(PhotoQuery(7, sha, len(photo)))
+    assert (await second.expect(PhotoStatus)).next_offset == len(photo)
+
+
+async def test_simulator_upload_photo_resumes_with_photo_query(gw):
+    photo = os.urandom(40_000)
+    record = make_punch(8, 2, time.time_ns() // 1_000_000, photo=photo)
+    terminal = await gw.terminal()
+    reply = await terminal.request(Punch.of(record))
+    assert [r.result for r in reply.results] == [ResultCode.OK]
+    status = await terminal.upload_photo(8, photo, chunk_size=16_000)
+    assert (status.result, status.next_offset) == (ResultCode.OK, len(photo))
+    assert await gw.store.get_punch_photo(gw.device.serial, 8) == photo
+
+
+async def test_wrong_photo_bytes_are_refused_with_hash_mismatch(gw):
+    photo = os.urandom(5_000)
+    sha = hashlib.sha256(photo).digest()
+    client = await gw.raw_authenticated()
+    client.send(PhotoChunk(9, sha, len(photo), 0, os.urandom(len(photo))))
+    status = await client.expect(PhotoStatus, WAIT_S)
+    assert (status.result, status.next_offset) == (ResultCode.PHOTO_HASH_MISMATCH, 0)
+    client.send(PhotoChunk(9, sha, len(photo), 0, photo))
+    assert (await client.expect(PhotoStatus)).result == ResultCode.OK
+
+
+async def test_a_photo_uploaded_after_its_punch_was_forwarded_reaches_the_province(gw, tmp_path):
+    """End to end: the terminal sends the punch, the forwarder sends its record, then the
+    terminal uploads the photo (as the protocol orders them); the photo still reaches the
+    province, through the forwarder's late-photo sweep."""
+    province = ProvinceSimulator(tmp_path / "province", Access("e2e-app", "e2e-secret-123"), Faults(), seed=1)
+    host, port = await province.start("127.0.0.1", 0)
+    config = ForwarderConfig(url=f"http://{host}:{port}", app_key="e2e-app", app_secret="e2e-secret-123",
+                             idle_poll_s=0.05, status_interval_s=0, late_photo_s=0.2)
+    stop = asyncio.Event()
+    forwarding = asyncio.ensure_future(Forwarder(gw.store, config).run(stop))
+    try:
+        photo = os.urandom(40_000)
+        terminal = await gw.terminal()
+        reply = await terminal.request(Punch.of(make_punch(9, 3, time.time_ns() // 1_000_000, photo=photo)))
+        assert [r.result for r in reply.results] == [ResultCode.OK]
+        await wait_for(lambda: held_records(tmp_path / "province"), what="the record at the province")
+        assert report(tmp_path / "province")["photos"] == 0  # the record went without its photo
+        status = await terminal.upload_photo(9, photo, chunk_size=16_000)
+        assert (status.result, status.next_offset) == (ResultCode.OK, len(photo))
+        await wait_for(lambda: report(tmp_path / "province")["photos"] == 1, what="the photo at the province")
+    finally:
+        stop.set()
+        await asyncio.wait_for(forwarding, WAIT_S)
+        await province.stop()
