@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from lmg.server.cli import optional_modules
+import importlib
 
 # Each benchmark module exposes NAME, HELP, add_arguments(parser) and run(args) -> int.
-BENCHMARKS = ("lmg.bench.codec", "lmg.bench.storage", "lmg.bench.memory", "lmg.bench.websocket_libs", "lmg.bench.forwarding", "lmg.bench.load",
-              "lmg.bench.writer")
+BENCHMARKS = ("lmg.bench.codec", "lmg.bench.storage", "lmg.bench.memory", "lmg.bench.websocket_libs",
+              "lmg.bench.forwarding", "lmg.bench.load", "lmg.bench.writer")
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="run a benchmark (figures are ratios against a same-run baseline)")
     group = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     group.required = True
-    for module in optional_modules(BENCHMARKS):
+    for name in BENCHMARKS:
+        module = importlib.import_module(name)
         sub = group.add_parser(module.NAME, help=module.HELP)
         module.add_arguments(sub)
         sub.set_defaults(handler=module.run)

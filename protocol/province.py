@@ -2,7 +2,7 @@
 
 Both ends use this module: the forwarder (client) and `simulators/province.py`
 (server), so the two can only disagree with the document, never with each other, and
-the document's worked examples are checked against it in tests/forwarding.
+the document's worked examples are checked against it in tests/protocol/test_province.py.
 
 Rules kept here:
 
@@ -23,7 +23,9 @@ import enum
 import hashlib
 import hmac
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import orjson
 
@@ -173,9 +175,9 @@ class ProvinceError(Exception):
         return HTTP_STATUS[self.code]
 
 
-def parse_auth_headers(headers) -> RequestAuth:
+def parse_auth_headers(headers: Mapping[str, str]) -> RequestAuth:
     """Read the four headers (any case-insensitive mapping). Raises ProvinceError."""
-    values = {name: headers.get(name) for name in (HEADER_APP_KEY, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)}
+    values = {name: headers.get(name, "") for name in (HEADER_APP_KEY, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)}
     missing = [name for name, value in values.items() if not value]
     if missing:
         raise ProvinceError(ProvinceCode.BAD_SIGNATURE, f"missing header(s): {', '.join(missing)}")
@@ -261,6 +263,51 @@ class WorkerIdCipher:
 # ------------------------------------------------------------------------------- records
 
 
+class StoredPunch(Protocol):
+    """What `attendance_record` reads of a punch: a `lmg.storage.Punch` (not imported,
+    since protocol/ sits below storage; tests/protocol/test_purity.py)."""
+
+    @property
+    def device_serial(self) -> str: ...
+    @property
+    def record_no(self) -> int: ...
+    @property
+    def worker_id(self) -> str: ...
+    @property
+    def punch_time_ms(self) -> int: ...
+    @property
+    def direction(self) -> int: ...
+    @property
+    def verify_mode(self) -> int: ...
+    @property
+    def temperature_dc(self) -> int: ...
+    @property
+    def photo_sha256(self) -> bytes | None: ...
+    @property
+    def photo_size(self) -> int: ...
+    @property
+    def received_at_ms(self) -> int: ...
+
+
+class DeviceState(Protocol):
+    """What `device_status_body` reads of a device: a `lmg.storage.Device`."""
+
+    @property
+    def serial(self) -> str: ...
+    @property
+    def project_code(self) -> str: ...
+    @property
+    def region_code(self) -> str: ...
+    @property
+    def online(self) -> bool: ...
+    @property
+    def last_seen_ms(self) -> int | None: ...
+    @property
+    def firmware(self) -> str: ...
+    @property
+    def roster_version(self) -> int: ...
+
+
 def record_id(device_serial: str, record_no: int) -> str:
     """The stable identity the province deduplicates on: `<device serial>:<record_no>`.
 
@@ -271,7 +318,8 @@ def record_id(device_serial: str, record_no: int) -> str:
     return f"{device_serial}:{record_no}"
 
 
-def attendance_record(punch, project_code: str, cipher: WorkerIdCipher, gcm_nonce: bytes) -> dict:
+def attendance_record(punch: StoredPunch, project_code: str, cipher: WorkerIdCipher,
+                      gcm_nonce: bytes) -> dict[str, Any]:
     """The JSON object for one stored punch (a `lmg.storage.Punch`)."""
     rid = record_id(punch.device_serial, punch.record_no)
     return {
@@ -290,7 +338,7 @@ def attendance_record(punch, project_code: str, cipher: WorkerIdCipher, gcm_nonc
     }
 
 
-def encode_record(record: dict) -> bytes:
+def encode_record(record: dict[str, Any]) -> bytes:
     return orjson.dumps(record)
 
 
@@ -309,7 +357,7 @@ def attendance_batch_body(batch_id: str, encoded_records: list[bytes]) -> bytes:
     return b"".join((b'{"batch_id":', orjson.dumps(batch_id), b',"records":[', b",".join(encoded_records), b"]}"))
 
 
-def device_status_body(devices) -> bytes:
+def device_status_body(devices: Iterable[DeviceState]) -> bytes:
     """Body of a status request from `lmg.storage.Device` objects (at most MAX_DEVICE_STATUS)."""
     return orjson.dumps({"devices": [
         {"device_serial": d.serial, "project_code": d.project_code, "region_code": d.region_code,
@@ -323,10 +371,6 @@ def photo_target(sha256_hex: str) -> str:
     if not _SHA256_HEX_RE.fullmatch(sha256_hex):
         raise ValueError(f"photo id must be 64 lower-case hex characters, got {sha256_hex!r}")
     return PATH_PHOTOS + sha256_hex
-
-
-def error_body(code: ProvinceCode, message: str) -> bytes:
-    return orjson.dumps({"code": int(code), "message": message})
 
 
 # ------------------------------------------------------------------ reading the answers

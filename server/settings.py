@@ -1,190 +1,318 @@
-"""Gateway configuration: one flat set of keys, from defaults < TOML file < LMG_* env < flags.
+"""One settings object for a gateway node: its listeners, its sessions, its store, its forwarder.
 
-Every key has the same name everywhere: `heartbeat_interval_s` in the TOML file,
-`LMG_HEARTBEAT_INTERVAL_S` in the environment, `--heartbeat-interval-s` on the command
-line. Every limit the server enforces lives here with its default and the reason for it.
-A wrong key or value stops the start with a message that names the key and its source.
+`Settings` is four sections, each defined once, beside the code it configures:
+
+    section   class                                          keys
+    gateway   GatewaySettings (here)                         tcp, max_connections, presence_flush_s, ...
+    session   SessionLimits (server/gateway/session.py)      heartbeat_interval_s, max_batch_records, ...
+    store     StoreConfig (storage/config.py)                group_commit_max_records, sqlite_readers, ...
+    forward   ForwarderConfig (server/forwarding/config.py)  forward_url, forward_concurrency, ...
+
+Every field of a section is a key with one name used three ways: `heartbeat_interval_s` in
+the TOML file given by `--config` (or `LMG_CONFIG`), `LMG_HEARTBEAT_INTERVAL_S` in the
+environment, `--heartbeat-interval-s` on the command line. Flags win, then the
+environment, then the file, then the default. A field's `why` metadata is its reason and
+its help text (`lmg serve --help`, docs/settings.md, which tests/server/test_settings.py
+checks against this). A key's default lives only in its field.
+
+Rules: keys are unique across sections (checked at import); a wrong key or value stops
+the start with a `SettingsError` naming the key and where the value came from; secrets
+(`forward_app_secret`) are never printed. This module imports the sections, and none of
+them imports it, so there is no cycle.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import os
 import tomllib
+import typing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
+from lmg.server.forwarding.config import PREFIX as FORWARD_PREFIX
+from lmg.server.forwarding.config import ForwarderConfig
 from lmg.server.gateway.session import SessionLimits
 from lmg.storage.config import StoreConfig
+from lmg.storage.url import DEFAULT_DATA_DIR, DEFAULT_SQLITE_NAME
 
 
-class ConfigError(ValueError):
-    """A configuration key has a value the gateway cannot use; the message says which and why."""
+class SettingsError(ValueError):
+    """A setting has a value the gateway cannot use; the message says which, whence and why."""
+
+
+def key(default: Any, why: str) -> Any:
+    """A settings key of this section: its default and the reason for it."""
+    return field(default=default, metadata={"why": why})
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
-class GatewayConfig:
-    # where things are
-    data_dir: str = "./lmg-data"  # SQLite database, photos; created if missing
-    store: str = ""  # store URL; empty = sqlite:///<data_dir>/lmg.db
-    # listeners: HOST:PORT; an empty value turns the listener off
-    tcp: str = "0.0.0.0:9100"
-    ws: str = "0.0.0.0:9101"  # WebSocket, path /terminal
-    admin: str = "127.0.0.1:9180"  # /healthz and /readyz; loopback unless asked otherwise
-    tls_cert: str = ""  # PEM certificate chain; with tls_key turns TLS on for TCP and WebSocket
-    tls_key: str = ""
-    # session rules (told to terminals, see docs/protocol.md)
-    auth_timeout_s: float = 10.0
-    heartbeat_interval_s: int = 30
-    max_frame_size: int = 65536
-    max_batch_records: int = 500
-    max_future_skew_s: int = 300  # terminal clocks drift; 5 min is generous for NTP-less devices
-    max_punch_age_days: int = 30  # an outage of weeks must still upload its backlog
-    malformed_limit: int = 20  # malformed frames per minute before a session is closed
-    # connection limits
-    max_connections: int = 100_000  # all listeners together; also bounded by the fd limit
-    max_connections_per_address: int = 5_000  # a site behind NAT has tens of terminals; load tools more
-    accept_rate: float = 5_000.0  # new connections per second (token bucket); 20k reconnects in 4 s
-    accept_burst: int = 10_000
-    max_unsent_bytes: int = 256 * 1024  # per connection: ~7,000 unread ACKs, then the peer is closed
-    # the store's group commit (reasons for the defaults: storage/config.py). Raise the
-    # batch for a fleet coming back from an outage (2000: +10-20% backlog records/s in
-    # `lmg bench load`); keep it where it is for the lowest ack latency on live traffic.
-    group_commit_max_records: int = 500
-    group_commit_max_delay_ms: float = 2.0
-    # background work
-    presence_flush_s: float = 5.0  # online/last-seen written in batches this often, not per heartbeat
-    shutdown_grace_s: float = 10.0  # SIGTERM: in-flight commits and goodbyes get this long
-    log_level: str = "info"
-    # forwarding to the provincial system (docs/province-api.md); empty forward_url = off.
-    # The forwarder's tuning keys (batch size, concurrency, backoff) have the defaults in
-    # server/forwarding/config.py; `lmg forward run` takes them all as flags.
-    forward_url: str = ""
-    forward_app_key: str = ""
-    forward_app_secret: str = field(default="", repr=False)  # never logged
+class GatewaySettings:
+    """Where a node keeps its data, what it listens on, and the limits of its connections."""
+
+    data_dir: str = key("./" + DEFAULT_DATA_DIR, "data directory: the SQLite database and photos; created if missing")
+    store: str = key("", "store URL; empty means SQLite at data_dir/lmg.db; postgresql://HOST/DB?schema=NAME for "
+                         "several nodes")
+    tcp: str = key("0.0.0.0:9100", "TCP listener for terminals, HOST:PORT; empty turns it off")
+    ws: str = key("0.0.0.0:9101", "WebSocket listener for terminals (path /terminal), HOST:PORT; empty turns it off")
+    admin: str = key("127.0.0.1:9180", "admin HTTP listener (/healthz, /readyz), HOST:PORT; loopback unless asked "
+                                       "otherwise; empty turns it off")
+    tls_cert: str = key("", "PEM certificate chain; with tls_key turns TLS on for TCP and WebSocket")
+    tls_key: str = key("", "PEM private key of tls_cert")
+    max_connections: int = key(100_000, "connections on all listeners together (also bounded by the fd limit)")
+    max_connections_per_address: int = key(5_000, "connections from one address: a site behind NAT has tens of "
+                                                   "terminals, load tools more")
+    accept_rate: float = key(5_000.0, "new connections per second (token bucket): 20,000 reconnects in 4 s")
+    accept_burst: int = key(10_000, "new connections taken at once before accept_rate applies")
+    max_unsent_bytes: int = key(256 * 1024, "bytes of answers a terminal may leave unread (~7,000 ACKs); past it "
+                                            "the connection is closed")
+    # A terminal's window of punches (8 in our simulator, a few in real firmware) fits, a
+    # flood does not.
+    held_frames: int = key(64, "frames held per connection while the store works before reading pauses "
+                               "(back-pressure)")
+    # Frames of a window arrive over several reads; with one call at a time each read after
+    # the first waited a whole commit cycle. Records in flight per connection stay within
+    # one group-commit batch (one frame may exceed it alone), so an offline backlog in big
+    # batches gets no more of the store's shared queue than before and 100 terminals
+    # uploading at once are not nacked.
+    store_calls_per_connection: int = key(4, "store calls one connection may have in flight (its punches in "
+                                             "flight stay within one group-commit batch)")
+    presence_flush_s: float = key(5.0, "seconds between batched writes of online state and last-seen times (not "
+                                       "one write per heartbeat)")
+    partial_photo_sweep_s: float = key(3600.0, "seconds between deletions of partial photo uploads older than "
+                                               "photo_partial_ttl_ms")
+    shutdown_grace_s: float = key(10.0, "seconds SIGTERM gives in-flight commits, their ACKs and the GOODBYEs")
+    log_level: str = key("info", "debug, info, warning or error")
+
+    def __post_init__(self) -> None:
+        for name in ("tcp", "ws", "admin"):
+            parse_host_port(name, getattr(self, name))
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: give both paths (PEM) or neither")
+        for name in ("max_connections", "max_connections_per_address", "accept_rate", "accept_burst",
+                     "max_unsent_bytes", "held_frames", "store_calls_per_connection", "presence_flush_s",
+                     "partial_photo_sweep_s", "shutdown_grace_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ValueError(f"log_level must be {', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}, "
+                             f"got {self.log_level!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of one node; build it with `load_settings` or `Settings.from_keys`."""
+
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    session: SessionLimits = field(default_factory=SessionLimits)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    forward: ForwarderConfig = field(default_factory=ForwarderConfig)
+
+    @classmethod
+    def from_keys(cls, values: Mapping[str, Any]) -> Settings:
+        """Settings from flat keys (`{"tcp": "127.0.0.1:0", "heartbeat_interval_s": 5}`),
+        the rest at their defaults. Raises SettingsError for an unknown key or a bad value."""
+        by_section: dict[str, dict[str, Any]] = {section.name: {} for section in SECTIONS}
+        for name, value in values.items():
+            spec = KEYS.get(name)
+            if spec is None:
+                raise SettingsError(f"unknown setting {name!r}; known settings: {', '.join(KEYS)}")
+            by_section[spec.section][spec.field] = value
+        built = {}
+        for section in SECTIONS:
+            try:
+                built[section.name] = section.cls(**by_section[section.name])
+            except (TypeError, ValueError) as exc:
+                raise SettingsError(str(exc)) from None
+        return cls(**built)
 
     def store_url(self) -> str:
-        return self.store or f"sqlite:///{Path(self.data_dir).resolve() / 'lmg.db'}"
-
-    def session_limits(self) -> SessionLimits:
-        return SessionLimits(
-            auth_timeout_ms=int(self.auth_timeout_s * 1000),
-            heartbeat_interval_s=self.heartbeat_interval_s,
-            max_frame_size=self.max_frame_size,
-            max_batch_records=self.max_batch_records,
-            max_future_skew_ms=self.max_future_skew_s * 1000,
-            max_punch_age_ms=self.max_punch_age_days * 86_400_000,
-            malformed_limit=self.malformed_limit,
-        )
-
-    def store_config(self) -> StoreConfig:
-        return StoreConfig(group_commit_max_records=self.group_commit_max_records,
-                           group_commit_max_delay_ms=self.group_commit_max_delay_ms)
+        return self.gateway.store or f"sqlite:///{Path(self.gateway.data_dir).resolve() / DEFAULT_SQLITE_NAME}"
 
     def tls_enabled(self) -> bool:
-        return bool(self.tls_cert or self.tls_key)
+        return bool(self.gateway.tls_cert)
 
 
-KEYS = {f.name: f for f in fields(GatewayConfig)}
+# --- the keys, derived from the sections ------------------------------------------------------
 
 
-def _coerce(keys: dict, name: str, value, source: str):
-    kind = keys[name].type
-    kind = {"str": str, "int": int, "float": float}.get(kind, kind) if isinstance(kind, str) else kind
-    try:
-        if kind is int and not isinstance(value, bool):
-            return int(value)
-        if kind is float and not isinstance(value, bool):
-            return float(value)
-        if kind is str:
-            return str(value)
-    except (TypeError, ValueError):
-        pass
-    raise ConfigError(f"{name} = {value!r} from {source}: expected {kind.__name__}")
+@dataclass(frozen=True)
+class Section:
+    name: str  # the attribute of Settings
+    cls: type
+    prefix: str  # prepended to a field's name to make its key
 
 
-def gather_keys(keys: dict, flags: dict | None, env, config_file: str | None, *,
-                in_file=lambda key: True, known_elsewhere: frozenset = frozenset()) -> dict:
-    """Coerced values of `keys` (name -> dataclass Field) from the TOML file < LMG_* < flags.
+SECTIONS = (
+    Section("gateway", GatewaySettings, ""),
+    Section("session", SessionLimits, ""),
+    Section("store", StoreConfig, ""),
+    Section("forward", ForwarderConfig, FORWARD_PREFIX),
+)
 
-    `in_file` selects the file keys this reader owns; a selected key that is neither in
-    `keys` nor `known_elsewhere` (another reader's) is refused with the list of keys.
+_TYPES: dict[Any, type] = {str: str, int: int, float: float, bool: bool}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One settings key: where it lives, its type, its default and why."""
+
+    name: str
+    section: str
+    field: str
+    type: type
+    default: Any
+    why: str
+    secret: bool = False
+
+    @property
+    def env(self) -> str:
+        return "LMG_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def shown_default(self) -> str:
+        return "<hidden>" if self.secret else repr(self.default)
+
+    def coerce(self, value: Any, source: str) -> Any:
+        """`value` as this key's type; SettingsError naming the key and `source` if it is not one."""
+        kind = self.type
+        try:
+            if isinstance(value, bool) and kind is not bool:
+                raise TypeError
+            if kind is bool and isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError
+                return lowered in ("1", "true", "yes", "on")
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return kind(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{self.name} = {value!r} from {source}: expected {kind.__name__}") from None
+
+
+def _keys() -> dict[str, Key]:
+    keys: dict[str, Key] = {}
+    for section in SECTIONS:
+        hints = typing.get_type_hints(section.cls)
+        for spec in fields(section.cls):
+            if not spec.init:
+                continue  # derived from other fields
+            name = section.prefix + spec.name
+            if name in keys:
+                raise RuntimeError(f"settings key {name!r} is defined in sections {keys[name].section} and "
+                                   f"{section.name}")
+            if "why" not in spec.metadata:
+                raise RuntimeError(f"settings key {name!r} ({section.cls.__name__}.{spec.name}) has no reason (why)")
+            keys[name] = Key(name, section.name, spec.name, _TYPES[hints[spec.name]], spec.default,
+                             spec.metadata["why"], bool(spec.metadata.get("secret")))
+    return keys
+
+
+KEYS = _keys()
+LOCATION_KEYS = ("data_dir", "store")  # what a command that only opens the store reads
+
+
+def gather(flags: Mapping[str, Any] | None, env: Mapping[str, str], config_file: str | None,
+           names: Iterable[str] = KEYS) -> dict[str, Any]:
+    """Coerced values of the keys `names` from the TOML file < LMG_* < flags (None = not given).
+
+    Every key of the file must be a known key, even one not in `names`.
     """
-    values: dict = {}
+    wanted = set(names)
+    values: dict[str, Any] = {}
     config_file = config_file or env.get("LMG_CONFIG") or None
     if config_file:
         path = Path(config_file)
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
+            raise SettingsError(f"config file {path} does not exist") from None
+        except OSError as exc:
+            raise SettingsError(f"config file {path} cannot be read: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        for key, value in data.items():
-            if not in_file(key) or (key in known_elsewhere and key not in keys):
-                continue
-            if key not in keys:
-                raise ConfigError(f"config file {path}: unknown key {key!r}; known keys: {', '.join(keys)}")
-            values[key] = _coerce(keys, key, value, f"config file {path}")
-    for key in keys:
-        env_name = f"LMG_{key.upper()}"
-        if env_name in env:
-            values[key] = _coerce(keys, key, env[env_name], f"environment variable {env_name}")
-    for key, value in (flags or {}).items():
-        if value is not None and key in keys:
-            values[key] = _coerce(keys, key, value, f"--{key.replace('_', '-')}")
+            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+        for name, value in data.items():
+            if name not in KEYS:
+                raise SettingsError(f"config file {path}: unknown key {name!r}; `lmg serve --help` lists the keys")
+            if name in wanted:
+                values[name] = KEYS[name].coerce(value, f"config file {path}")
+    for name in wanted:
+        spec = KEYS[name]
+        if spec.env in env:
+            values[name] = spec.coerce(env[spec.env], f"environment variable {spec.env}")
+    for name, value in (flags or {}).items():
+        if value is not None and name in wanted:
+            values[name] = KEYS[name].coerce(value, KEYS[name].flag)
     return values
 
 
+def load_settings(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
+                  config_file: str | None = None, *, names: Iterable[str] = KEYS) -> Settings:
+    """Defaults < TOML file < LMG_* variables < flags, for the keys `names` (the others
+    keep their defaults); validated. Raises SettingsError."""
+    env = os.environ if env is None else env
+    return Settings.from_keys(gather(flags, env, config_file, names))
+
+
+def add_flags(parser: argparse.ArgumentParser | Any, names: Iterable[str] = KEYS, *, suppress: bool = False) -> None:
+    """One flag per key, its help the key's reason and default; values are left as given
+    (strings) for `gather` to check and name. `suppress`: no attribute when not given
+    (a subcommand repeating its parent's flags)."""
+    for name in names:
+        spec = KEYS[name]
+        parser.add_argument(spec.flag, dest=name, default=argparse.SUPPRESS if suppress else None,
+                            metavar=spec.type.__name__.upper(),
+                            help=f"{spec.why} (default: {spec.shown_default()}; {spec.env})".replace("%", "%%"))
+
+
+def flag_values(args: argparse.Namespace, names: Iterable[str] = KEYS) -> dict[str, Any]:
+    """The key flags given on the command line (None for those not given)."""
+    return {name: getattr(args, name, None) for name in names}
+
+
 def parse_host_port(name: str, value: str) -> tuple[str, int] | None:
-    """'HOST:PORT' -> (host, port); '' -> None (listener off)."""
+    """'HOST:PORT' -> (host, port); '' -> None (listener off). ValueError names the key."""
     if not value:
         return None
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{name} = {value!r}: use HOST:PORT, for example 0.0.0.0:9100 (or '' to turn it off)")
+        raise ValueError(f"{name} = {value!r}: use HOST:PORT, for example 0.0.0.0:9100 (or '' to turn it off)")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def load_config(flags: dict | None = None, env: dict | None = None, config_file: str | None = None) -> GatewayConfig:
-    """Merge defaults, the TOML file, LMG_* variables and flags (later wins); validate.
-
-    The file may also hold the forwarder's tuning keys (forward_*), read by `lmg forward`.
-    """
-    from lmg.server.forwarding.config import KEYS as FORWARDER_KEYS
-
-    env = os.environ if env is None else env
-    values = gather_keys(KEYS, flags, env, config_file, known_elsewhere=frozenset(FORWARDER_KEYS))
-    config = dataclasses.replace(GatewayConfig(), **values)
-    validate(config)
-    return config
+def settings_table() -> str:
+    """docs/settings.md's table: every key, its default, its variable and its reason."""
+    rows = ["| key | default | environment | meaning |", "|---|---|---|---|"]
+    for section in SECTIONS:
+        rows.append(f"| **{section.name}** | | | |")
+        for spec in KEYS.values():
+            if spec.section == section.name:
+                default = "(secret)" if spec.secret else f"`{spec.default!r}`"
+                rows.append(f"| `{spec.name}` | {default} | `{spec.env}` | {spec.why} |")
+    return "\n".join(rows) + "\n"
 
 
-def validate(config: GatewayConfig) -> None:
-    for name in ("tcp", "ws", "admin"):
-        parse_host_port(name, getattr(config, name))
-    if bool(config.tls_cert) != bool(config.tls_key):
-        raise ConfigError("tls_cert and tls_key go together: give both paths (PEM) or neither")
-    positive = ("auth_timeout_s", "heartbeat_interval_s", "max_batch_records", "max_connections",
-                "max_connections_per_address", "accept_rate", "accept_burst", "max_unsent_bytes",
-                "presence_flush_s", "shutdown_grace_s", "malformed_limit")
-    for name in positive:
-        if getattr(config, name) <= 0:
-            raise ConfigError(f"{name} must be greater than 0, got {getattr(config, name)!r}")
-    try:
-        config.store_config()
-    except ValueError as exc:
-        raise ConfigError(f"{exc} (group_commit_* keys)") from None
-    if not 1024 <= config.max_frame_size <= 1 << 24:
-        raise ConfigError(f"max_frame_size must be between 1024 and 16777216 bytes, got {config.max_frame_size}")
-    if config.max_batch_records * 70 + 22 > config.max_frame_size:
-        raise ConfigError(
-            f"max_batch_records = {config.max_batch_records} cannot fit in max_frame_size = {config.max_frame_size}: "
-            "lower the batch size or raise the frame size"
-        )
-    if config.log_level.lower() not in ("debug", "info", "warning", "error"):
-        raise ConfigError(f"log_level must be debug, info, warning or error, got {config.log_level!r}")
-    if config.forward_url:
-        from lmg.server.forwarding.config import ForwarderConfig
+TABLE_START, TABLE_END = "<!-- settings table: generated -->", "<!-- end of settings table -->"
 
-        ForwarderConfig.from_mapping(config)  # raises ConfigError naming the key
+
+def update_document(text: str) -> str:
+    """`text` (docs/settings.md) with the table between its markers rendered anew."""
+    head, _, rest = text.partition(TABLE_START)
+    _, _, tail = rest.partition(TABLE_END)
+    return f"{head}{TABLE_START}\n{settings_table()}{TABLE_END}{tail}"
+
+
+if __name__ == "__main__":  # python -m lmg.server.settings docs/settings.md
+    import sys
+
+    target = Path(sys.argv[1])
+    target.write_text(update_document(target.read_text(encoding="utf-8")), encoding="utf-8")

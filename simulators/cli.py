@@ -1,4 +1,10 @@
-"""`lmg sim ...`: simulated peers. `lmg sim terminals` drives devices against a gateway."""
+"""`lmg sim ...`: simulated peers. `lmg sim terminals` drives devices against a gateway.
+
+Registered into the `lmg` command (server/cli) by name; the simulators depend on the
+protocol, the storage layer and the server's public entry points only, so mistakes in
+the command line raise this module's own `UsageError` (the `lmg` command treats it as
+its own: exit status 2, one sentence).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,11 @@ import time
 
 import orjson
 
-from lmg.server.cli import UsageError
 from lmg.simulators.fleet import DIALECTS, SCENARIOS
+
+
+class UsageError(Exception):
+    """A mistake in how `lmg sim` was called; the message says how to fix it."""
 
 
 def register(subparsers) -> None:
@@ -76,12 +85,18 @@ def source_addresses(text: str) -> list[str]:
 
 
 def run_terminals(args) -> int:
-    from lmg.server.cli.device import read_devices_csv
+    from lmg.protocol.credentials import CredentialsError, parse_credentials
 
     host, _, port = args.target.rpartition(":")
     if not port.isdigit():
         raise UsageError(f"--target {args.target!r}: use HOST:PORT")
-    devices = read_devices_csv(args.devices)
+    try:
+        with open(args.devices, newline="", encoding="utf-8") as fh:
+            devices = parse_credentials(fh, args.devices)
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.devices}: {exc.strerror}") from None
+    except CredentialsError as exc:
+        raise UsageError(str(exc)) from None
     if not devices:
         raise UsageError(f"{args.devices} holds no devices")
     import uvloop
@@ -151,7 +166,7 @@ def run_fleet_cli(args, host: str, port: int, devices) -> int:
     if args.processes < 1:
         raise UsageError("--processes must be at least 1")
     raise_fd_limit()
-    from lmg.server.gateway.collector import tune_collector
+    from lmg.server.gateway import tune_collector
 
     tune_collector()
     spec = FleetSpec(host=host, port=port, devices=[[serial, secret.hex()] for serial, secret, _ in devices],

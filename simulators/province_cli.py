@@ -10,7 +10,7 @@ import sys
 
 import orjson
 
-from lmg.server.cli import UsageError
+from lmg.simulators.cli import UsageError
 
 
 def register_province(subparsers) -> None:

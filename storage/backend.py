@@ -123,20 +123,6 @@ def _check_sha(sha256: bytes) -> None:
         raise ValueError(f"photo sha256 must be {SHA256_BYTES} bytes")
 
 
-def punch_row(record: PunchIn, received_at_ms: int) -> tuple:
-    """The punches-table row of an accepted record, in column order."""
-    return (record.device_serial, record.record_no, record.worker_id, record.punch_time_ms,
-            record.direction, record.verify_mode, record.temperature_dc, record.photo_sha256,
-            record.photo_size, received_at_ms)
-
-
-def rejected_row(record: PunchIn, received_at_ms: int) -> tuple:
-    """The rejected_punches-table row of a rejected record, in column order."""
-    return (record.device_serial, record.record_no, record.worker_id, record.punch_time_ms,
-            record.direction, record.verify_mode, record.temperature_dc, record.photo_sha256,
-            record.photo_size, record.reject_reason, received_at_ms)
-
-
 PUNCH_COLUMNS = ("device_serial, record_no, worker_id, punch_time_ms, direction, verify_mode, "
                  "temperature_dc, photo_sha256, photo_size, received_at_ms")
 REJECTED_COLUMNS = ("device_serial, record_no, worker_id, punch_time_ms, direction, verify_mode, "

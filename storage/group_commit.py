@@ -79,10 +79,6 @@ class GroupCommit(Generic[Record, Result]):
         self._closing = False
         self._tasks: set[asyncio.Task] = set()
 
-    @property
-    def queued_records(self) -> int:
-        return self._queued
-
     async def submit(self, records: Sequence[Record]) -> list[Result]:
         """Queue records for the next batch; return their results after the commit.
 

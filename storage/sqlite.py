@@ -135,6 +135,14 @@ class _Readers:
 # ----------------------------------------------------------------- writer-process work
 # Module-level functions `fn(conn, *args)`: requests name them by reference (pickle).
 
+# Punches reach the writer process as plain PunchIn field tuples (see _write_punches) and
+# are read there by these positions, taken from the type rather than written as numbers:
+# the reject reason, the identity, and the row (PunchIn's fields before the reject reason
+# are the punches-table columns in order, tests/storage/test_punch_in.py checks it).
+_REJECT_REASON = PunchIn._fields.index("reject_reason")
+_ROW_END = _REJECT_REASON
+_SERIAL, _RECORD_NO = PunchIn._fields.index("device_serial"), PunchIn._fields.index("record_no")
+
 
 def _write_punches(conn: sqlite3.Connection, records: list[tuple], now_ms: int) -> list[PunchOutcome]:
     """One group-commit batch, inside the writer's transaction; one outcome per record.
@@ -148,12 +156,13 @@ def _write_punches(conn: sqlite3.Connection, records: list[tuple], now_ms: int) 
     extend = params.extend
     rejected: list[tuple] = []
     append = params.append
+    reason_at, row_end = _REJECT_REASON, _ROW_END
     for r in records:
-        if r[9] is None:  # reject_reason
-            extend(r[:9])  # PunchIn's first nine fields are the row's columns in order
+        if r[reason_at] is None:
+            extend(r[:row_end])
             append(now_ms)
         else:
-            rejected.append((*r[:10], now_ms))  # PunchIn fields are the table's columns in order
+            rejected.append((*r, now_ms))  # every PunchIn field is a rejected_punches column, in order
     accepted = len(params) // _PUNCH_FIELDS
     inserted = 0
     watermark = 0
@@ -176,10 +185,10 @@ def _write_punches(conn: sqlite3.Connection, records: list[tuple], now_ms: int) 
     outcomes: list[PunchOutcome] = []
     seen: set[tuple[str, int]] = set()
     for r in records:
-        if r[9] is not None:  # reject_reason
-            outcomes.append(PunchOutcome(Outcome.REJECTED, r[9]))
+        if r[_REJECT_REASON] is not None:
+            outcomes.append(PunchOutcome(Outcome.REJECTED, r[_REJECT_REASON]))
             continue
-        key = (r[0], r[1])  # device_serial, record_no
+        key = (r[_SERIAL], r[_RECORD_NO])
         if key in seen or (added is not None and key not in added):
             outcomes.append(DUPLICATE)
         else:
@@ -215,7 +224,10 @@ def _rowcount_many(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[A
 
 
 def _lastrowid(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> int:
-    return conn.execute(sql, params).lastrowid
+    rowid = conn.execute(sql, params).lastrowid
+    if rowid is None:  # sqlite3 gives None only for a statement that is not an INSERT
+        raise RuntimeError(f"not an INSERT: {sql}")
+    return rowid
 
 
 def _scalar(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -269,10 +281,6 @@ def _command(row: tuple) -> Command:
 def _outbox_item(row: tuple) -> OutboxItem:
     return OutboxItem(id=row[0], attempts=row[1], next_attempt_at_ms=row[2], last_error=row[3],
                       created_at_ms=row[4], dead=row[5] == "dead", punch=Punch(*row[6:]))
-
-
-def _ids_json(ids: Sequence[int]) -> str:
-    return orjson.dumps([int(i) for i in ids]).decode()
 
 
 class SqliteStore(BackendStore):

@@ -1,4 +1,4 @@
-"""Admin HTTP listener (loopback by default): /healthz and /readyz.
+"""The admin HTTP listener (loopback by default): /healthz and /readyz.
 
 A deliberately tiny HTTP/1.1 responder on asyncio streams: two GET endpoints do not
 justify a web framework. Requests are bounded (8 KiB of headers, 5 s to send them).
@@ -7,6 +7,7 @@ justify a web framework. Requests are bounded (8 KiB of headers, 5 s to send the
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 
@@ -23,6 +24,7 @@ async def start_admin(gateway, host: str, port: int):
             return
         parts = head.split(b"\r\n", 1)[0].split()
         method, path = (parts[0], parts[1].split(b"?")[0]) if len(parts) >= 2 else (b"", b"")
+        body: dict[str, Any]
         if method != b"GET":
             status, body = 405, {"error": "only GET is served here"}
         elif path == b"/healthz":

@@ -12,17 +12,10 @@ import csv
 import getpass
 import os
 
-
 import orjson
 
-from lmg.server.cli import UsageError
-
-
-def _store_args(parser) -> None:
-    parser.add_argument("--data-dir", default=os.environ.get("LMG_DATA_DIR", "./lmg-data"),
-                        help="data directory (default ./lmg-data or LMG_DATA_DIR)")
-    parser.add_argument("--store", default=os.environ.get("LMG_STORE", ""),
-                        help="store URL (default sqlite:///<data dir>/lmg.db or LMG_STORE)")
+from lmg.protocol.credentials import CredentialsError, format_credentials, parse_credentials
+from lmg.server.cli import UsageError, add_store_options, open_store_from
 
 
 def register(subparsers) -> None:
@@ -34,8 +27,7 @@ def register(subparsers) -> None:
     add.add_argument("serial")
     add.add_argument("--project", required=True, help="project code (项目编码)")
     add.add_argument("--region", default="620000", help="GB/T 2260 region code (default 620000, Gansu)")
-    add.add_argument("--json", action="store_true")
-    _store_args(add)
+    add_store_options(add)
     add.set_defaults(handler=lambda a: _run(_add, a))
 
     gen = group.add_parser("generate", help="provision N devices and write serial,secret,project rows")
@@ -44,26 +36,24 @@ def register(subparsers) -> None:
     gen.add_argument("--project", required=True)
     gen.add_argument("--region", default="620000")
     gen.add_argument("--out", required=True, help="CSV file to write (serial,secret,project)")
-    _store_args(gen)
+    add_store_options(gen, json=False)
     gen.set_defaults(handler=lambda a: _run(_generate, a))
 
     imp = group.add_parser("import", help="provision devices from a serial,secret,project CSV")
     imp.add_argument("file")
     imp.add_argument("--region", default="620000")
-    _store_args(imp)
+    add_store_options(imp, json=False)
     imp.set_defaults(handler=lambda a: _run(_import, a))
 
     lst = group.add_parser("list", help="list devices (never their secrets)")
-    lst.add_argument("--json", action="store_true")
-    _store_args(lst)
+    add_store_options(lst)
     lst.set_defaults(handler=lambda a: _run(_list, a))
 
     for name, text in (("disable", "refuse the device's connections"), ("enable", "accept the device again"),
                        ("rotate-secret", "give the device a new secret and print it once")):
         sub = group.add_parser(name, help=text)
         sub.add_argument("serial")
-        sub.add_argument("--json", action="store_true")
-        _store_args(sub)
+        add_store_options(sub)
         sub.set_defaults(handler=lambda a, n=name: _run(_change, a, n))
 
 
@@ -72,12 +62,7 @@ def _run(fn, args, *extra) -> int:
 
 
 async def _with_store(fn, args, *extra) -> int:
-    from lmg.storage import StoreError, open_store
-
-    try:
-        store = await open_store(args.store or None, data_dir=args.data_dir)
-    except (StoreError, ValueError) as exc:
-        raise UsageError(f"cannot open the store: {exc}") from None
+    store = await open_store_from(args)
     try:
         return await fn(store, args, *extra)
     finally:
@@ -119,7 +104,7 @@ async def _generate(store, args) -> int:
     try:
         for i in range(1, args.count + 1):
             device = await store.add_device(f"{args.prefix}{i:06d}", project_code=args.project, region_code=args.region)
-            rows.append((device.serial, device.secret.hex(), device.project_code))
+            rows.append((device.serial, device.secret, device.project_code))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     finally:
@@ -133,40 +118,24 @@ async def _generate(store, args) -> int:
 def _write_csv(path: str, rows) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # secrets: owner only
     with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["serial", "secret", "project"])
-        writer.writerows(rows)
+        csv.writer(fh).writerows(format_credentials(rows))
 
 
-def read_devices_csv(path: str) -> list[tuple[str, bytes, str]]:
-    """Rows of a serial,secret,project file (header optional); errors name the line."""
-    rows = []
+def _read_csv(path: str) -> list[tuple[str, bytes, str]]:
     try:
-        fh = open(path, newline="", encoding="utf-8")
+        with open(path, newline="", encoding="utf-8") as fh:
+            return parse_credentials(fh, path)
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    with fh:
-        for number, row in enumerate(csv.reader(fh), start=1):
-            if not row or row[0].strip().lower() == "serial":
-                continue
-            if len(row) < 3:
-                raise UsageError(f"{path}:{number}: expected serial,secret,project")
-            serial, secret_hex, project = (c.strip() for c in row[:3])
-            try:
-                secret = bytes.fromhex(secret_hex)
-            except ValueError:
-                raise UsageError(f"{path}:{number}: secret is not hex") from None
-            if len(secret) != 32:
-                raise UsageError(f"{path}:{number}: secret must be 32 bytes (64 hex characters)")
-            rows.append((serial, secret, project))
-    return rows
+    except CredentialsError as exc:
+        raise UsageError(str(exc)) from None
 
 
 async def _import(store, args) -> int:
     from lmg.storage import DeviceExists
 
     added = skipped = 0
-    for serial, secret, project in read_devices_csv(args.file):
+    for serial, secret, project in _read_csv(args.file):
         try:
             await store.add_device(serial, project_code=project, region_code=args.region, secret=secret)
             added += 1

@@ -16,80 +16,55 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 
 import orjson
 
-from lmg.server.cli import UsageError
+from lmg.server.cli import UsageError, add_store_options, open_store_from, store_settings
+from lmg.server.settings import KEYS, add_flags
 
-
-def _store_args(parser, suppress: bool) -> None:
-    default = (lambda value: argparse.SUPPRESS) if suppress else (lambda value: value)
-    parser.add_argument("--data-dir", default=default(os.environ.get("LMG_DATA_DIR", "./lmg-data")),
-                        help="data directory of the gateway (default ./lmg-data or LMG_DATA_DIR)")
-    parser.add_argument("--store", default=default(os.environ.get("LMG_STORE", "")),
-                        help="store URL (default sqlite:///<data dir>/lmg.db or LMG_STORE)")
-
-
-def _run_args(parser, suppress: bool) -> None:
-    from lmg.server.forwarding.config import KEYS
-
-    default = argparse.SUPPRESS if suppress else None
-    parser.add_argument("--config", default=default, help="TOML file holding forward_* keys (also LMG_CONFIG)")
-    parser.add_argument("--log-level", default=argparse.SUPPRESS if suppress else "info",
-                        choices=("debug", "info", "warning", "error"))
-    for key, spec in KEYS.items():
-        kind = {"str": str, "int": int, "float": float}.get(spec.type, spec.type) if isinstance(spec.type, str) else spec.type
-        shown = "<hidden>" if key == "forward_app_secret" else repr(spec.default)
-        parser.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, default=default,
-                            metavar=key[len("forward_"):].upper(), help=f"(default: {shown})")
+FORWARD_KEYS = tuple(name for name, spec in KEYS.items() if spec.section == "forward")
+RUN_KEYS = ("log_level", *FORWARD_KEYS)
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "forward", help="forward stored punches to the provincial system; outbox status and dead letters",
         description="Without an action: run the forwarder (same as `lmg forward run`).")
-    _store_args(parser, suppress=False)
-    _run_args(parser, suppress=False)
+    _run_options(parser, suppress=False)
     parser.set_defaults(handler=run)
     group = parser.add_subparsers(dest="forward_command", metavar="ACTION")
 
     sub = group.add_parser("run", help="forward until SIGTERM/SIGINT")
-    _store_args(sub, suppress=True)
-    _run_args(sub, suppress=True)
+    _run_options(sub, suppress=True)
     sub.set_defaults(handler=run)
 
     sub = group.add_parser("status", help="outbox: pending, oldest_age_s, dead_letters")
-    sub.add_argument("--json", action="store_true")
-    _store_args(sub, suppress=True)
+    add_store_options(sub, suppress=True)
     sub.set_defaults(handler=lambda a: _with_store(_status, a))
 
     sub = group.add_parser("dead-letters", help="records the province rejected as invalid, with its reason")
     sub.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
-    sub.add_argument("--json", action="store_true", help="one JSON array")
-    _store_args(sub, suppress=True)
+    add_store_options(sub, suppress=True)
     sub.set_defaults(handler=lambda a: _with_store(_dead_letters, a))
 
     sub = group.add_parser("retry", help="send dead letters again (after fixing the cause)")
     sub.add_argument("ids", nargs="*", type=int, metavar="ID", help="outbox ids from `lmg forward dead-letters`")
     sub.add_argument("--all", action="store_true", help="every dead letter")
-    sub.add_argument("--json", action="store_true")
-    _store_args(sub, suppress=True)
+    add_store_options(sub, suppress=True)
     sub.set_defaults(handler=lambda a: _with_store(_retry, a))
 
 
-async def _open(args):
-    from lmg.storage import StoreError, open_store
-
-    try:
-        return await open_store(args.store or None, data_dir=args.data_dir)
-    except (StoreError, ValueError, OSError) as exc:
-        raise UsageError(f"cannot open the store: {exc} (check --data-dir / --store)") from None
+def _run_options(parser, suppress: bool) -> None:
+    """The store location, --config and every forward_* key (`lmg forward` and `lmg forward run`)."""
+    add_store_options(parser, json=False, suppress=suppress)
+    parser.add_argument("--config", default=argparse.SUPPRESS if suppress else None,
+                        help="TOML file with settings keys (also LMG_CONFIG)")
+    add_flags(parser, RUN_KEYS, suppress=suppress)
 
 
 def _with_store(fn, args) -> int:
     async def main() -> int:
-        store = await _open(args)
+        store = await open_store_from(args)
         try:
             return await fn(store, args)
         finally:
@@ -113,7 +88,7 @@ async def _status(store, args) -> int:
 
 
 async def _dead_letters(store, args) -> int:
-    from lmg.server.forwarding.forwarder import summarize
+    from lmg.server.forwarding import summarize
 
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
@@ -144,28 +119,21 @@ async def _retry(store, args) -> int:
 
 
 def run(args) -> int:
-    from lmg.server.settings import ConfigError
-    from lmg.server.forwarding.config import KEYS, load_forwarder_config
-
-    flags = {key: getattr(args, key, None) for key in KEYS}
-    try:
-        config = load_forwarder_config(flags, config_file=getattr(args, "config", None))
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-    if not config.enabled():
+    settings = store_settings(args, RUN_KEYS)
+    if not settings.forward.enabled():
         raise UsageError("nothing to forward to: give --forward-url (or LMG_FORWARD_URL, or forward_url in --config)")
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.gateway.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvloop
 
-    return uvloop.run(_run(args, config))
+    return uvloop.run(_run(args, settings.forward))
 
 
 async def _run(args, config) -> int:
     import signal
 
-    from lmg.server.forwarding.forwarder import run_forwarder
+    from lmg.server.forwarding import run_forwarder
 
-    store = await _open(args)
+    store = await open_store_from(args)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -247,7 +247,9 @@ class Forwarder:
         """Split in claim (id) order so that no batch exceeds batch_records or batch_bytes."""
         limit_records, limit_bytes = self.config.batch_records, self.config.batch_bytes
         id_room = api.BATCH_ID_MAX_CHARS
-        batches, current, size = [], [], 0
+        batches: list[list[_Entry]] = []
+        current: list[_Entry] = []
+        size = 0
         for entry in entries:
             grown = api.batch_body_size("x" * id_room, size + len(entry.encoded), len(current) + 1)
             if current and (len(current) >= limit_records or grown > limit_bytes):
@@ -331,9 +333,8 @@ class Forwarder:
                 # our lease could run out mid-request and another forwarder send these too
                 verdict = failed_verdict([e.rid for e in entries], "not sent: lease nearly over", Health.NEUTRAL)
                 return await self._settle(entries, verdict, retry_at=now)
-            verdict = await self._send_photos(entries)
-            if verdict is None:
-                verdict = await self._post_batch(entries)
+            photo_failure = await self._send_photos(entries)
+            verdict = photo_failure if photo_failure is not None else await self._post_batch(entries)
         self._report_health(verdict.health)
         return await self._settle(entries, verdict)
 
@@ -357,6 +358,7 @@ class Forwarder:
                                      timestamp_ms=self.clock_ms(), nonce=os.urandom(16).hex())
         headers["Content-Type"] = content_type
         self.stats.requests += 1
+        assert self._session is not None, "requests are made only while run() holds a session"
         try:
             async with self._session.request(method, url, data=body, headers=headers) as response:
                 return response.status, await response.read(), response.headers.get("Retry-After")

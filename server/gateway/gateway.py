@@ -1,16 +1,21 @@
 """The gateway process: listeners, the session registry, timers, presence and shutdown.
 
 `Gateway` owns everything shared by the connections; `TerminalLink`s (one per
-connection, see server/link.py) call back into it. Timers are two loop-wide tasks (the
-deadline wheel and the presence flush), not one per connection. Ordered shutdown:
-stop accepting, let in-flight store calls finish and send their ACKs, tell every session
-GOODBYE SHUTTING_DOWN, flush presence, close the store, all within `shutdown_grace_s`.
+connection, see link.py) call back into it, and it asks them (never their sessions) to
+time out, hand over or say goodbye. Its parts, each in a module of its own:
+admission (connection limits, accept rate), the lockout guard, the device lookup, the
+deadline wheel and the presence book. Timers are loop-wide tasks (deadline wheel,
+presence flush, partial-photo sweep), not one per connection.
+
+Ordered shutdown, all within `shutdown_grace_s`: stop accepting and stop the forwarder;
+stop reading; let in-flight store calls finish and send their ACKs (the links report when
+they have settled, no polling); tell every session GOODBYE SHUTTING_DOWN; flush presence;
+close the listeners.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import os
@@ -19,69 +24,62 @@ import signal
 import ssl
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from lmg.protocol import DeviceStatus, Goodbye, ResultCode, encode
-from lmg.server.settings import GatewayConfig, parse_host_port
+from lmg.server.gateway.admission import AcceptRate, Admission
 from lmg.server.gateway.deadlines import DeadlineWheel
 from lmg.server.gateway.devices import DeviceLookup
 from lmg.server.gateway.lockout import AuthGuard
+from lmg.server.gateway.presence import PresenceBook
 from lmg.server.gateway.session import Authenticated, AuthFailed
-from lmg.storage import Presence, Store, StoreError, open_store
+from lmg.server.settings import Settings, parse_host_port
+from lmg.storage import Device, Store, StoreError, open_store
+
+if TYPE_CHECKING:
+    from lmg.server.gateway.link import TerminalLink
 
 log = logging.getLogger("lmg.gateway")
 
 STORE_FAILURE_LOG_S = 5.0  # at most one "store failed" warning this often
-SHUTDOWN_POLL_S = 0.01  # how often shutdown checks that the links' commits are done
 
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class AcceptRate:
-    """Token bucket for new connections: `rate` per second, bursts of `burst`."""
-
-    def __init__(self, rate: float, burst: int, now: float):
-        self.rate, self.burst, self.tokens, self.stamp = rate, burst, float(burst), now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
 class Gateway:
-    def __init__(self, config: GatewayConfig, store: Store, *, clock_ms=wall_ms, forwarding=None):
-        """`forwarding`: the ForwarderConfig to run when config.forward_url is set (`lmg
-        serve` reads its tuning keys, see forwarding.config.for_gateway); None: built from
-        `config` alone, the tuning keys at their defaults."""
-        self.config = config
-        self.forwarding = forwarding
+    def __init__(self, settings: Settings, store: Store, *, clock_ms: Callable[[], int] = wall_ms):
+        self.settings = settings
         self.store = store
         self.now_ms = clock_ms
-        self.limits = config.session_limits()
+        self.limits = settings.session
+        gateway = settings.gateway
+        # Read by every link on every pass: kept as plain attributes.
+        self.max_unsent_bytes = gateway.max_unsent_bytes
+        self.held_frames = gateway.held_frames
+        self.store_calls_per_connection = gateway.store_calls_per_connection
+        self.group_records = settings.store.group_commit_max_records
+        self.admission = Admission(gateway.max_connections, gateway.max_connections_per_address,
+                                   AcceptRate(gateway.accept_rate, gateway.accept_burst, time.monotonic()))
         self.guard = AuthGuard()
         self.wheel = DeadlineWheel()
-        self.sessions: dict[str, object] = {}  # serial -> authenticated link
-        self.links: set = set()
-        self.per_address: Counter = Counter()
-        self.accept_rate = AcceptRate(config.accept_rate, config.accept_burst, time.monotonic())
-        self.counters: Counter = Counter()
-        self.presence: dict[str, Presence] = {}  # state changes since the last flush
-        self.heard: dict[str, int] = {}  # serial -> ms last heard since the last flush (see `seen`)
-        self.firmware: dict[str, str] = {}
-        self.tasks: set[asyncio.Task] = set()
-        self.servers: list = []
+        self.presence = PresenceBook()
+        self.sessions: dict[str, TerminalLink] = {}  # serial -> authenticated link
+        self.links: set[TerminalLink] = set()
+        self.counters: Counter[str] = Counter()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.servers: list[Any] = []
         self.listening: dict[str, tuple[str, int]] = {}
         self.store_writable = True
         self._store_failure_logged = -STORE_FAILURE_LOG_S  # monotonic s of the last warning
         self._store_failures_unlogged = 0
         self.stopping = False
-        self._background: list[asyncio.Task] = []
-        self._forwarder: asyncio.Task | None = None
+        self._unsettled: set[TerminalLink] = set()  # links shutdown waits for
+        self._settled: asyncio.Future[None] | None = None
+        self._background: list[asyncio.Task[Any]] = []
+        self._forwarder: asyncio.Task[Any] | None = None
         self._forward_stop = asyncio.Event()
         self.reuse_port = False  # SO_REUSEPORT: several `lmg serve --workers` processes share the ports
 
@@ -91,51 +89,47 @@ class Gateway:
 
     def admit(self, peer_host: str) -> ResultCode | None:
         """None if a new connection from `peer_host` may proceed, else why not."""
-        if self.stopping:
-            return ResultCode.SHUTTING_DOWN
-        if len(self.links) >= self.config.max_connections:
-            return ResultCode.SERVER_BUSY
-        if self.per_address[peer_host] >= self.config.max_connections_per_address:
-            return ResultCode.SERVER_BUSY
-        if not self.accept_rate.take(time.monotonic()):
-            return ResultCode.RATE_LIMITED
-        return None
+        return self.admission.refusal(peer_host, self.stopping, time.monotonic())
 
     def refusal(self, reason: ResultCode) -> bytes:
         """The GOODBYE a refused connection gets before it is closed."""
         self.count(f"refused_{reason.name.lower()}")
         return encode(Goodbye(reason, 10, 1))
 
-    def link_opened(self, link) -> None:
+    def link_opened(self, link: TerminalLink) -> None:
         self.links.add(link)
-        self.per_address[link.peer_host] += 1
+        self.admission.opened(link.peer_host)
         self.count("connections_opened")
-        self.wheel.add(link, link.session.deadline_ms())
+        self.wheel.add(link, link.deadline_ms())
 
-    def link_closed(self, link) -> None:
+    def link_closed(self, link: TerminalLink) -> None:
         self.links.discard(link)
-        self.per_address[link.peer_host] -= 1
-        if self.per_address[link.peer_host] <= 0:
-            del self.per_address[link.peer_host]
-        serial = link.session.serial
+        self.admission.closed(link.peer_host)
+        serial = link.serial
         if serial and self.sessions.get(serial) is link:
             del self.sessions[serial]
-            self._note_presence(serial, self.now_ms(), False)
+            self.presence.note(serial, self.now_ms(), False)
+        self.link_settled(link)
 
-    def authenticated(self, link, action: Authenticated) -> None:
+    def link_settled(self, link: TerminalLink) -> None:
+        """While stopping: `link` has nothing in flight any more (or is closed)."""
+        self._unsettled.discard(link)
+        if not self._unsettled and self._settled is not None and not self._settled.done():
+            self._settled.set_result(None)
+
+    def authenticated(self, link: TerminalLink, action: Authenticated) -> None:
         older = self.sessions.get(action.serial)
         if older is not None and older is not link:
             self.count("takeovers")
-            older.execute(older.session.taken_over())
+            older.take_over()
         self.sessions[action.serial] = link
         # the heartbeat grace may end before the auth deadline the link is filed under
-        self.wheel.add(link, link.session.deadline_ms())
+        self.wheel.add(link, link.deadline_ms())
         self.guard.succeeded(link.peer_host, action.serial)
-        self.firmware[action.serial] = action.firmware
-        self._note_presence(action.serial, self.now_ms(), True, firmware=action.firmware)
+        self.presence.note(action.serial, self.now_ms(), True, firmware=action.firmware)
         self.count("authenticated")
 
-    def auth_failed(self, link, action: AuthFailed) -> None:
+    def auth_failed(self, link: TerminalLink, action: AuthFailed) -> None:
         now = self.now_ms()
         # a terminal retrying while locked out is audited but does not lengthen its own lock
         newly_locked = [] if action.reason is ResultCode.LOCKED_OUT else self.guard.failed(link.peer_host, action.serial, now)
@@ -144,28 +138,18 @@ class Gateway:
         self.spawn(self._audit("auth_failed", action.serial, detail, link.peer_host))
 
     def seen(self, serial: str, now_ms: int) -> None:
-        """An authenticated terminal was heard at `now_ms`. Called on every pass of every
-        link, so it only stores the time; the Presence is built at the flush."""
-        self.heard[serial] = now_ms
+        """An authenticated terminal was heard at `now_ms` (every pass of every link)."""
+        self.presence.seen(serial, now_ms)
 
-    def status_reported(self, link, status: DeviceStatus) -> None:
-        self._note_presence(link.session.serial, self.now_ms(), True, roster_version=status.roster_version)
+    def status_reported(self, serial: str | None, status: DeviceStatus) -> None:
+        if serial is not None:
+            self.presence.note(serial, self.now_ms(), True, roster_version=status.roster_version)
 
-    def _note_presence(self, serial: str, now_ms: int, online: bool, firmware: str | None = None,
-                       roster_version: int | None = None) -> None:
-        """Queue presence for the next flush, keeping the firmware/roster version not flushed yet."""
-        pending = self.presence.get(serial)
-        if pending is not None:
-            firmware = pending.firmware if firmware is None else firmware
-            roster_version = pending.roster_version if roster_version is None else roster_version
-        self.presence[serial] = Presence(serial, now_ms, online, firmware, roster_version)
-
-    def submit_punches(self, records) -> asyncio.Future:
+    def submit_punches(self, records: list[Any]) -> asyncio.Future[Any]:
         """Join the store's group commit; a future of one outcome per record (or the
         StoreError). No task per call: a busy gateway stores tens of thousands of small
         groups a second. The link reports the outcome back through `punches_settled`
-        (one done-callback per group, not two). Shutdown waits for these through the
-        links' `groups`."""
+        (one done-callback per group, not two), and shutdown waits for the links to settle."""
         return self.store.submit_punches(records)
 
     def punches_settled(self, count: int, serial: str, exc: BaseException | None) -> None:
@@ -178,11 +162,11 @@ class Gateway:
             self.count("store_failures")
             self.warn_store_failure(f"store failed for {count} records from {serial}: {exc}")
 
-    async def lookup_device(self, serial: str):
+    async def lookup_device(self, serial: str) -> Device | None:
         """The provisioned device (storage `Device`) or None; raises StoreError.
 
-        Lookups arriving together share one store read (server/devices.py); nothing is
-        cached, so a device disabled or rotated meanwhile is seen at its next HELLO.
+        Lookups arriving together share one store read (devices.py); nothing is cached,
+        so a device disabled or rotated meanwhile is seen at its next HELLO.
         """
         try:
             return await self.device_lookup.get(serial)
@@ -207,13 +191,13 @@ class Gateway:
         self._store_failure_logged, self._store_failures_unlogged = now, 0
         log.warning("%s%s", message, f" ({more} more store failures since the last warning)" if more else "")
 
-    def spawn(self, coroutine) -> asyncio.Task:
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
 
-    async def _audit(self, event: str, subject: str, detail: dict, address: str) -> None:
+    async def _audit(self, event: str, subject: str, detail: dict[str, Any], address: str) -> None:
         try:
             await self.store.audit(event, subject, detail, address)
         except StoreError as exc:
@@ -228,47 +212,47 @@ class Gateway:
             for link in dict.fromkeys(self.wheel.due(now)):  # filed twice after auth: handle and refile once
                 if link.closed:
                     continue
-                link.execute(link.session.tick(now))
+                link.tick(now)
                 if not link.closed:
-                    self.wheel.add(link, link.session.deadline_ms())
+                    self.wheel.add(link, link.deadline_ms())
 
-    async def _presence_loop(self) -> None:
+    async def _every(self, interval_s: float, work: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         while True:
-            await asyncio.sleep(self.config.presence_flush_s)
-            await self.flush_presence()
-
-    def _take_presence(self) -> list[Presence]:
-        """What the next flush writes: the state changes, with the times terminals were
-        heard since (`seen`) merged in; a device gone offline stays offline."""
-        heard, self.heard = self.heard, {}
-        pending, self.presence = self.presence, {}
-        for serial, heard_ms in heard.items():
-            change = pending.get(serial)
-            if change is None:
-                pending[serial] = Presence(serial, heard_ms, True)
-            elif change.online and heard_ms > change.last_seen_ms:
-                pending[serial] = dataclasses.replace(change, last_seen_ms=heard_ms)
-        return list(pending.values())
+            await asyncio.sleep(interval_s)
+            await work()
 
     async def flush_presence(self) -> None:
-        if not self.presence and not self.heard:
+        if not self.presence:
             return
-        batch = self._take_presence()
+        batch = self.presence.take()
         try:
             await self.store.update_presence(batch)
             self.count("presence_flushes")
         except StoreError as exc:
             log.warning("presence flush of %d devices failed: %s", len(batch), exc)
-            for item in batch:  # keep the newest state for the next try
-                self.presence.setdefault(item.serial, item)
+            self.presence.give_back(batch)
+
+    async def prune_partial_photos(self) -> int:
+        """Delete partial photo uploads nobody continued for `photo_partial_ttl_ms`."""
+        try:
+            pruned = await self.store.prune_partial_photos(self.now_ms())
+        except StoreError as exc:
+            log.warning("pruning partial photo uploads failed: %s", exc)
+            return 0
+        if pruned:
+            log.info("deleted %d partial photo uploads older than %d h", pruned,
+                     self.settings.store.photo_partial_ttl_ms // 3_600_000)
+            self.count("partial_photos_pruned", pruned)
+        return pruned
 
     # -- listeners ------------------------------------------------------------------------
     def ssl_context(self) -> ssl.SSLContext | None:
-        if not self.config.tls_enabled():
+        gateway = self.settings.gateway
+        if not self.settings.tls_enabled():
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        context.load_cert_chain(gateway.tls_cert, gateway.tls_key)
         return context
 
     async def start(self) -> None:
@@ -277,31 +261,34 @@ class Gateway:
         from lmg.server.gateway.websocket import start_websocket
 
         raise_fd_limit()
+        settings = self.settings.gateway
         context = self.ssl_context()
         loop = asyncio.get_running_loop()
-        tcp = parse_host_port("tcp", self.config.tcp)
+        tcp = parse_host_port("tcp", settings.tcp)
         if tcp:
             server = await loop.create_server(lambda: TcpLink(self), tcp[0], tcp[1], ssl=context, backlog=4096,
                                               reuse_port=self.reuse_port)
             self.servers.append(server)
             self.listening["tcp"] = server.sockets[0].getsockname()[:2]
-        ws = parse_host_port("ws", self.config.ws)
+        ws = parse_host_port("ws", settings.ws)
         if ws:
             server = await start_websocket(self, ws[0], ws[1], context)
             self.servers.append(server)
             self.listening["ws"] = server.sockets[0].getsockname()[:2]
-        admin = parse_host_port("admin", self.config.admin)
+        admin = parse_host_port("admin", settings.admin)
         if admin:
             server = await start_admin(self, admin[0], admin[1])
             self.servers.append(server)
             self.listening["admin"] = server.sockets[0].getsockname()[:2]
-        self._background = [loop.create_task(self._deadline_loop()), loop.create_task(self._presence_loop())]
-        if self.config.forward_url:
-            from lmg.server.forwarding.config import ForwarderConfig
-            from lmg.server.forwarding.forwarder import run_forwarder
+        self._background = [
+            loop.create_task(self._deadline_loop()),
+            loop.create_task(self._every(settings.presence_flush_s, self.flush_presence)),
+            loop.create_task(self._every(settings.partial_photo_sweep_s, self.prune_partial_photos)),
+        ]
+        if self.settings.forward.enabled():
+            from lmg.server.forwarding import run_forwarder
 
-            forwarding = self.forwarding or ForwarderConfig.from_mapping(self.config)
-            self._forwarder = loop.create_task(run_forwarder(self.store, forwarding, self._forward_stop))
+            self._forwarder = loop.create_task(run_forwarder(self.store, self.settings.forward, self._forward_stop))
 
     async def ready(self) -> tuple[bool, str]:
         """Readiness: listeners up and the store answering and writable."""
@@ -322,35 +309,45 @@ class Gateway:
         if self.stopping:
             return
         self.stopping = True
-        deadline = time.monotonic() + self.config.shutdown_grace_s
+        deadline = time.monotonic() + self.settings.gateway.shutdown_grace_s
+
+        def remaining() -> float:
+            return max(0.1, deadline - time.monotonic())
+
         for server in self.servers:
             server.close()
         if self._forwarder is not None:
             self._forward_stop.set()
             try:
-                await asyncio.wait_for(asyncio.shield(self._forwarder), max(0.1, deadline - time.monotonic()))
+                await asyncio.wait_for(asyncio.shield(self._forwarder), remaining())
             except asyncio.TimeoutError:
                 self._forwarder.cancel()  # its claimed items return to the outbox when the lease ends
         # Nothing more is read; every frame already received is answered (its commit
         # finishes, held frames are stored after it) before anyone is told goodbye.
         for link in list(self.links):
             link.pause_reading()
-        while time.monotonic() < deadline and any(link.groups or link.busy for link in self.links):
-            await asyncio.sleep(SHUTDOWN_POLL_S)
+        self._unsettled = {link for link in self.links if not link.settled()}
+        if self._unsettled:
+            self._settled = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._settled), deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                log.warning("%d connections still had punches at the store when shutdown_grace_s ended",
+                            len(self._unsettled))
         pending = [t for t in self.tasks if not t.done()]
         if pending:
-            await asyncio.wait(pending, timeout=max(0.1, deadline - time.monotonic()))
+            await asyncio.wait(pending, timeout=remaining())
         for link in list(self.links):
-            link.execute(link.session.shutdown())
+            link.shut_down()
         for task in self._background:
             task.cancel()
         try:
-            await asyncio.wait_for(self.flush_presence(), max(0.1, deadline - time.monotonic()))
+            await asyncio.wait_for(self.flush_presence(), remaining())
         except asyncio.TimeoutError:
             log.warning("presence flush did not finish before the shutdown deadline")
         for server in self.servers:
             try:
-                await asyncio.wait_for(server.wait_closed(), max(0.1, deadline - time.monotonic()))
+                await asyncio.wait_for(server.wait_closed(), remaining())
             except asyncio.TimeoutError:
                 log.warning("a listener did not finish closing within shutdown_grace_s; exiting anyway")
         leftover = [t for t in self.tasks if not t.done()]
@@ -366,12 +363,11 @@ def raise_fd_limit() -> int:
     return hard
 
 
-async def serve(config: GatewayConfig, *, ready_file: str | None = None, reuse_port: bool = False,
-                forwarding=None) -> int:
-    """Run the gateway until SIGTERM/SIGINT; returns the exit status. `forwarding`: see Gateway."""
-    os.makedirs(config.data_dir, exist_ok=True)
-    store = await open_store(config.store_url(), data_dir=config.data_dir, config=config.store_config())
-    gateway = Gateway(config, store, forwarding=forwarding)
+async def serve(settings: Settings, *, ready_file: str | None = None, reuse_port: bool = False) -> int:
+    """Run the gateway until SIGTERM/SIGINT; returns the exit status."""
+    os.makedirs(settings.gateway.data_dir, exist_ok=True)
+    store = await open_store(settings.store_url(), data_dir=settings.gateway.data_dir, config=settings.store)
+    gateway = Gateway(settings, store)
     gateway.reuse_port = reuse_port
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,26 +1,32 @@
 """The thin glue between one transport and one `Session`: carries out the session's actions.
 
-TCP (`lmg.server.gateway.tcp`) and WebSocket (`lmg.server.gateway.websocket`) both feed a `TerminalLink`; they
-only supply four primitives (write frames, close, pause reading, resume reading) and the
-unsent-output size. Rules kept here:
+TCP (`lmg.server.gateway.tcp`) and WebSocket (`lmg.server.gateway.websocket`) both feed a
+`TerminalLink`; they only supply four primitives (write frames, close, pause reading,
+resume reading) and the unsent-output size. Rules kept here:
 
+- The session owns its state: the link calls its public methods and carries out the
+  actions they return (a closed set, `session.Action`; `_execute` handles every kind and
+  a type checker proves it). The gateway, in turn, asks the link (`take_over`, `tick`,
+  `shut_down`), never the session.
 - Answers leave in the order frames arrived: while an action that awaits the store runs,
-  later items wait in `backlog`. Reading goes on until `HELD_ITEMS` items are held, then
+  later items wait in `backlog`. Reading goes on until `held_frames` items are held, then
   the transport stops reading (back-pressure: a lagging store slows the terminals down
-  instead of growing buffers), so at most `HELD_ITEMS` plus one read's worth are held.
-- Consecutive punch frames are stored together: every held frame the session would
-  answer only after the store (`Session.stores`) joins one store call, and their ACKs go
-  out together once it returns. Up to `GROUPS_IN_FLIGHT` calls are in flight, with at
-  most `GROUP_RECORDS` records among them. A terminal that keeps a window of punches in
-  flight thus pays one commit per window, not one per punch. A frame of any other kind
-  ends the group and waits for it, so the seq numbers the session gives its answers stay
-  in sending order.
+  instead of growing buffers), so at most `held_frames` plus one read's worth are held.
+- Consecutive punch frames are stored together: every held frame the session counts as
+  records to store (`Session.records_to_store`) joins one store call, and their ACKs go
+  out together once it returns. Up to `store_calls_per_connection` calls are in flight,
+  with at most one group-commit batch of records (`group_commit_max_records`) among them.
+  A terminal that keeps a window of punches in flight thus pays one commit per window,
+  not one per punch. A frame of any other kind ends the group and waits for it, so the
+  seq numbers the session gives its answers stay in sending order.
 - A punch is acknowledged only after the store's future (`Store.submit_punches`)
   resolved, i.e. after commit; if the store fails, the session answers NACK
   STORE_UNAVAILABLE and nothing is acked.
 - Output is corked: the frames one pass produces leave in one `write_frames` call
   (one syscall on TCP). Unsent output above `max_unsent_bytes` means the peer does not
   read: it is closed.
+- While the gateway stops, a link tells it (`Gateway.link_settled`) when its last store
+  call was answered and nothing awaits, so shutdown waits on that, not on a poll.
 """
 
 from __future__ import annotations
@@ -30,9 +36,11 @@ import asyncio
 import functools
 import logging
 import os
+from typing import TYPE_CHECKING, Any, assert_never
 
-from lmg.protocol import FrameDecoder, ProtocolError, PunchBatch, ResultCode, decode_frame, encode
+from lmg.protocol import FrameDecoder, ProtocolError, ResultCode, decode_frame, encode
 from lmg.server.gateway.session import (
+    Action,
     AppendPhoto,
     Authenticated,
     AuthFailed,
@@ -44,6 +52,7 @@ from lmg.server.gateway.session import (
     Session,
     State,
     StatusReported,
+    StorePunches,
 )
 from lmg.storage import (
     STORED,
@@ -56,36 +65,27 @@ from lmg.storage import (
     StoreError,
 )
 
-log = logging.getLogger("lmg.link")
+if TYPE_CHECKING:
+    from lmg.server.gateway.gateway import Gateway
 
-# Items held while the store works before reading pauses: a terminal's window of punches
-# (8 in our simulator, a few in real firmware) fits, a flood does not.
-HELD_ITEMS = 64
-# Records gathered into one store call: one group-commit batch (storage default 500).
-GROUP_RECORDS = 500
-# Store calls one connection may have in flight. Frames of a window arrive over several
-# reads; with one call at a time each read after the first waited a whole commit cycle.
-# Records in flight per connection stay below GROUP_RECORDS (one group may exceed it
-# alone): an offline backlog in big batches gets no more of the store's shared queue
-# (max_queued_records) than before, so 100 terminals uploading at once are not nacked.
-GROUPS_IN_FLIGHT = 4
+log = logging.getLogger("lmg.link")
 
 _OUTCOME_CODES = {Outcome.STORED: int(ResultCode.OK), Outcome.DUPLICATE: int(ResultCode.DUPLICATE)}
 _OK = int(ResultCode.OK)
 I64_MAX = 2**63 - 1  # the store's time columns are signed 64-bit
 
 
-def punch_rows(serial: str, group: list) -> list:
+def punch_rows(serial: str, group: list[StorePunches]) -> list[PunchIn]:
     """The PunchIn records of a group of StorePunches, in order.
 
     Built with tuple.__new__, without PunchIn's argument check (a fifth of the event
     loop's time on backlog upload): every value comes from a decoded frame, whose schema
     bounds it, and the session set a reject reason wherever its validation found a value
-    the store would refuse. tests/server/test_link_records.py checks, for any decodable
+    the store would refuse. tests/server/gateway/test_link_records.py checks, for any decodable
     batch, that the checked constructor accepts every record built here.
     """
     new = tuple.__new__
-    rows = []
+    rows: list[PunchIn] = []
     append = rows.append
     for action in group:
         for r, reason in action.records:
@@ -98,27 +98,39 @@ def punch_rows(serial: str, group: list) -> list:
     return rows
 
 
+class StoreGroup:
+    """One store call of a link: the StorePunches it holds, their record count, and the
+    store's answer once known (a list of result codes, or the exception)."""
+
+    __slots__ = ("requests", "records", "outcome")
+
+    def __init__(self, requests: list[StorePunches], records: int):
+        self.requests = requests
+        self.records = records
+        self.outcome: list[int] | BaseException | None = None
+
+
 class TerminalLink(abc.ABC):
     """One connection's session driver; subclasses implement the transport primitives."""
 
     _paused = False  # reading is paused; kept by the subclasses' pause_reading/resume_reading
 
-    def __init__(self, gateway, peer_host: str, peer: str):
+    def __init__(self, gateway: Gateway, peer_host: str, peer: str):
         self.gateway = gateway
         self.peer_host = peer_host
         now = gateway.now_ms()
         self.session = Session(peer=peer, nonce=os.urandom(16), connected_ms=now, limits=gateway.limits)
         self.decoder = FrameDecoder(gateway.limits.max_frame_size)
-        self.backlog: list = []  # items held while busy; a list is 56 B, a deque 600+
-        self.out: list | None = None  # frames of the current pass, written by _flush
-        self.groups: list = []  # store groups in flight, oldest first (see _pump)
+        self.backlog: list[Any] = []  # items held while busy; a list is 56 B, a deque 600+
+        self.out: list[bytes] | None = None  # frames of the current pass, written by _flush
+        self.groups: list[StoreGroup] = []  # store calls in flight, oldest first (see _pump)
         self.busy = False
         self.closed = False
         gateway.link_opened(self)
 
     # -- transport primitives (subclasses) -----------------------------------------------
     @abc.abstractmethod
-    def write_frames(self, frames: list) -> None:
+    def write_frames(self, frames: list[bytes]) -> None:
         """Queue whole frames (bytes), in order, for the peer; never blocks."""
 
     @abc.abstractmethod
@@ -137,6 +149,33 @@ class TerminalLink(abc.ABC):
     def resume_reading(self) -> None:
         """Take bytes from the peer again."""
 
+    # -- what the gateway asks of a link -------------------------------------------------
+    @property
+    def serial(self) -> str | None:
+        """The device's serial once it said HELLO."""
+        return self.session.serial
+
+    def deadline_ms(self) -> int:
+        """When `tick` must next be called (the session's auth or heartbeat deadline)."""
+        return self.session.deadline_ms()
+
+    def tick(self, now_ms: int) -> None:
+        """The deadline wheel's call: the session closes itself if its deadline passed."""
+        self.execute(self.session.tick(now_ms))
+
+    def take_over(self) -> None:
+        """A newer session of the same device authenticated: GOODBYE TAKEOVER, close."""
+        self.execute(self.session.taken_over())
+
+    def shut_down(self) -> None:
+        """The gateway stops: GOODBYE SHUTTING_DOWN, close."""
+        self.execute(self.session.shutdown())
+
+    def settled(self) -> bool:
+        """No store call in flight and no async action awaited: every frame taken so far
+        has been answered."""
+        return not self.groups and not self.busy
+
     # -- input from the transport ------------------------------------------------------
     def bytes_received(self, data: bytes) -> None:
         """TCP: any slice of the byte stream."""
@@ -144,6 +183,7 @@ class TerminalLink(abc.ABC):
 
     def frame_received(self, data: bytes) -> None:
         """WebSocket: one binary message, which must be exactly one frame."""
+        item: Any
         try:
             item = decode_frame(data, max_frame_size=self.decoder.max_frame_size)
         except ProtocolError as exc:
@@ -154,19 +194,19 @@ class TerminalLink(abc.ABC):
         if self.closed:
             return
         self.closed = True
-        self.session.state = State.CLOSED
+        self.session.connection_lost()
         self.backlog.clear()
         self.groups.clear()
         self.out = None
         self.gateway.link_closed(self)
 
     # -- the loop over items -------------------------------------------------------------
-    def _process(self, items: list) -> None:
+    def _process(self, items: list[Any]) -> None:
         backlog = self.backlog
         backlog.extend(items)
         if not self.busy:
             self._pump()
-        elif len(backlog) > HELD_ITEMS:
+        elif len(backlog) > self.gateway.held_frames:
             self.pause_reading()
         self._flush()
 
@@ -174,23 +214,23 @@ class TerminalLink(abc.ABC):
         """Feed held items to the session until one of them must wait for an async answer.
 
         Store requests join a new group (stored in one call) while fewer than
-        `GROUPS_IN_FLIGHT` groups are in flight; any other item waits until every group
-        before it was answered.
+        `store_calls_per_connection` groups are in flight; any other item waits until every
+        group before it was answered.
         """
-        backlog, session, groups = self.backlog, self.session, self.groups
-        now = self.gateway.now_ms()
-        group: list = []
+        backlog, session, groups, gateway = self.backlog, self.session, self.groups, self.gateway
+        records_to_store = session.records_to_store
+        now = gateway.now_ms()
+        group: list[StorePunches] = []
         records = done = 0
-        in_flight = sum(entry[2] for entry in groups)
+        in_flight = sum([g.records for g in groups]) if groups else 0
         for item in backlog:
-            if session.stores(item):
-                size = len(item.records) if type(item) is PunchBatch else 1
-                if len(groups) >= GROUPS_IN_FLIGHT or (
-                        (records or in_flight) and in_flight + records + size > GROUP_RECORDS):
+            size = records_to_store(item)
+            if size:
+                if len(groups) >= gateway.store_calls_per_connection or (
+                        (records or in_flight) and in_flight + records + size > gateway.group_records):
                     break  # at most one group's worth of records at the store (one frame may exceed it)
-                action = session.receive(item, now)[0]
-                group.append(action)
-                records += len(action.records)
+                group.append(session.store_request(item, now))
+                records += size
                 continue
             if group or groups:
                 break  # its answer must follow the groups' ACKs
@@ -201,55 +241,59 @@ class TerminalLink(abc.ABC):
             return
         if group:
             done += len(group)
-            entry = [group, None, records]  # [StorePunches actions, the store's outcome once known, records]
+            entry = StoreGroup(group, records)
             groups.append(entry)
+            future: asyncio.Future[Any]
             try:
-                future = self.gateway.submit_punches(punch_rows(session.serial, group))
+                future = gateway.submit_punches(punch_rows(session.serial or "", group))
             except Exception as exc:  # noqa: BLE001 - a bug: answer the group, never leave it in flight
                 future = asyncio.get_running_loop().create_future()
                 future.set_exception(exc)
             future.add_done_callback(functools.partial(self._group_stored, entry))
         if done:
             del backlog[:done]
-            if session.state is State.AUTHENTICATED:
-                self.gateway.seen(session.serial, now)
-        if len(backlog) > HELD_ITEMS or self.gateway.stopping:
+            serial = session.serial
+            if serial is not None and session.state is State.AUTHENTICATED:
+                gateway.seen(serial, now)
+        if len(backlog) > gateway.held_frames or gateway.stopping:
             self.pause_reading()
         elif self._paused:
             self.resume_reading()
 
-    def _execute(self, actions: list) -> bool:
+    def _execute(self, actions: list[Action]) -> bool:
         """Carry out `actions`; True when one of them started async work (the link is busy)."""
         for action in actions:
-            kind = type(action)
-            if kind is Send:
+            if isinstance(action, Send):
                 self._send(action.message)
-            elif kind is Close:
+            elif isinstance(action, Close):
                 self._close(action)
-            elif kind is LoadDevice:
+            elif isinstance(action, LoadDevice):
                 self._start(self._load_device(action))
-            elif kind is Authenticated:
+            elif isinstance(action, Authenticated):
                 self.gateway.authenticated(self, action)
-            elif kind is AuthFailed:
+            elif isinstance(action, AuthFailed):
                 self.gateway.auth_failed(self, action)
-            elif kind is AppendPhoto:
+            elif isinstance(action, AppendPhoto):
                 self._start(self._append_photo(action))
-            elif kind is QueryPhoto:
+            elif isinstance(action, QueryPhoto):
                 self._start(self._query_photo(action))
-            elif kind is StatusReported:
-                self.gateway.status_reported(self, action.status)
-            else:  # pragma: no cover - a new action type without glue is a bug; so is a
-                # StorePunches here: those come only from items `Session.stores` admits (_pump)
-                raise TypeError(f"no glue for {action!r}")
+            elif isinstance(action, StatusReported):
+                self.gateway.status_reported(self.session.serial, action.status)
+            elif isinstance(action, StorePunches):
+                # Only items `records_to_store` counts make these, and _pump groups them
+                # itself; one here means the two disagree, a bug.
+                raise TypeError(f"StorePunches outside a store group: {action!r}")
+            else:
+                assert_never(action)
         return self.busy
 
-    def execute(self, actions: list) -> None:
+    def execute(self, actions: list[Action]) -> None:
         """Run actions produced outside `receive` (takeover, shutdown, deadlines)."""
         if not self.closed:
             self._execute(actions)
             self._flush()
 
-    def _send(self, message) -> None:
+    def _send(self, message: Any) -> None:
         if self.closed:
             return
         frame = encode(message, max_frame_size=self.decoder.max_frame_size)
@@ -265,7 +309,7 @@ class TerminalLink(abc.ABC):
             return
         self.out = None
         self.write_frames(frames)
-        if self.unsent_bytes() > self.gateway.config.max_unsent_bytes:
+        if self.unsent_bytes() > self.gateway.max_unsent_bytes:
             self.gateway.count("slow_reader_closed")
             self._execute(self.session.too_slow_reader())
 
@@ -282,23 +326,29 @@ class TerminalLink(abc.ABC):
         self.transport_lost()
 
     # -- async actions -------------------------------------------------------------------
-    def _start(self, coroutine) -> None:
+    def _start(self, coroutine: Any) -> None:
         self.busy = True
         self.gateway.spawn(self._finish(coroutine))
 
-    async def _finish(self, coroutine) -> None:
+    async def _finish(self, coroutine: Any) -> None:
         try:
             actions = await coroutine
         except Exception:  # noqa: BLE001 - a bug in one action must not kill the server
             log.exception("action failed for %s", self.session.peer)
-            actions = self.session._close(ResultCode.SERVER_BUSY, "internal error")
+            actions = self.session.abort(ResultCode.SERVER_BUSY, "internal error")
         self.busy = False
         if not self.closed:
             self._execute(actions)
             self._pump()
             self._flush()
+        self._report_if_settled()
 
-    async def _load_device(self, action: LoadDevice) -> list:
+    def _report_if_settled(self) -> None:
+        """While the gateway stops, tell it once nothing of this link is in flight."""
+        if self.gateway.stopping and (self.closed or self.settled()):
+            self.gateway.link_settled(self)
+
+    async def _load_device(self, action: LoadDevice) -> list[Action]:
         gateway = self.gateway
         locked = gateway.guard.is_locked(self.peer_host, action.serial, gateway.now_ms())
         device = None
@@ -306,59 +356,61 @@ class TerminalLink(abc.ABC):
             try:
                 stored = await gateway.lookup_device(action.serial)
             except StoreError:  # logged by the gateway, once per interval
-                return self.session._close(ResultCode.STORE_UNAVAILABLE, "device lookup failed")
+                return self.session.abort(ResultCode.STORE_UNAVAILABLE, "device lookup failed")
             if stored is not None:
                 device = DeviceView(stored.serial, stored.secret, stored.enabled)
         return self.session.device_loaded(device, locked, gateway.now_ms())
 
-    def _group_stored(self, entry: list, future) -> None:
+    def _group_stored(self, entry: StoreGroup, future: asyncio.Future[Any]) -> None:
         """The store answered a group: answer every group whose turn has come (answers are
         made in group order, so their seq numbers are too), then go on with held items."""
+        serial = self.session.serial or ""
         if future.cancelled():
-            entry[1] = StoreClosed("the store was closed before this group was written")
+            entry.outcome = StoreClosed("the store was closed before this group was written")
         elif (exc := future.exception()) is not None:
             if not isinstance(exc, StoreError):  # a bug; StoreErrors are logged by the gateway
                 log.error("storing punches failed for %s", self.session.peer, exc_info=exc)
-            entry[1] = exc
-            self.gateway.punches_settled(entry[2], self.session.serial, exc)
+            entry.outcome = exc
+            self.gateway.punches_settled(entry.records, serial, exc)
         else:
-            self.gateway.punches_settled(entry[2], self.session.serial, None)
+            self.gateway.punches_settled(entry.records, serial, None)
             outcomes = future.result()
             if outcomes.count(STORED) == len(outcomes):  # the common case: one shared outcome object
-                entry[1] = [_OK] * len(outcomes)
+                entry.outcome = [_OK] * len(outcomes)
             else:
-                entry[1] = [o.reject_reason if o.status is Outcome.REJECTED else _OUTCOME_CODES[o.status]
-                            for o in outcomes]
-        if self.closed:
-            return
-        groups = self.groups
-        while groups and groups[0][1] is not None and not self.closed:
-            group, outcome, _ = groups.pop(0)
-            self._execute(self._answer_group(group, outcome))
-        if not self.closed and not self.busy and self.backlog:  # nothing held: nothing to pump
-            self._pump()
-        self._flush()
+                entry.outcome = [o.reject_reason if o.status is Outcome.REJECTED else _OUTCOME_CODES[o.status]
+                                 for o in outcomes]
+        if not self.closed:
+            groups = self.groups
+            while groups and groups[0].outcome is not None and not self.closed:
+                done = groups.pop(0)
+                self._execute(self._answer_group(done))
+            if not self.closed and not self.busy and self.backlog:  # nothing held: nothing to pump
+                self._pump()
+            self._flush()
+        self._report_if_settled()
 
-    def _answer_group(self, group: list, outcome) -> list:
-        session = self.session
+    def _answer_group(self, group: StoreGroup) -> list[Action]:
+        session, outcome = self.session, group.outcome
         if isinstance(outcome, StoreError):
-            return [answer for action in group for answer in session.store_failed(action)]
-        if isinstance(outcome, Exception):
-            return session._close(ResultCode.SERVER_BUSY, "internal error")
+            return [answer for request in group.requests for answer in session.store_failed(request)]
+        if outcome is None or isinstance(outcome, BaseException):
+            return session.abort(ResultCode.SERVER_BUSY, "internal error")
         now = self.gateway.now_ms()
-        answers = []
+        answers: list[Action] = []
         start = 0
-        for action in group:
-            end = start + len(action.records)
-            answers += session.punches_stored(action, outcome[start:end], now)
+        for request in group.requests:
+            end = start + len(request.records)
+            answers += session.punches_stored(request, outcome[start:end], now)
             start = end
         return answers
 
-    async def _append_photo(self, action: AppendPhoto) -> list:
+    async def _append_photo(self, action: AppendPhoto) -> list[Action]:
         chunk = action.chunk
+        serial = self.session.serial or ""
         try:
             next_offset = await self.gateway.store.photo_append(
-                self.session.serial, chunk.photo_sha256, chunk.total_size, chunk.offset, chunk.data
+                serial, chunk.photo_sha256, chunk.total_size, chunk.offset, chunk.data
             )
             result = ResultCode.OK
         except PhotoOffsetMismatch as exc:
@@ -371,10 +423,10 @@ class TerminalLink(abc.ABC):
             result, next_offset = ResultCode.STORE_UNAVAILABLE, chunk.offset
         return self.session.photo_result(chunk.photo_sha256, result, next_offset)
 
-    async def _query_photo(self, action: QueryPhoto) -> list:
+    async def _query_photo(self, action: QueryPhoto) -> list[Action]:
         query = action.query
         try:
-            next_offset = await self.gateway.store.photo_status(self.session.serial, query.photo_sha256)
+            next_offset = await self.gateway.store.photo_status(self.session.serial or "", query.photo_sha256)
             result = ResultCode.OK
         except StoreError:
             result, next_offset = ResultCode.STORE_UNAVAILABLE, 0

@@ -4,7 +4,7 @@ The asyncio glue (`lmg.server.gateway.link`) feeds it decoded items from the `Fr
 the answers of the store, and the clock; it returns `Action`s for the glue to carry out
 (send a message, load a device, store punches, close). Nothing here awaits, reads a
 clock or touches a socket, so every rule is tested without sockets
-(tests/server/test_session.py).
+(tests/server/gateway/test_session.py).
 
 States (the table `TRANSITIONS` is the whole of what is allowed):
 
@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple, Union
 
 from lmg.protocol import (
+    PUNCH_RECORD_SIZE,
     Ack,
     Auth,
     AuthResult,
@@ -47,11 +48,15 @@ from lmg.protocol import (
     ResultCode,
     TimeSyncReply,
     TimeSyncRequest,
+    encode,
 )
 from lmg.protocol.auth import verify_auth
 from lmg.protocol.codes import Direction, VerifyMode
 from lmg.protocol.identity import is_valid_id_number
 from lmg.protocol.schema import MAX_FRAME_SIZE, PROTOCOL_VERSION
+
+# Bytes of a PUNCH_BATCH frame besides its records (header, record count, checksum): 22.
+BATCH_OVERHEAD = len(encode(PunchBatch(records=())))
 
 SEQ_MASK = 0xFFFFFFFF
 
@@ -64,22 +69,70 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+def key(default: Any, why: str) -> Any:
+    """A settings key of this section: its default and the reason for it."""
+    return field(default=default, metadata={"why": why})
+
+
 @dataclass(frozen=True)
 class SessionLimits:
-    """Per-session rules, with the defaults docs/protocol.md promises terminals."""
+    """Per-session rules, with the defaults docs/protocol.md promises terminals.
 
-    auth_timeout_ms: int = 10_000  # HELLO..AUTH_RESULT; a real terminal needs < 1 s on a slow link
-    heartbeat_interval_s: int = 30  # told to the device in AUTH_RESULT
-    heartbeat_misses: int = 3  # silence for this many intervals closes the session
-    max_frame_size: int = MAX_FRAME_SIZE
-    max_batch_records: int = 500  # 500 x 70 B = 35 KB, well inside a 64 KiB frame
-    max_future_skew_ms: int = 5 * 60_000  # a punch ahead of our clock by more is refused
-    max_punch_age_ms: int = 30 * 86_400_000  # backlogs after a long outage can be weeks old
-    malformed_limit: int = 20  # malformed frames tolerated per window before closing
-    malformed_window_ms: int = 60_000
-    goodbye_reconnect_s: int = 5  # told to terminals when the server shuts down
-    min_temperature_dc: int = 300  # 30.0 °C
-    max_temperature_dc: int = 450  # 45.0 °C
+    Each field given to the constructor is a key of the gateway's settings under the same
+    name (server/settings.py); its `why` is the help text. The `_ms` fields are derived
+    once, here, for the session's hot path. Construction raises ValueError naming the key.
+    """
+
+    auth_timeout_s: float = key(10.0, "seconds from connecting to AUTH_RESULT; a real terminal needs < 1 s on a "
+                                      "slow link")
+    heartbeat_interval_s: int = key(30, "seconds between heartbeats, told to terminals in AUTH_RESULT")
+    heartbeat_misses: int = key(3, "silence for this many heartbeat intervals closes a session (docs/protocol.md)")
+    max_frame_size: int = key(MAX_FRAME_SIZE, "bytes of the largest frame taken, told to terminals; larger frames "
+                                              "are refused (1024..16777216)")
+    max_batch_records: int = key(500, "records in one PUNCH_BATCH: 500 x 70 B = 35 KB, well inside a 64 KiB frame")
+    max_future_skew_s: int = key(300, "a punch ahead of the server's clock by more seconds is refused: terminal "
+                                      "clocks drift, 5 min is generous for NTP-less devices")
+    max_punch_age_days: int = key(30, "older punches are refused; an outage of weeks must still upload its backlog")
+    malformed_limit: int = key(20, "malformed frames tolerated per malformed_window_s before a session is closed")
+    malformed_window_s: int = key(60, "seconds over which malformed frames are counted")
+    goodbye_reconnect_s: int = key(5, "seconds terminals are told to wait before reconnecting when the server "
+                                      "shuts down")
+    min_temperature_dc: int = key(300, "lowest body temperature taken, in 0.1 °C (30.0 °C); 0 means not measured")
+    max_temperature_dc: int = key(450, "highest body temperature taken, in 0.1 °C (45.0 °C)")
+
+    # Derived in __post_init__, in the session's unit (ms).
+    auth_timeout_ms: int = field(init=False, repr=False)
+    heartbeat_grace_ms: int = field(init=False, repr=False)
+    max_future_skew_ms: int = field(init=False, repr=False)
+    max_punch_age_ms: int = field(init=False, repr=False)
+    malformed_window_ms: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        positive = ("auth_timeout_s", "heartbeat_interval_s", "heartbeat_misses", "max_batch_records",
+                    "malformed_limit", "malformed_window_s")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
+        if not 1024 <= self.max_frame_size <= 1 << 24:
+            raise ValueError(f"max_frame_size must be between 1024 and 16777216 bytes, got {self.max_frame_size}")
+        if self.max_batch_records * PUNCH_RECORD_SIZE + BATCH_OVERHEAD > self.max_frame_size:
+            raise ValueError(
+                f"max_batch_records = {self.max_batch_records} cannot fit in max_frame_size = {self.max_frame_size}: "
+                "lower the batch size or raise the frame size"
+            )
+        if self.max_future_skew_s < 0 or self.max_punch_age_days < 0 or self.goodbye_reconnect_s < 0:
+            raise ValueError("max_future_skew_s, max_punch_age_days and goodbye_reconnect_s must not be negative")
+        if not 0 < self.min_temperature_dc <= self.max_temperature_dc:
+            raise ValueError("min_temperature_dc must be above 0 and not above max_temperature_dc")
+        derived = {
+            "auth_timeout_ms": int(self.auth_timeout_s * 1000),
+            "heartbeat_grace_ms": self.heartbeat_interval_s * 1000 * self.heartbeat_misses,
+            "max_future_skew_ms": self.max_future_skew_s * 1000,
+            "max_punch_age_ms": self.max_punch_age_days * 86_400_000,
+            "malformed_window_ms": self.malformed_window_s * 1000,
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
 
 # --- actions: what the glue must do ----------------------------------------------------
@@ -119,7 +172,7 @@ class StorePunches(NamedTuple):
 
     ref_seq: int
     ref_type: int
-    records: tuple  # of (PunchRecord, reject_reason: ResultCode | None)
+    records: tuple[tuple[PunchRecord, ResultCode | None], ...]  # each with the reason to refuse it, or None
 
 
 class AppendPhoto(NamedTuple):
@@ -134,6 +187,12 @@ class QueryPhoto(NamedTuple):
 
 class StatusReported(NamedTuple):
     status: DeviceStatus
+
+
+# The closed set of actions: the glue handles each kind and a type checker proves it
+# (server/gateway/link.py ends its dispatch with assert_never).
+Action = Union[Send, Close, LoadDevice, AuthFailed, Authenticated, StorePunches, AppendPhoto, QueryPhoto,
+               StatusReported]
 
 
 class DeviceView(NamedTuple):
@@ -171,7 +230,11 @@ _VERIFY_MODES = frozenset(int(v) for v in VerifyMode)
 
 @dataclass
 class Session:
-    """State of one connection. `nonce` is 16 random bytes chosen by the glue."""
+    """State of one connection. `nonce` is 16 random bytes chosen by the glue.
+
+    The glue reads the fields but never assigns them: everything that changes the state
+    goes through a public method, and each returns the actions to carry out.
+    """
 
     peer: str
     nonce: bytes
@@ -182,24 +245,24 @@ class Session:
     device: DeviceView | None = None
     last_heard_ms: int = 0
     out_seq: int = 0
-    malformed: list = field(default_factory=list)  # times (ms) of recent malformed frames
+    malformed: list[int] = field(default_factory=list)  # times (ms) of recent malformed frames
     close_reason: ResultCode | None = None
 
     def __post_init__(self) -> None:
         self.last_heard_ms = self.connected_ms
 
-    # -- time ---------------------------------------------------------------------------
     @property
     def serial(self) -> str | None:
         return self.hello.serial if self.hello else None
 
+    # -- time ---------------------------------------------------------------------------
     def deadline_ms(self) -> int:
         """When `tick` must next be called: end of the auth window or of the heartbeat grace."""
         if self.state is State.AUTHENTICATED:
-            return self.last_heard_ms + self.limits.heartbeat_interval_s * 1000 * self.limits.heartbeat_misses
+            return self.last_heard_ms + self.limits.heartbeat_grace_ms
         return self.connected_ms + self.limits.auth_timeout_ms
 
-    def tick(self, now_ms: int) -> list:
+    def tick(self, now_ms: int) -> list[Action]:
         if self.state is State.CLOSED or now_ms < self.deadline_ms():
             return []
         if self.state is State.AUTHENTICATED:
@@ -207,7 +270,7 @@ class Session:
         return self._goodbye(ResultCode.AUTH_TIMEOUT, "authentication not completed in time")
 
     # -- input --------------------------------------------------------------------------
-    def receive(self, item, now_ms: int) -> list:
+    def receive(self, item: Any, now_ms: int) -> list[Action]:
         """Handle one item from the decoder: a message or a ProtocolError value."""
         if self.state is State.CLOSED:
             return []
@@ -219,18 +282,35 @@ class Session:
             return self._unexpected(item)
         return handler(self, item, now_ms)
 
-    def stores(self, item) -> bool:
-        """True when `receive(item)` would return exactly one StorePunches and nothing else.
+    def records_to_store(self, item: Any) -> int:
+        """How many records `store_request(item)` would store; 0 when the item is not one
+        for the store (then `receive` answers it, and its answer numbers at once).
 
-        The glue gathers such items into one store call; any other item must wait until
-        the answers before it were sent, because `receive` numbers its answers at once.
+        The one place deciding which frames go to the store: the glue gathers the items
+        counted here into one store call, and holds any other item until the answers
+        before it were sent.
         """
         if self.state is not State.AUTHENTICATED:
-            return False
+            return 0
         kind = type(item)
-        return kind is Punch or (kind is PunchBatch and 0 < len(item.records) <= self.limits.max_batch_records)
+        if kind is Punch:
+            return 1
+        if kind is PunchBatch and self._batch_fits(len(item.records)):
+            return len(item.records)
+        return 0
 
-    def device_loaded(self, device: DeviceView | None, locked_out: bool, now_ms: int) -> list:
+    def store_request(self, item: Punch | PunchBatch, now_ms: int) -> StorePunches:
+        """What `receive` does with an item `records_to_store` counted: the records, each
+        with the reason it must be refused (or None), for the store."""
+        self.last_heard_ms = now_ms
+        limits = self.limits
+        if isinstance(item, Punch):
+            record = item.record
+            return StorePunches(item.seq, MessageType.PUNCH, ((record, _validate(record, now_ms, limits)),))
+        records = tuple((r, _validate(r, now_ms, limits)) for r in item.records)
+        return StorePunches(item.seq, MessageType.PUNCH_BATCH, records)
+
+    def device_loaded(self, device: DeviceView | None, locked_out: bool, now_ms: int) -> list[Action]:
         """Answer to LoadDevice: the device (None if unknown) and whether it is locked out."""
         if self.state is not State.AWAIT_DEVICE:
             return []
@@ -244,39 +324,54 @@ class Session:
         self.state = State.AWAIT_AUTH
         return [self._send(Challenge(self.nonce, now_ms))]
 
-    def punches_stored(self, request: StorePunches, results: list, now_ms: int) -> list:
+    def punches_stored(self, request: StorePunches, results: list[int], now_ms: int) -> list[Action]:
         """Answer to StorePunches: one result code (ResultCode or its int) per record, in
         order (OK, DUPLICATE, a rejection)."""
-        rows = tuple([tuple.__new__(RecordResult, (rec.record_no, code)) for (rec, _), code in zip(request.records, results)])
+        new = tuple.__new__
+        rows = tuple([new(RecordResult, (rec.record_no, code)) for (rec, _), code in zip(request.records, results)])
         return [self._send(Ack(request.ref_seq, request.ref_type, now_ms, rows))]
 
-    def store_failed(self, request: StorePunches) -> list:
+    def store_failed(self, request: StorePunches) -> list[Action]:
         """The store could not commit: nothing is acknowledged, the device resends later."""
         return [self._send(Nack(request.ref_seq, request.ref_type, ResultCode.STORE_UNAVAILABLE))]
 
-    def photo_result(self, sha256: bytes, result: ResultCode, next_offset: int) -> list:
+    def photo_result(self, sha256: bytes, result: ResultCode, next_offset: int) -> list[Action]:
         return [self._send(PhotoStatus(sha256, int(result), next_offset))]
 
-    def taken_over(self) -> list:
+    def taken_over(self) -> list[Action]:
         """A newer session of the same device authenticated: this one ends."""
         return self._goodbye(ResultCode.TAKEOVER, "a newer session of this device authenticated")
 
-    def shutdown(self) -> list:
+    def shutdown(self) -> list[Action]:
         return self._goodbye(ResultCode.SHUTTING_DOWN, "server shutting down")
 
-    def too_slow_reader(self) -> list:
+    def too_slow_reader(self) -> list[Action]:
         """The glue found the peer not reading its answers (send buffer over its limit)."""
-        return self._close(ResultCode.SERVER_BUSY, "peer does not read; unsent output over the limit")
+        return self.abort(ResultCode.SERVER_BUSY, "peer does not read; unsent output over the limit")
+
+    def abort(self, reason: ResultCode, detail: str) -> list[Action]:
+        """End the session without a GOODBYE (the store failed a lookup, an internal
+        error): a Close for the glue, or nothing if it was already closed."""
+        if self.state is State.CLOSED:
+            return []
+        self.state = State.CLOSED
+        self.close_reason = reason
+        return [Close(reason, detail)]
+
+    def connection_lost(self) -> None:
+        """The transport is gone (the peer closed, or the glue closed it): nothing more is
+        sent or handled. `close_reason` keeps the reason if the session ended first."""
+        self.state = State.CLOSED
 
     # -- handlers (the table) -------------------------------------------------------------
-    def _on_hello(self, hello: Hello, now_ms: int) -> list:
+    def _on_hello(self, hello: Hello, now_ms: int) -> list[Action]:
         self.hello = hello
         if hello.protocol_version != PROTOCOL_VERSION:
             return self._refuse(ResultCode.UNSUPPORTED_VERSION, now_ms)
         self.state = State.AWAIT_DEVICE
         return [LoadDevice(hello.serial)]
 
-    def _on_auth(self, auth: Auth, now_ms: int) -> list:
+    def _on_auth(self, auth: Auth, now_ms: int) -> list[Action]:
         assert self.device is not None and self.hello is not None
         if not verify_auth(self.device.secret, self.nonce, self.hello, auth.mac):
             return self._refuse(ResultCode.BAD_SIGNATURE, now_ms)
@@ -289,50 +384,51 @@ class Session:
             Authenticated(self.hello.serial, self.hello.firmware),
         ]
 
-    def _on_heartbeat(self, heartbeat: Heartbeat, now_ms: int) -> list:
+    def _on_heartbeat(self, heartbeat: Heartbeat, now_ms: int) -> list[Action]:
         return [self._send(Ack(heartbeat.seq, MessageType.HEARTBEAT, now_ms, ()))]
 
-    def _on_time_sync(self, request: TimeSyncRequest, now_ms: int) -> list:
+    def _on_time_sync(self, request: TimeSyncRequest, now_ms: int) -> list[Action]:
         return [self._send(TimeSyncReply(request.device_time_ms, now_ms, now_ms))]
 
-    def _on_punch(self, punch: Punch, now_ms: int) -> list:
-        record = punch.record
-        return [StorePunches(punch.seq, MessageType.PUNCH, ((record, _validate(record, now_ms, self.limits)),))]
+    def _on_punch(self, punch: Punch, now_ms: int) -> list[Action]:
+        return [self.store_request(punch, now_ms)]
 
-    def _on_batch(self, batch: PunchBatch, now_ms: int) -> list:
-        if len(batch.records) > self.limits.max_batch_records:
+    def _on_batch(self, batch: PunchBatch, now_ms: int) -> list[Action]:
+        if self._batch_fits(len(batch.records)):
+            return [self.store_request(batch, now_ms)]
+        if batch.records:
             return [self._send(Nack(batch.seq, MessageType.PUNCH_BATCH, ResultCode.BATCH_TOO_LARGE))]
-        if not batch.records:
-            return [self._send(Ack(batch.seq, MessageType.PUNCH_BATCH, now_ms, ()))]
-        limits = self.limits
-        return [
-            StorePunches(batch.seq, MessageType.PUNCH_BATCH, tuple((r, _validate(r, now_ms, limits)) for r in batch.records))
-        ]
+        return [self._send(Ack(batch.seq, MessageType.PUNCH_BATCH, now_ms, ()))]
 
-    def _on_photo_chunk(self, chunk: PhotoChunk, now_ms: int) -> list:
+    def _batch_fits(self, count: int) -> bool:
+        """The batch bounds: an empty batch is answered at once, a larger one refused."""
+        return 0 < count <= self.limits.max_batch_records
+
+    def _on_photo_chunk(self, chunk: PhotoChunk, now_ms: int) -> list[Action]:
         return [AppendPhoto(chunk)]
 
-    def _on_photo_query(self, query: PhotoQuery, now_ms: int) -> list:
+    def _on_photo_query(self, query: PhotoQuery, now_ms: int) -> list[Action]:
         return [QueryPhoto(query)]
 
-    def _on_status(self, status: DeviceStatus, now_ms: int) -> list:
+    def _on_status(self, status: DeviceStatus, now_ms: int) -> list[Action]:
         return [StatusReported(status), self._send(Ack(status.seq, MessageType.DEVICE_STATUS, now_ms, ()))]
 
-    def _on_device_answer(self, answer, now_ms: int) -> list:
+    def _on_device_answer(self, answer: Any, now_ms: int) -> list[Action]:
         return []  # answers to downlink commands; command delivery is not part of this server yet
 
-    def _on_goodbye(self, goodbye: Goodbye, now_ms: int) -> list:
-        return self._close(ResultCode(goodbye.reason) if goodbye.reason in _RESULT_VALUES else ResultCode.OK, "device said goodbye")
+    def _on_goodbye(self, goodbye: Goodbye, now_ms: int) -> list[Action]:
+        reason = ResultCode(goodbye.reason) if goodbye.reason in _RESULT_VALUES else ResultCode.OK
+        return self.abort(reason, "device said goodbye")
 
     # -- the one place for everything not in the table ---------------------------------
-    def _unexpected(self, message) -> list:
+    def _unexpected(self, message: Any) -> list[Action]:
         code = ResultCode.AUTH_REQUIRED if self.state is not State.AUTHENTICATED else ResultCode.UNEXPECTED_MESSAGE
         return [self._send(Nack(message.seq, message.msg_type, code))]
 
-    def _frame_error(self, error: ProtocolError, now_ms: int) -> list:
-        actions = [self._send(Nack(error.seq or 0, error.msg_type or 0, error.result_code))]
+    def _frame_error(self, error: ProtocolError, now_ms: int) -> list[Action]:
+        actions: list[Action] = [self._send(Nack(error.seq or 0, error.msg_type or 0, error.result_code))]
         if error.fatal:
-            return actions + self._close(error.result_code, str(error))
+            return actions + self.abort(error.result_code, str(error))
         if error.result_code is ResultCode.UNSUPPORTED_MESSAGE:
             return actions  # extension rule: never a reason to disconnect
         window_start = now_ms - self.limits.malformed_window_ms
@@ -342,37 +438,31 @@ class Session:
         return actions
 
     # -- output helpers ---------------------------------------------------------------
-    def _send(self, message) -> Send:
+    def _send(self, message: Any) -> Send:
         self.out_seq = seq = (self.out_seq + 1) & SEQ_MASK
         # seq is every message's last field; tuple.__new__ skips _replace's generic path
         # (a third of the cost of answering a punch).
         return Send(tuple.__new__(type(message), message[:-1] + (seq,)))
 
-    def _refuse(self, reason: ResultCode, now_ms: int) -> list:
+    def _refuse(self, reason: ResultCode, now_ms: int) -> list[Action]:
         serial = self.hello.serial if self.hello else ""
-        actions = [self._send(AuthResult(reason, 0, now_ms, self.limits.max_frame_size, 0))]
+        actions: list[Action] = [self._send(AuthResult(reason, 0, now_ms, self.limits.max_frame_size, 0))]
         if reason is not ResultCode.UNSUPPORTED_VERSION:
             actions.append(AuthFailed(serial, reason))
-        return actions + self._close(reason, f"authentication refused: {reason.name}")
+        return actions + self.abort(reason, f"authentication refused: {reason.name}")
 
-    def _goodbye(self, reason: ResultCode, detail: str) -> list:
+    def _goodbye(self, reason: ResultCode, detail: str) -> list[Action]:
         if self.state is State.CLOSED:
             return []
         reconnect = self.limits.goodbye_reconnect_s if reason is ResultCode.SHUTTING_DOWN else 0
-        return [self._send(Goodbye(reason, reconnect))] + self._close(reason, detail)
-
-    def _close(self, reason: ResultCode, detail: str) -> list:
-        if self.state is State.CLOSED:
-            return []
-        self.state = State.CLOSED
-        self.close_reason = reason
-        return [Close(reason, detail)]
+        return [self._send(Goodbye(reason, reconnect)), *self.abort(reason, detail)]
 
 
 _RESULT_VALUES = frozenset(int(c) for c in ResultCode)
 
 _A = State.AUTHENTICATED
-TRANSITIONS = {
+Handler = Callable[[Session, Any, int], list[Action]]
+TRANSITIONS: dict[tuple[State, int], Handler] = {
     (State.AWAIT_HELLO, MessageType.HELLO): Session._on_hello,
     (State.AWAIT_AUTH, MessageType.AUTH): Session._on_auth,
     (_A, MessageType.HEARTBEAT): Session._on_heartbeat,

@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import asyncio
 
+from typing import TYPE_CHECKING, cast
+
 from lmg.server.gateway.link import TerminalLink
+
+if TYPE_CHECKING:
+    from lmg.server.gateway.gateway import Gateway
 
 
 class TcpLink(TerminalLink, asyncio.Protocol):
-    def __init__(self, gateway):  # TerminalLink.__init__ runs once the peer is known
+    transport: asyncio.Transport  # set by connection_made, before any other call
+
+    def __init__(self, gateway: Gateway):  # TerminalLink.__init__ runs once the peer is known
         self.gateway = gateway
-        self.transport = None
         self.closed = False
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's or asyncio's stream
         peer = transport.get_extra_info("peername") or ("?", 0)
         refusal = self.gateway.admit(peer[0])
         if refusal is not None:
@@ -41,7 +47,7 @@ class TcpLink(TerminalLink, asyncio.Protocol):
             self.transport_lost()
 
     # -- primitives ------------------------------------------------------------------------
-    def write_frames(self, frames: list) -> None:
+    def write_frames(self, frames: list[bytes]) -> None:
         self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def unsent_bytes(self) -> int:

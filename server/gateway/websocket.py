@@ -29,9 +29,14 @@ from __future__ import annotations
 
 import logging
 
-from picows import WSCloseCode, WSListener, WSMsgType, ws_create_server
+from typing import TYPE_CHECKING, Any
+
+from picows import WSCloseCode, WSListener, WSMsgType, WSTransport, ws_create_server
 
 from lmg.server.gateway.link import TerminalLink
+
+if TYPE_CHECKING:
+    from lmg.server.gateway.gateway import Gateway
 
 PATH = b"/terminal"  # picows hands the request path over as bytes
 
@@ -72,13 +77,14 @@ class WebSocketLink(TerminalLink, WSListener):
     # connection pays nothing for it; terminals send one WebSocket frame per message.
     _message: bytearray | None = None
 
-    def __init__(self, gateway):
+    transport: WSTransport  # set by on_ws_connected, before any other call
+
+    def __init__(self, gateway: Gateway):
         self.gateway = gateway
-        self.transport = None
         self.closed = False
 
     # -- picows callbacks ---------------------------------------------------------------
-    def on_ws_connected(self, transport) -> None:
+    def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         peer = transport.underlying_transport.get_extra_info("peername") or ("?", 0)
         refusal = self.gateway.admit(peer[0])
@@ -138,7 +144,7 @@ class WebSocketLink(TerminalLink, WSListener):
         self.transport_lost()
 
     # -- primitives ------------------------------------------------------------------------
-    def write_frames(self, frames: list) -> None:
+    def write_frames(self, frames: list[bytes]) -> None:
         send = self.transport.send
         for frame in frames:  # one WebSocket message per frame
             send(_BINARY, frame)  # queued in the transport; ignored once closing
@@ -166,7 +172,7 @@ class WebSocketLink(TerminalLink, WSListener):
             underlying.resume_reading()
 
 
-async def start_websocket(gateway, host: str, port: int, ssl_context):
+async def start_websocket(gateway: Gateway, host: str, port: int, ssl_context: Any) -> Any:
     """Listen for terminals on ws(s)://host:port/terminal; returns the `asyncio.Server`
     (`.sockets`, `.close()` which only stops accepting, `.wait_closed()`, `.is_serving()`)."""
 
@@ -180,7 +186,7 @@ async def start_websocket(gateway, host: str, port: int, ssl_context):
         ssl=ssl_context,
         backlog=LISTEN_BACKLOG,
         reuse_port=gateway.reuse_port,  # `lmg serve --workers`: the workers share the port
-        max_frame_size=gateway.config.max_frame_size,
+        max_frame_size=gateway.limits.max_frame_size,
         read_buffer_init_size=READ_BUFFER_INIT_BYTES,
         # uvloop's own transport, as TCP uses; aiofastnet's costs about 5.6 KiB more per connection
         use_aiofastnet=False,

@@ -29,7 +29,7 @@ import pytest
 from lmg.protocol import Auth, AuthResult, Challenge, FrameDecoder, Hello, ResultCode, encode
 from lmg.protocol.auth import auth_mac
 from lmg.protocol.codes import Capability
-from lmg.server.settings import GatewayConfig
+from lmg.server.settings import Settings
 from lmg.server.gateway.gateway import Gateway
 from lmg.simulators.terminal import DeviceCredentials, TerminalConnection
 from lmg.storage import Store, open_store
@@ -161,7 +161,7 @@ async def wait_for(predicate, timeout: float = WAIT_S, what: str = "condition", 
 class RunningGateway:
     gateway: Gateway
     store: Store  # the real store (under any wrapper the gateway was given)
-    config: GatewayConfig
+    config: Settings
     device: DeviceCredentials
     host: str = HOST
     clients: list = field(default_factory=list)
@@ -221,9 +221,9 @@ async def start_gateway(tmp_path):
 
     async def start(*, wrap=None, **overrides) -> RunningGateway:
         data_dir = tmp_path / f"gateway{len(running)}"
-        config = GatewayConfig(**{**BASE_CONFIG, "data_dir": str(data_dir), **overrides})
+        config = Settings.from_keys({**BASE_CONFIG, "data_dir": str(data_dir), **overrides})
         data_dir.mkdir()
-        store = await open_store(config.store_url(), data_dir=config.data_dir)
+        store = await open_store(config.store_url(), data_dir=config.gateway.data_dir, config=config.store)
         device = await store.add_device("GS-TEST-000001", project_code=PROJECT, region_code="620100")
         gateway = Gateway(config, wrap(store) if wrap else store)
         await gateway.start()

@@ -29,7 +29,7 @@ async def test_second_run_of_the_same_records_is_all_duplicates(gw, tmp_path):
     devices_csv = tmp_path / "devices.csv"
     code = await asyncio.to_thread(main, ["device", "generate", "--count", str(DEVICES), "--prefix", "GS-SIM-",
                                           "--project", "P-SIM", "--out", str(devices_csv),
-                                          "--data-dir", gw.config.data_dir])
+                                          "--data-dir", gw.config.gateway.data_dir])
     assert code == 0
     total = DEVICES * PUNCHES
     code, first = await sim(gw, devices_csv)

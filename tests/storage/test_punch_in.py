@@ -5,14 +5,18 @@ from __future__ import annotations
 import pytest
 
 from lmg.storage import PunchIn
-from lmg.storage.backend import PUNCH_COLUMNS
+from lmg.storage.backend import PUNCH_COLUMNS, REJECTED_COLUMNS
 
 SHA = bytes(32)
 
 
-def test_first_nine_fields_are_the_punches_columns_in_order():
-    # storage/sqlite.py copies r[:9] straight into the INSERT parameters
-    assert PunchIn._fields[:9] == tuple(c.strip() for c in PUNCH_COLUMNS.split(","))[:9]
+def test_the_fields_before_the_reject_reason_are_the_punches_columns_in_order():
+    # storage/sqlite.py copies a record's fields up to the reject reason straight into the
+    # INSERT parameters, and a rejected record's fields whole into rejected_punches
+    row = PunchIn._fields.index("reject_reason")
+    assert row == 9
+    assert PunchIn._fields[:row] + ("received_at_ms",) == tuple(c.strip() for c in PUNCH_COLUMNS.split(","))
+    assert PunchIn._fields + ("received_at_ms",) == tuple(c.strip() for c in REJECTED_COLUMNS.split(","))
 
 
 def test_keywords_and_positions_build_the_same_record():

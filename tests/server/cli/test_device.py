@@ -20,7 +20,7 @@ HEX64 = re.compile(r"\b[0-9a-f]{64}\b")
 async def lmg(capsys, gw, *argv: str) -> tuple[int, str, str]:
     """Run `lmg ARGV --data-dir <the gateway's>` in a thread (it runs its own event loop)."""
     capsys.readouterr()
-    code = await asyncio.to_thread(main, [*argv, "--data-dir", gw.config.data_dir])
+    code = await asyncio.to_thread(main, [*argv, "--data-dir", gw.config.gateway.data_dir])
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -34,18 +34,8 @@ PROJECT = "P-620100-TEST"
 
 
 def province_command() -> list[str]:
-    """`lmg sim province` once simulators/cli.py registers it; the module's own entry until then."""
-    import contextlib
-    import io
-
-    from lmg.server.cli import build_parser
-
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            build_parser().parse_args(["sim", "province", "report", "--data-dir", "x"])
-        return [LMG, "sim", "province"]
-    except SystemExit:
-        return [sys.executable, "-m", "lmg.simulators.province_cli"]
+    """The province simulator's command line (`lmg sim province`)."""
+    return [LMG, "sim", "province"]
 
 
 def fast_config(url: str, **overrides) -> ForwarderConfig:

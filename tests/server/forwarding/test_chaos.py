@@ -29,7 +29,7 @@ import orjson
 import pytest
 
 from lmg.protocol import Ack, Punch, PunchBatch, ResultCode
-from lmg.server.cli.device import read_devices_csv
+from lmg.protocol.credentials import parse_credentials
 from lmg.simulators.province import held_records, report
 from lmg.simulators.terminal import DeviceCredentials, TerminalConnection, TerminalError, make_punch
 from lmg.storage import PunchIn, open_store
@@ -164,7 +164,7 @@ async def test_province_holds_every_acknowledged_punch_once_through_faults_kill_
                                       "--project", "P-620100-CHAOS", "--region", "620100", "--out", str(devices_csv),
                                       "--data-dir", str(data)], tmp_path).start()).proc.wait()
     terminals = [Terminal(DeviceCredentials(serial, secret, project))
-                 for serial, secret, project in read_devices_csv(str(devices_csv))]
+                 for serial, secret, project in parse_credentials(devices_csv.read_text().splitlines(), str(devices_csv))]
     assert len(terminals) == DEVICES
     store = await open_store(None, data_dir=data)
     invalid_serial = terminals[0].credentials.serial

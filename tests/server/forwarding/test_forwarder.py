@@ -13,8 +13,8 @@ from collections import defaultdict
 import orjson
 import pytest
 
-from lmg.server.settings import ConfigError
-from lmg.server.forwarding.config import ForwarderConfig, load_forwarder_config
+from lmg.server.forwarding.config import ForwarderConfig
+from lmg.server.settings import Settings, SettingsError, load_settings
 from lmg.simulators.province import Faults, held_records, report
 from lmg.storage import PunchIn, open_store
 from tests.waiting import wait_for
@@ -292,7 +292,7 @@ def test_flags_beat_environment_beat_file(tmp_path):
     config_file.write_text('forward_url = "http://file:1"\nforward_app_key = "file-key"\n'
                            'forward_app_secret = "very-secret-7"\nforward_concurrency = 3\ntcp = "0.0.0.0:9100"\n')
     env = {"LMG_FORWARD_APP_KEY": "env-key", "LMG_FORWARD_TIMEOUT_S": "5"}
-    config = load_forwarder_config({"forward_url": "http://flag:2"}, env=env, config_file=str(config_file))
+    config = load_settings({"forward_url": "http://flag:2"}, env=env, config_file=str(config_file)).forward
     assert (config.url, config.app_key, config.concurrency, config.timeout_s) == ("http://flag:2", "env-key", 3, 5.0)
     assert config.app_secret == "very-secret-7" and "very-secret-7" not in repr(config)
 
@@ -306,17 +306,14 @@ def test_flags_beat_environment_beat_file(tmp_path):
     ({"forward_late_photo_s": 0}, "forward_late_photo_s must be greater than 0"),
 ])
 def test_bad_settings_name_the_key_and_what_to_do(values, fragment):
-    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
-        load_forwarder_config(values, env={})
+    with pytest.raises(SettingsError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        load_settings(values, env={})
 
 
-def test_from_mapping_reads_forward_keys_of_a_gateway_style_config():
-    class GatewayLike:
-        forward_url = "http://127.0.0.1:9200"
-        forward_app_key = "k"
-        forward_app_secret = "s"
-        tcp = "0.0.0.0:9100"
-
-    config = ForwarderConfig.from_mapping(GatewayLike())
+def test_forward_keys_sit_beside_the_gateways_in_one_settings_object():
+    settings = Settings.from_keys({"forward_url": "http://127.0.0.1:9200", "forward_app_key": "k",
+                                   "forward_app_secret": "s", "tcp": "0.0.0.0:9100"})
+    config = settings.forward
     assert config.url == "http://127.0.0.1:9200" and config.batch_records == 500 and config.enabled()
-    assert ForwarderConfig.from_mapping({"forward_url": ""}).enabled() is False
+    assert Settings.from_keys({"forward_url": ""}).forward.enabled() is False
+    assert ForwarderConfig().enabled() is False

@@ -17,7 +17,7 @@ async def test_right_secret_authenticates_and_tells_the_session_limits(start_gat
     result = await client.authenticate(gw.device)
     assert result.result == ResultCode.OK
     assert (result.heartbeat_interval_s, result.max_batch_records) == (7, 40)
-    assert result.max_frame_size == gw.config.max_frame_size
+    assert result.max_frame_size == gw.config.session.max_frame_size
     client.send(Heartbeat(0, 0, 0))
     ack = await client.expect(Ack)
     assert ack.ref_type == Heartbeat.msg_type and ack.results == ()

@@ -138,7 +138,7 @@ async def test_a_storm_of_hellos_is_answered_with_few_store_reads(start_gateway)
 
 async def test_a_device_disabled_by_another_process_is_refused_at_its_next_hello(gw):
     assert (await (await gw.raw()).authenticate(gw.device)).result == ResultCode.OK
-    other = await open_store(gw.config.store_url(), data_dir=gw.config.data_dir)  # as `lmg device` would
+    other = await open_store(gw.config.store_url(), data_dir=gw.config.gateway.data_dir)  # as `lmg device` would
     try:
         await other.disable_device(gw.device.serial)
         assert (await (await gw.raw()).authenticate(gw.device)).result == ResultCode.DEVICE_DISABLED

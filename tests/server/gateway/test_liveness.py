@@ -127,7 +127,7 @@ async def test_a_failed_presence_flush_is_retried_with_the_newest_state(start_ga
 
 def test_presence_merges_heard_times_into_state_changes():
     """`seen` only stores a time; the flush merges it into the state changes noted since."""
-    from lmg.server.settings import GatewayConfig
+    from lmg.server.settings import Settings
     from lmg.server.gateway.gateway import Gateway
     from lmg.server.gateway.session import Authenticated
     from lmg.storage import Presence
@@ -135,23 +135,22 @@ def test_presence_merges_heard_times_into_state_changes():
     class Link:
         peer_host = "127.0.0.1"
 
-        class session:
-            @staticmethod
-            def deadline_ms():
-                return 0
+        @staticmethod
+        def deadline_ms():
+            return 0
 
     clock = [1000]
-    gateway = Gateway(GatewayConfig(), store=None, clock_ms=lambda: clock[0])
+    gateway = Gateway(Settings(), store=None, clock_ms=lambda: clock[0])
     gateway.authenticated(Link, Authenticated("AUTH-THEN-HEARD", "fw-2"))
     gateway.seen("AUTH-THEN-HEARD", 1500)
     gateway.seen("HEARD-ONLY", 1200)
     gateway.seen("HEARD-ONLY", 1300)
     gateway.seen("HEARD-THEN-GONE", 1100)
-    gateway._note_presence("HEARD-THEN-GONE", 1400, False)
-    batch = {p.serial: p for p in gateway._take_presence()}
+    gateway.presence.note("HEARD-THEN-GONE", 1400, False)
+    batch = {p.serial: p for p in gateway.presence.take()}
     assert batch == {
         "AUTH-THEN-HEARD": Presence("AUTH-THEN-HEARD", 1500, True, "fw-2", None),  # firmware kept, newest time
         "HEARD-ONLY": Presence("HEARD-ONLY", 1300, True),
         "HEARD-THEN-GONE": Presence("HEARD-THEN-GONE", 1400, False),  # gone offline stays offline
     }
-    assert gateway._take_presence() == []  # taken once
+    assert gateway.presence.take() == []  # taken once

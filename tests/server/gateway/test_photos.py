@@ -16,6 +16,19 @@ from lmg.simulators.terminal import make_punch
 from tests.server.conftest import WAIT_S, wait_for
 
 
+async def test_the_gateway_deletes_partial_uploads_nobody_continued(start_gateway):
+    # photo_partial_ttl_ms existed in the store, but nothing ever called the pruning, so
+    # abandoned uploads piled up for ever; the gateway now sweeps every partial_photo_sweep_s.
+    gw = await start_gateway(photo_partial_ttl_ms=1, partial_photo_sweep_s=0.05)
+    photo = os.urandom(40_000)
+    sha = hashlib.sha256(photo).digest()
+    client = await gw.raw_authenticated()
+    client.send(PhotoChunk(7, sha, len(photo), 0, photo[:32768]))
+    assert (await client.expect(PhotoStatus)).next_offset == 32768
+    await wait_for(lambda: gw.gateway.counters["partial_photos_pruned"] >= 1, what="the partial upload swept")
+    assert await gw.store.photo_status(gw.device.serial, sha) == 0  # the device starts over
+
+
 async def test_photo_resumes_after_a_reconnect_and_is_linked_to_its_punch(gw):
     photo = os.urandom(70_000)  # three chunks of 32 KiB, the largest the spec recommends
     sha = hashlib.sha256(photo).digest()

@@ -7,6 +7,7 @@ import time
 
 from lmg.protocol import Ack, Heartbeat, Nack, Punch, PunchBatch, ResultCode, encode
 from lmg.protocol.identity import check_digit
+from lmg.server.settings import Settings
 from lmg.simulators.terminal import make_punch, worker_id_for
 from lmg.storage import StoreUnavailable
 
@@ -184,7 +185,7 @@ async def test_a_window_of_punches_is_stored_together_and_answered_in_order(star
 
 
 async def test_groups_in_flight_are_bounded_and_a_heartbeat_waits_for_them(start_gateway):
-    from lmg.server.gateway.link import GROUPS_IN_FLIGHT
+    GROUPS_IN_FLIGHT = Settings().gateway.store_calls_per_connection
 
     gw = await start_gateway(wrap=RecordingGate)
     client = await gw.raw_authenticated()
@@ -214,8 +215,8 @@ async def test_a_failed_group_nacks_every_frame_in_it_in_order(start_gateway):
 
 async def test_big_batches_keep_one_groups_worth_of_records_at_the_store(start_gateway):
     # 100 terminals uploading offline backlogs at once must not overflow the store's shared
-    # queue (max_queued_records) and be nacked: a connection holds at most GROUP_RECORDS there.
-    from lmg.server.gateway.link import GROUP_RECORDS
+    # queue (max_queued_records) and be nacked: a connection holds at most one group-commit batch there.
+    GROUP_RECORDS = Settings().store.group_commit_max_records
 
     gw = await start_gateway(wrap=RecordingGate)
     gate = gw.gateway.store
@@ -273,7 +274,7 @@ async def test_shutdown_answers_every_frame_already_received_before_goodbye(star
     # Frames held behind the groups in flight used to start new groups after shutdown had
     # looked at what was in flight: stored, but the GOODBYE overtook their ACKs.
     from lmg.protocol import Goodbye
-    from lmg.server.gateway.link import GROUPS_IN_FLIGHT
+    GROUPS_IN_FLIGHT = Settings().gateway.store_calls_per_connection
 
     gw = await start_gateway(wrap=RecordingGate)
     client = await gw.raw_authenticated()

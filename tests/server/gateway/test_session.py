@@ -122,7 +122,7 @@ def test_unsupported_protocol_version():
 
 
 def test_auth_timeout_closes_and_the_deadline_says_when():
-    session = new_session(auth_timeout_ms=10_000)
+    session = new_session(auth_timeout_s=10)
     assert session.deadline_ms() == T0 + 10_000
     assert session.tick(T0 + 9_999) == []
     actions = session.tick(T0 + 10_000)
@@ -213,7 +213,7 @@ def test_unknown_message_is_nacked_and_never_disconnects():
 
 
 def test_malformed_frames_past_the_limit_close_the_session():
-    session = authenticated(malformed_limit=3, malformed_window_ms=60_000)
+    session = authenticated(malformed_limit=3, malformed_window_s=60)
     for i in range(3):
         assert not any(isinstance(a, Close) for a in session.receive(MalformedBody("short", seq=i, msg_type=0x101), T0 + i))
     actions = session.receive(MalformedBody("short", seq=9, msg_type=0x101), T0 + 5)
@@ -222,7 +222,7 @@ def test_malformed_frames_past_the_limit_close_the_session():
 
 
 def test_malformed_frames_spread_over_time_are_tolerated():
-    session = authenticated(malformed_limit=3, malformed_window_ms=1000)
+    session = authenticated(malformed_limit=3, malformed_window_s=1)
     for i in range(10):
         session.receive(MalformedBody("short", seq=i, msg_type=0x101), T0 + i * 600)
     assert session.state is State.AUTHENTICATED
@@ -254,8 +254,8 @@ def test_outgoing_seq_wraps():
 
 # --- every (state, message) pair ------------------------------------------------------
 
-def session_in(state: State) -> Session:
-    session = new_session()
+def session_in(state: State, **limits) -> Session:
+    session = new_session(**limits)
     if state is State.AWAIT_HELLO:
         return session
     session.receive(HELLO, T0)
@@ -267,7 +267,7 @@ def session_in(state: State) -> Session:
     if state is State.AUTHENTICATED:
         session.receive(Auth(auth_mac(SECRET, NONCE, "GS-1", "fw-1", 1)), T0)
         return session
-    session._close(ResultCode.OK, "test")
+    session.abort(ResultCode.OK, "test")
     return session
 
 
@@ -300,23 +300,25 @@ def test_the_table_only_names_real_states_and_types():
 
 @settings(max_examples=400, deadline=None)
 @given(state=st.sampled_from(list(State)), message=ALL_MESSAGES)
-def test_stores_says_exactly_when_receive_answers_with_one_store_request(state, message):
-    # The glue gathers items for which `stores` is true into one store call and holds
+def test_records_to_store_says_exactly_when_receive_answers_with_one_store_request(state, message):
+    # The glue gathers items `records_to_store` counts into one store call and holds
     # every other item back; a wrong answer would reorder seq numbers on the wire.
     session = session_in(state)
-    predicted = session.stores(message)
+    predicted = session.records_to_store(message)
     actions = session.receive(message, T0 + 1)
-    assert predicted == ([type(a) for a in actions] == [StorePunches])
+    assert bool(predicted) == ([type(a) for a in actions] == [StorePunches])
+    if predicted:
+        assert len(actions[0].records) == predicted
+        assert session_in(state).store_request(message, T0 + 1) == actions[0]
 
 
-def test_stores_is_true_for_punches_and_batches_within_the_limit_only():
+def test_records_to_store_counts_punches_and_batches_within_the_limit_only():
     session = session_in(State.AUTHENTICATED)
     records = tuple(make_punch(n, n, T0) for n in range(1, 4))
-    assert session.stores(Punch.of(records[0]))
-    assert session.stores(PunchBatch(records))
-    assert not session.stores(PunchBatch(()))  # answered at once with an empty ACK
-    limits = SessionLimits(max_batch_records=2)
-    small = Session(peer="p", nonce=NONCE, connected_ms=T0, limits=limits)
-    small.state = State.AUTHENTICATED
-    assert not small.stores(PunchBatch(records))  # NACK BATCH_TOO_LARGE at once
-    assert not session_in(State.AWAIT_AUTH).stores(Punch.of(records[0]))
+    assert session.records_to_store(Punch.of(records[0])) == 1
+    assert session.records_to_store(PunchBatch(records)) == 3
+    assert session.records_to_store(PunchBatch(())) == 0  # answered at once with an empty ACK
+    small = session_in(State.AUTHENTICATED, max_batch_records=2)
+    assert small.records_to_store(PunchBatch(records)) == 0  # NACK BATCH_TOO_LARGE at once
+    assert [a.message.result for a in small.receive(PunchBatch(records, seq=9), T0)] == [ResultCode.BATCH_TOO_LARGE]
+    assert session_in(State.AWAIT_AUTH).records_to_store(Punch.of(records[0])) == 0

@@ -76,7 +76,7 @@ async def test_wrong_path_is_refused_with_404(gw):
 
 
 async def test_message_above_the_maximum_frame_size_is_closed_with_1009(gw):
-    limit = gw.gateway.config.max_frame_size
+    limit = gw.gateway.limits.max_frame_size
     for message in (b"LM" + bytes(limit - 1), [bytes(limit // 2), bytes(limit // 2), b"LM"]):  # whole; fragmented
         async with ws_connect(gw) as ws:
             await ws.send(message)

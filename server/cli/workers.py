@@ -31,16 +31,16 @@ import tempfile
 import time
 
 from lmg.server.cli import UsageError
-from lmg.server.settings import GatewayConfig, parse_host_port
+from lmg.server.settings import Settings, parse_host_port
 
 START_TIMEOUT_S = 60.0  # a worker migrates nothing (the supervisor's store did), but PostgreSQL may be slow
 
 
-def check(config: GatewayConfig, workers: int) -> None:
+def check(settings: Settings, workers: int) -> None:
     """Raise UsageError if `workers` processes cannot serve this configuration."""
     if workers < 1:
         raise UsageError("--workers must be at least 1")
-    if workers > 1 and not config.store_url().startswith(("postgresql:", "postgres:")):
+    if workers > 1 and not settings.store_url().startswith(("postgresql:", "postgres:")):
         raise UsageError(
             f"--workers {workers} needs a PostgreSQL store (--store postgresql://HOST:5432/DB): the embedded "
             "SQLite store has one writer per database file, so several processes cannot share it. "
@@ -60,42 +60,46 @@ def _fixed_port(value: str, name: str) -> str:
         return f"{'[' + host + ']' if family == socket.AF_INET6 else host}:{sock.getsockname()[1]}"
 
 
-def worker_argv(flags: dict, config_file: str | None, config: GatewayConfig, ready: str) -> list[str]:
-    """The `lmg serve` command line of one worker: the user's flags, fixed ports, own admin port."""
+def worker_argv(flags: dict, config_file: str | None, settings: Settings, ready: str) -> list[str]:
+    """The `lmg serve` command line of one worker: the user's flags, fixed ports (`settings`
+    has them), own admin port."""
     out = ["--config", config_file] if config_file else []
     for name, value in flags.items():
         if value is not None and name not in ("tcp", "ws", "admin"):
             out += ["--" + name.replace("_", "-"), str(value)]
-    admin = parse_host_port("admin", config.admin)
-    out += ["--tcp", config.tcp, "--ws", config.ws, "--admin", f"{admin[0]}:0" if admin else "",
+    gateway = settings.gateway
+    admin = parse_host_port("admin", gateway.admin)
+    out += ["--tcp", gateway.tcp, "--ws", gateway.ws, "--admin", f"{admin[0]}:0" if admin else "",
             "--ready-file", ready, "--reuse-port"]
     return [sys.executable, "-m", "lmg.server.cli", "serve", *out]
 
 
-def _migrate(config: GatewayConfig) -> None:
+def _migrate(settings: Settings) -> None:
     """Open (create, migrate) the store once here, so N workers do not race to migrate it."""
     import asyncio
 
     from lmg.storage import StoreError, open_store
 
     async def once() -> None:
-        store = await open_store(config.store_url(), data_dir=config.data_dir)
+        store = await open_store(settings.store_url(), data_dir=settings.gateway.data_dir, config=settings.store)
         await store.close()
 
     try:
         asyncio.run(once())
     except (StoreError, OSError) as exc:
-        raise UsageError(f"cannot open the store {config.store_url()}: {exc}") from None
+        raise UsageError(f"cannot open the store {settings.store_url()}: {exc}") from None
 
 
-def supervise(flags: dict, config_file: str | None, config: GatewayConfig, workers: int,
+def supervise(flags: dict, config_file: str | None, settings: Settings, workers: int,
               ready_file: str | None) -> int:
     """Start `workers` gateway processes and wait for them; returns the exit status."""
     import dataclasses
 
-    check(config, workers)
-    _migrate(config)
-    config = dataclasses.replace(config, tcp=_fixed_port(config.tcp, "tcp"), ws=_fixed_port(config.ws, "ws"))
+    check(settings, workers)
+    _migrate(settings)
+    gateway = settings.gateway
+    settings = dataclasses.replace(settings, gateway=dataclasses.replace(
+        gateway, tcp=_fixed_port(gateway.tcp, "tcp"), ws=_fixed_port(gateway.ws, "ws")))
     run_dir = tempfile.mkdtemp(prefix="lmg-workers-")
     readies = [os.path.join(run_dir, f"ready.worker{i}") for i in range(workers)]
     children: list[subprocess.Popen] = []
@@ -111,7 +115,7 @@ def supervise(flags: dict, config_file: str | None, config: GatewayConfig, worke
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     for ready in readies:
-        children.append(subprocess.Popen(worker_argv(flags, config_file, config, ready)))
+        children.append(subprocess.Popen(worker_argv(flags, config_file, settings, ready)))
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not all(os.path.exists(r) for r in readies):
