@@ -50,7 +50,7 @@ _CRC = struct.Struct(">I")
 
 def struct_baseline(stream: bytes) -> list[tuple]:
     """Hand-written decoder: same checks as the codec, plain tuples out."""
-    out = []
+    out: list[tuple] = []
     append = out.append
     header, record, crc_field, crc32 = _HEADER.unpack_from, _RECORD.unpack_from, _CRC.unpack_from, zlib.crc32
     max_body = MAX_FRAME_SIZE - FRAME_OVERHEAD

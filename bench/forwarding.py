@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Protocol
 
 import orjson
 
@@ -137,9 +138,16 @@ async def fill(store, devices: int, records: int, first_record: int = 1) -> None
         await store.store_punches(chunk)
 
 
-async def forward_until(store, config, done) -> tuple[float, object]:
+class ForwarderCounts(Protocol):
+    """What this benchmark reads of the forwarder's `stats`."""
+
+    acked: int  # records the province holds
+    requests: int  # HTTP requests sent
+
+
+async def forward_until(store, config, done) -> tuple[float, ForwarderCounts]:
     """Run the forwarder until `await done()` is true; (seconds, stats)."""
-    from lmg.server.forwarding.forwarder import Forwarder
+    from lmg.server.forwarding import Forwarder
 
     forwarder = Forwarder(store, config)
     stop = asyncio.Event()
@@ -157,7 +165,7 @@ async def forward_until(store, config, done) -> tuple[float, object]:
 
 
 async def throughput(store, url: str, args) -> dict:
-    from lmg.server.forwarding.config import ForwarderConfig
+    from lmg.server.forwarding import ForwarderConfig
 
     await fill(store, args.terminals, args.records)
     config = ForwarderConfig(url=url, app_key=APP_KEY, app_secret=APP_SECRET, batch_records=args.batch_records,
@@ -172,7 +180,7 @@ async def throughput(store, url: str, args) -> dict:
 
 
 async def drain(store, url: str, args) -> dict:
-    from lmg.server.forwarding.config import ForwarderConfig
+    from lmg.server.forwarding import ForwarderConfig
 
     rate = args.terminals * args.punches_per_minute / 60  # punches/s at the design load
     backlog = int(rate * args.backlog_minutes * 60)

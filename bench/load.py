@@ -185,6 +185,7 @@ def punch_frame_sizes() -> tuple[int, bytes]:
 def start_bare() -> Server:
     size, ack = punch_frame_sizes()
     proc = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(size), ack.hex()], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None  # a pipe, as asked
     return Server("bare", proc, int(proc.stdout.readline()))
 
 
@@ -553,7 +554,7 @@ def _per_k(section: dict) -> float | None:
 def run(args) -> int:
     import uvloop
 
-    from lmg.server.gateway.collector import tune_collector
+    from lmg.server.gateway import tune_collector
 
     tune_collector()  # the fleet runs in this process for most phases: same settings as the gateway
     sizes = dict(QUICK if args.quick else FULL)

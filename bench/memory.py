@@ -98,6 +98,7 @@ def measure(connections: int = 2000) -> dict:
     _raise_fd_limit()
     # baseline: bare server
     bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER], stdout=subprocess.PIPE, text=True)
+    assert bare.stdout is not None  # a pipe, as asked
     try:
         port = int(bare.stdout.readline())
         before = rss_kib(bare.pid)

@@ -5,7 +5,7 @@ Run: `python -m lmg.bench.websocket_libs [--json] [--quick]`.
 Each candidate (`websockets`, `picows`, `aiohttp`) serves `/terminal` on 127.0.0.1 from
 its own subprocess under uvloop, and answers every binary message with a fixed 34-byte
 binary message (the size of our ACK frame) and does nothing else (websockets configured
-as server/websocket.py runs it; the others with their defaults; `--libs` also offers
+as server/gateway/websocket.py runs it; the others with their defaults; `--libs` also offers
 picows variants with other transport and buffer settings). The baseline is a bare
 uvloop `asyncio.Protocol` that cuts the byte stream into 88-byte frames and writes a
 34-byte reply per frame: the cost of the sockets and the event loop alone, so a library's
@@ -161,7 +161,7 @@ async def _start_websockets_server():
             async for _message in ws:
                 await ws.send(ACK)
 
-    # As server/websocket.py runs it: no keepalive pings (the protocol's HEARTBEAT is the
+    # As server/gateway/websocket.py runs it: no keepalive pings (the protocol's HEARTBEAT is the
     # liveness check; a ping task per connection would cost memory the other two servers,
     # whose pings are off by default, do not pay) and no compression; max_queue=16 and
     # write_limit=32 KiB are the library's defaults.
@@ -439,6 +439,7 @@ class _Children:
 
     async def line(self, child: _Child, timeout: float) -> dict:
         """Next JSON line from `child`, or BenchError (with its stderr) on EOF or timeout."""
+        assert child.proc.stdout is not None  # started with a pipe
         try:
             raw = await asyncio.wait_for(child.proc.stdout.readline(), timeout)
         except asyncio.TimeoutError:
@@ -456,6 +457,7 @@ class _Children:
         """Close its stdin (its cue to exit); SIGKILL it if it is still there after `grace`
         seconds. It stays listed until it has exited, so kill_all covers a cancelled stop."""
         with contextlib.suppress(Exception):
+            assert child.proc.stdin is not None  # started with a pipe
             child.proc.stdin.close()
         try:
             await asyncio.wait_for(child.proc.wait(), grace)
@@ -508,6 +510,7 @@ async def _idle_rss_per_conn(children: _Children, target: str, cfg: dict) -> flo
             await children.line(holder, SERVER_START_TIMEOUT_S)
             await _wait_quiet(pid, 2.0)
             before = _ProcInfo.rss_kib(pid)
+            assert holder.proc.stdin is not None  # started with a pipe
             holder.proc.stdin.write(b"go\n")
             await holder.proc.stdin.drain()
             await children.line(holder, HANDSHAKES_TIMEOUT_S)
@@ -616,7 +619,9 @@ async def _measure(libraries: tuple[str, ...], cfg: dict) -> dict:
     per_round: dict[str, list[dict]] = {t: [] for t in targets}
     children = _Children()
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, through the finally below.
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
+    this_task = asyncio.current_task()
+    assert this_task is not None  # a coroutine runs in a task
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, this_task.cancel)
     try:
         for index in range(cfg["rounds"]):
             # Rotate the order each round: no server always runs first (cold caches,

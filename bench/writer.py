@@ -95,12 +95,13 @@ def _summary(latencies: list[float], seconds: float) -> dict:
 
 async def measure(busy_levels: list[float], seconds: float, rounds: int) -> dict:
     from lmg.storage import open_store
-    from lmg.storage.sqlite import _write_punches
+    from lmg.storage.sqlite import SqliteStore, _write_punches
     from lmg.storage.sqlite_writer import STATEMENT_CACHE
 
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="lmg-bench-writer-") as work:
         store = await open_store(f"sqlite:///{work}/lmg.db", data_dir=work)
+        assert isinstance(store, SqliteStore)  # a sqlite URL: its config and writer process are used below
         conn = sqlite3.connect(Path(work) / "lmg.db", isolation_level=None, check_same_thread=False,
                                cached_statements=STATEMENT_CACHE)
         conn.execute("PRAGMA journal_mode=WAL")

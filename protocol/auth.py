@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import hmac
 
-from construct import Struct
+from construct import Bytes, Struct
 
 from lmg.protocol.fastpath import compile_packer
 from lmg.protocol.messages import Hello
-from lmg.protocol.schema import Bytes, Text, U8
+from lmg.protocol.schema import Text, U8
 
 NONCE_SIZE = 16
 SECRET_SIZE = 32

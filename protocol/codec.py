@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import TYPE_CHECKING
 
-from construct import ChecksumError, ConstError, ConstructError, ListContainer
+from construct import ChecksumError, ConstError, ConstructError, ListContainer, Struct
 
 from lmg.protocol.codes import FrameFlag, MessageType
 from lmg.protocol.errors import (
@@ -33,8 +34,8 @@ from lmg.protocol.errors import (
     UnsupportedMessage,
     UnsupportedVersion,
 )
-from lmg.protocol.fastpath import compile_codec, fixed_format
-from lmg.protocol.messages import BODY_SCHEMAS, MESSAGE_CLASSES, REPLY_TYPES, data_field_names
+from lmg.protocol.fastpath import FastCodec, compile_codec, fixed_format
+from lmg.protocol.messages import BODY_SCHEMAS, MESSAGE_CLASSES, REPLY_TYPES, Message, data_field_names
 from lmg.protocol.schema import (
     CHECKSUM,
     CHECKSUM_SIZE,
@@ -46,6 +47,9 @@ from lmg.protocol.schema import (
     MAGIC,
     MAX_FRAME_SIZE,
 )
+
+if TYPE_CHECKING:
+    from lmg.protocol.fastpath import BodyDecoder, BodyEncoder, Buffer
 
 #: Messages decoded and encoded by generated struct code; everything else by construct.
 #: The handshake is here too: a reconnect storm is thousands of HELLO/CHALLENGE/AUTH/
@@ -65,36 +69,37 @@ def _short(exc: Exception) -> str:
     return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
 
 
-def _freeze(value):
+def _freeze(value: object) -> object:
     return tuple(value) if isinstance(value, ListContainer) else value
 
 
-def _construct_body_codec(cls, schema):
+def _construct_body_codec(cls: type[Message], schema: Struct) -> tuple[BodyDecoder, BodyEncoder]:
     """Body codec interpreted by construct: the reference, and the path for cold messages."""
     names = data_field_names(schema)
     label = cls.msg_type.name
 
-    def decode(buf, start, end, seq):
+    def decode(buf: Buffer, start: int, end: int, seq: int) -> Message:
         try:
             parsed = schema.parse(bytes(buf[start:end]))
         except ConstructError as exc:
             raise MalformedBody(f"{label} body: {_short(exc)}") from None
         return cls(*[_freeze(parsed[name]) for name in names], seq)
 
-    def encode(message):
+    def encode(message: Message) -> bytes:
         try:
-            return schema.build(dict(zip(names, message)))
+            body: bytes = schema.build(dict(zip(names, message)))
         except (ConstructError, TypeError, AttributeError, UnicodeError, ValueError) as exc:
             raise EncodeError(f"{label}: {_short(exc)}") from None
+        return body
 
     return decode, encode
 
 
-REFERENCE_DECODERS: dict[int, object] = {}
-REFERENCE_ENCODERS: dict[type, object] = {}
-BODY_DECODERS: dict[int, object] = {}
-BODY_ENCODERS: dict[type, object] = {}
-FAST_CODECS = {}
+REFERENCE_DECODERS: dict[int, BodyDecoder] = {}
+REFERENCE_ENCODERS: dict[type, BodyEncoder] = {}
+BODY_DECODERS: dict[int, BodyDecoder] = {}
+BODY_ENCODERS: dict[type, BodyEncoder] = {}
+FAST_CODECS: dict[int, FastCodec] = {}
 
 for _type, _cls in MESSAGE_CLASSES.items():
     _decode, _encode = _construct_body_codec(_cls, BODY_SCHEMAS[_cls])
@@ -119,7 +124,7 @@ def _frame(msg_type: int, seq: int, body: bytes, max_frame_size: int) -> bytes:
     return header + body + _CHECKSUM.pack(_crc32(body, _crc32(header)))
 
 
-def encode(message, *, max_frame_size: int = MAX_FRAME_SIZE) -> bytes:
+def encode(message: Message, *, max_frame_size: int = MAX_FRAME_SIZE) -> bytes:
     """The whole frame for `message` (header, body, CRC-32), using `message.seq`.
 
     Raises `EncodeError` when a field is out of range or the frame would exceed
@@ -132,7 +137,7 @@ def encode(message, *, max_frame_size: int = MAX_FRAME_SIZE) -> bytes:
     return _frame(message.msg_type, message[-1], body_encoder(message), max_frame_size)
 
 
-def reference_encode(message, *, max_frame_size: int = MAX_FRAME_SIZE) -> bytes:
+def reference_encode(message: Message, *, max_frame_size: int = MAX_FRAME_SIZE) -> bytes:
     """`encode` done by construct alone (bodies); must produce the same bytes."""
     try:
         body_encoder = REFERENCE_ENCODERS[type(message)]
@@ -147,7 +152,8 @@ def _max_body(max_frame_size: int) -> int:
     return max_frame_size - FRAME_OVERHEAD
 
 
-def _body(seq: int, msg_type: int, version: int, buf, start: int, end: int, decoders):
+def _body(seq: int, msg_type: int, version: int, buf: Buffer, start: int, end: int,
+          decoders: dict[int, BodyDecoder]) -> Message | ProtocolError:
     """Decode a checksum-verified body; returns the message or a ProtocolError value."""
     if version != FRAME_VERSION:
         return UnsupportedVersion(f"frame version {version} (this server speaks {FRAME_VERSION})", seq=seq, msg_type=msg_type)
@@ -161,7 +167,7 @@ def _body(seq: int, msg_type: int, version: int, buf, start: int, end: int, deco
         return exc
 
 
-def decode_frame(data: bytes, *, max_frame_size: int = MAX_FRAME_SIZE):
+def decode_frame(data: bytes, *, max_frame_size: int = MAX_FRAME_SIZE) -> Message:
     """Decode `data` holding exactly one frame (a WebSocket binary message).
 
     Returns the message; raises a `ProtocolError` subclass (and nothing else) when `data`
@@ -173,7 +179,7 @@ def decode_frame(data: bytes, *, max_frame_size: int = MAX_FRAME_SIZE):
     return result
 
 
-def _decode_one(data, max_frame_size, decoders):
+def _decode_one(data: Buffer, max_frame_size: int, decoders: dict[int, BodyDecoder]) -> Message | ProtocolError:
     max_body = _max_body(max_frame_size)
     size = len(data)
     if size < HEADER_SIZE:
@@ -191,7 +197,7 @@ def _decode_one(data, max_frame_size, decoders):
     return _body(seq, msg_type, version, data, HEADER_SIZE, end, decoders)
 
 
-def reference_decode_frame(data: bytes, *, max_frame_size: int = MAX_FRAME_SIZE):
+def reference_decode_frame(data: bytes, *, max_frame_size: int = MAX_FRAME_SIZE) -> Message:
     """`decode_frame` done by construct: the frame and the body parsed from the schemas."""
     max_body = _max_body(max_frame_size)
     data = bytes(data)
@@ -255,10 +261,10 @@ class FrameDecoder:
         """Bytes held waiting for the rest of a frame."""
         return len(self._buf)
 
-    def feed(self, data) -> list:
+    def feed(self, data: Buffer) -> list[Message | ProtocolError]:
         buf = self._buf
         buf += data
-        out: list = []
+        out: list[Message | ProtocolError] = []
         size = len(buf)
         pos = 0
         header_unpack = _HEADER.unpack_from

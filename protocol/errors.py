@@ -30,9 +30,9 @@ class ProtocolError(Exception):
     def __eq__(self, other: object) -> bool:  # value semantics make tests and fuzz reports readable
         return (
             type(other) is type(self)
-            and other.args == self.args  # type: ignore[attr-defined]
-            and other.seq == self.seq  # type: ignore[attr-defined]
-            and other.msg_type == self.msg_type  # type: ignore[attr-defined]
+            and other.args == self.args
+            and other.seq == self.seq
+            and other.msg_type == self.msg_type
         )
 
     def __hash__(self) -> int:

@@ -25,12 +25,27 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from construct import Array, Bytes, Const, FixedSized, FormatField, GreedyBytes, Prefixed, Rebuild, Renamed, Struct
+from construct import (Array, Bytes, Const, Construct, FixedSized, FormatField, GreedyBytes, Prefixed, Rebuild,
+                       Renamed, Struct)
 
 from lmg.protocol.errors import EncodeError, MalformedBody
 from lmg.protocol.schema import FixedText, Row, Text, unwrap as _unwrap
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeAlias
+
+    from lmg.protocol.messages import Message
+
+    #: What a body decoder reads from: a whole frame's bytes, or the TCP decoder's buffer.
+    Buffer: TypeAlias = bytes | bytearray | memoryview
+    #: `decode(buf, start, end, seq)`: the message whose body is buf[start:end]; raises
+    #: MalformedBody.
+    BodyDecoder: TypeAlias = Callable[[Buffer, int, int, int], Message]
+    #: `encode(message)`: the body bytes; raises EncodeError.
+    BodyEncoder: TypeAlias = Callable[[Message], bytes]
 
 
 class NotFastPathable(TypeError):
@@ -56,7 +71,7 @@ class _Group:
         return ">" + "".join(leaf.fmt for leaf in self.leaves)
 
 
-def _leaf(subcon, name: str) -> _Leaf:
+def _leaf(subcon: Construct, name: str) -> _Leaf:
     subcon = _unwrap(subcon)
     if isinstance(subcon, FormatField):
         if not subcon.fmtstr.startswith(">"):
@@ -69,7 +84,7 @@ def _leaf(subcon, name: str) -> _Leaf:
     raise NotFastPathable(f"{name}: {type(subcon).__name__} has no fast translation")
 
 
-def _text_prefix(subcon) -> str | None:
+def _text_prefix(subcon: Construct) -> str | None:
     """The struct format of a `Text` field's length prefix, or None if `subcon` is no Text."""
     subcon = _unwrap(subcon)
     if not isinstance(subcon, Text):
@@ -78,7 +93,8 @@ def _text_prefix(subcon) -> str | None:
     if not (isinstance(prefixed, Prefixed) and isinstance(prefixed.lengthfield, FormatField)
             and prefixed.subcon is GreedyBytes and prefixed.lengthfield.fmtstr.startswith(">")):
         raise NotFastPathable("Text must be a big-endian length prefix followed by the bytes")
-    return prefixed.lengthfield.fmtstr[1:]
+    fmt: str = prefixed.lengthfield.fmtstr
+    return fmt[1:]
 
 
 def fixed_format(schema: Struct) -> str:
@@ -109,9 +125,9 @@ def _decode_expr(leaf: _Leaf) -> str:
     return f"{leaf.name}.decode('latin-1')" if leaf.kind == "text" else leaf.name
 
 
-def _field_name_of(path, names: list[str]) -> str:
+def _field_name_of(path: Construct, names: list[str]) -> str:
     """Which earlier field a construct `this[...]` expression refers to."""
-    found = path({n: n for n in names})
+    found: str = path({n: n for n in names})  # evaluated where every name stands for itself
     if found not in names:
         raise NotFastPathable(f"array count/size must be an earlier field, got {path!r}")
     return found
@@ -154,10 +170,10 @@ def _plan(schema: Struct) -> _Plan:
             leaf = _leaf(inner.subcon, f"h{len(plan.head.leaves)}")
             plan.head.leaves.append(leaf)
             plan.rebuilt[sc.name] = leaf.name
-        elif _text_prefix(inner) is not None:
+        elif (prefix := _text_prefix(inner)) is not None:
             # the length joins the current run; the text itself ends the run
             n = len(plan.head.leaves)
-            length = _Leaf(f"n{n}", _text_prefix(inner), "int", struct.calcsize(">" + _text_prefix(inner)))
+            length = _Leaf(f"n{n}", prefix, "int", struct.calcsize(">" + prefix))
             run = _Group([*_leaves_since_last_text(plan), length])
             plan.head.leaves.append(length)
             text = f"h{n}"
@@ -196,12 +212,12 @@ def _row_leaves(row: Row) -> list[_Leaf]:
 class FastCodec:
     """Generated decode/encode for one message class, plus the source for inspection."""
 
-    decode: object  # (buf, start, end, seq) -> message; raises MalformedBody
-    encode: object  # (message) -> body bytes; raises EncodeError
+    decode: BodyDecoder  # (buf, start, end, seq) -> message; raises MalformedBody
+    encode: BodyEncoder  # (message) -> body bytes; raises EncodeError
     source: str
 
 
-def compile_codec(cls, schema: Struct, label: str | None = None) -> FastCodec:
+def compile_codec(cls: type[Message], schema: Struct, label: str | None = None) -> FastCodec:
     """Generate the fast codec of message class `cls` from its body `schema`.
 
     `label` names the message in errors (default: the message type's name).
@@ -210,7 +226,7 @@ def compile_codec(cls, schema: Struct, label: str | None = None) -> FastCodec:
     plan = _plan(schema)
     if plan.segments:
         return _compile_with_text(cls, schema, plan, label)
-    env: dict[str, object] = {
+    env: dict[str, Any] = {  # the generated code's globals; exec adds decode and encode
         "MalformedBody": MalformedBody,
         "EncodeError": EncodeError,
         "struct_error": struct.error,
@@ -289,7 +305,7 @@ def compile_codec(cls, schema: Struct, label: str | None = None) -> FastCodec:
     enc = ["def encode(m):", "    try:"]
     args = []
     field_index = 0
-    checks = []
+    checks: list[str] = []
     for sc in schema.subcons:
         inner = _unwrap(sc)
         if isinstance(inner, Array):
@@ -298,8 +314,10 @@ def compile_codec(cls, schema: Struct, label: str | None = None) -> FastCodec:
             # a count is the tail's length; a row size is the size this code writes
             if plan.rebuilt[sc.name] == plan.tail_count:
                 args.append(f"len(m[{_tail_index(cls, plan)}])")
-            else:
+            elif plan.tail_row is not None:
                 args.append(str(plan.tail_row.sizeof()))
+            else:
+                raise NotFastPathable(f"{sc.name}: rebuilt, but there are no rows to count or size")
             continue
         if isinstance(inner, Row):
             enc.append(f"        r{field_index} = m[{field_index}]")
@@ -333,12 +351,13 @@ def compile_codec(cls, schema: Struct, label: str | None = None) -> FastCodec:
     return FastCodec(env["decode"], env["encode"], source)
 
 
-def compile_packer(schema: Struct, label: str):
+def compile_packer(schema: Struct, label: str) -> BodyEncoder:
     """`pack(values) -> bytes`: what `schema.build` makes of a tuple of its field values in
     schema order, generated like the message codecs; raises EncodeError where build fails.
     For byte strings that are not messages but are written in the wire's vocabulary (the
     message AUTH signs)."""
-    fields = NamedTuple("Fields", [(sc.name, object) for sc in schema.subcons])
+    # the field names come from the schema, so mypy cannot know them
+    fields = NamedTuple("Fields", [(sc.name, object) for sc in schema.subcons])  # type: ignore[misc]
     return compile_codec(fields, schema, label).encode
 
 
@@ -356,14 +375,14 @@ def _encode_expr(leaf: _Leaf, value: str, checks: list[str], label: str) -> str:
     return var
 
 
-def _tail_index(cls, plan: _Plan) -> int:
+def _tail_index(cls: type[NamedTuple], plan: _Plan) -> int:
     return cls._fields.index(plan.tail_name)
 
 
-def _compile_with_text(cls, schema: Struct, plan: _Plan, label: str) -> FastCodec:
+def _compile_with_text(cls: type[NamedTuple], schema: Struct, plan: _Plan, label: str) -> FastCodec:
     """Codec of a body with text fields (and no row array): run, text, run, text, ..., run."""
-    env: dict[str, object] = {"MalformedBody": MalformedBody, "EncodeError": EncodeError,
-                              "struct_error": struct.error, "_new": tuple.__new__, cls.__name__: cls}
+    env: dict[str, Any] = {"MalformedBody": MalformedBody, "EncodeError": EncodeError,
+                           "struct_error": struct.error, "_new": tuple.__new__, cls.__name__: cls}
     for sc in schema.subcons:
         if isinstance(_unwrap(sc), Row):
             env[_unwrap(sc).row_class.__name__] = _unwrap(sc).row_class
@@ -415,7 +434,7 @@ def _compile_with_text(cls, schema: Struct, plan: _Plan, label: str) -> FastCode
     return FastCodec(env["decode"], env["encode"], source)
 
 
-def _encode_args(cls, schema: Struct, checks: list[str], label: str) -> list[str]:
+def _encode_args(cls: type[NamedTuple], schema: Struct, checks: list[str], label: str) -> list[str]:
     """One packing expression per fixed leaf and one value per text field, in wire order."""
     args = []
     for index, sc in enumerate(schema.subcons):

@@ -13,9 +13,10 @@ by the decoder and written by `encode`.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeAlias
 
-from construct import Rebuild, Struct
+from construct import Bytes, Construct, Rebuild, Struct
 
 from lmg.protocol.codes import MessageType
 from lmg.protocol.schema import (
@@ -25,7 +26,6 @@ from lmg.protocol.schema import (
     U64,
     I16,
     Blob,
-    Bytes,
     FixedText,
     Row,
     Text,
@@ -34,8 +34,14 @@ from lmg.protocol.schema import (
     sized_rows,
 )
 
+#: A protocol message: an instance of one of the classes below. `Any` to the type checker:
+#: @message gives each class a `msg_type` attribute, and a NamedTuple cannot declare one
+#: (every name annotated in its body becomes a field), so no precise type exists for
+#: "any message". Code that needs one message's fields narrows with isinstance.
+Message: TypeAlias = Any
+
 #: msg_type -> message class; filled by @message.
-MESSAGE_CLASSES: dict[int, type] = {}
+MESSAGE_CLASSES: dict[int, type[Message]] = {}
 #: message class -> construct Struct of its body.
 BODY_SCHEMAS: dict[type, Struct] = {}
 #: Types whose frames carry the REPLY flag.
@@ -53,15 +59,15 @@ REPLY_TYPES: frozenset[int] = frozenset(
 )
 
 
-def _typed_eq(self, other):
+def _typed_eq(self: tuple[Any, ...], other: object) -> bool:
     return type(self) is type(other) and tuple.__eq__(self, other)
 
 
-def _typed_ne(self, other):
+def _typed_ne(self: tuple[Any, ...], other: object) -> bool:
     return not _typed_eq(self, other)
 
 
-def _typed_hash(self):
+def _typed_hash(self: tuple[Any, ...]) -> int:
     return hash((type(self).__name__, tuple(self)))
 
 
@@ -70,19 +76,20 @@ def data_field_names(schema: Struct) -> list[str]:
     return [sc.name for sc in schema.subcons if not isinstance(unwrap(sc), Rebuild)]
 
 
-def message(msg_type: MessageType, *fields):
+def message(msg_type: MessageType, *fields: Construct) -> Callable[[type[Message]], type[Message]]:
     """Register a NamedTuple class as the message of `msg_type` with body `Struct(*fields)`."""
 
     schema = Struct(*fields)
 
-    def register(cls):
+    def register(cls: type[Message]) -> type[Message]:
         expected = data_field_names(schema) + ["seq"]
         if list(cls._fields) != expected:
             raise TypeError(f"{cls.__name__} fields {cls._fields} do not match its schema {expected}")
         if msg_type in MESSAGE_CLASSES:
             raise TypeError(f"message type {msg_type!r} registered twice")
         cls.msg_type = MessageType(msg_type)
-        cls.__eq__, cls.__ne__, cls.__hash__ = _typed_eq, _typed_ne, _typed_hash
+        # functions stored on the class become its methods (self first), which mypy cannot follow
+        cls.__eq__, cls.__ne__, cls.__hash__ = _typed_eq, _typed_ne, _typed_hash  # type: ignore[assignment]
         MESSAGE_CLASSES[int(msg_type)] = cls
         BODY_SCHEMAS[cls] = schema
         return cls
@@ -119,7 +126,7 @@ PUNCH_RECORD = Row(
         "photo_sha256" / Bytes(32) * "SHA-256 of the snapshot (links PHOTO_CHUNKs); zeros when no photo",
     ),
 )
-PUNCH_RECORD_SIZE = PUNCH_RECORD.sizeof()
+PUNCH_RECORD_SIZE: int = PUNCH_RECORD.sizeof()
 
 
 class RecordResult(NamedTuple):
@@ -276,7 +283,7 @@ class Ack(NamedTuple):
     ref_seq: int
     ref_type: int
     server_time_ms: int
-    results: tuple
+    results: tuple[RecordResult, ...]
     seq: int = 0
 
 
@@ -328,7 +335,7 @@ class Punch(NamedTuple):
     *sized_rows("records", "record_count", "record_size", PUNCH_RECORD, "punch records (table: punch record)"),
 )
 class PunchBatch(NamedTuple):
-    records: tuple
+    records: tuple[PunchRecord, ...]
     seq: int = 0
 
 
@@ -489,7 +496,7 @@ class SetTime(NamedTuple):
 
 @message(MessageType.CONFIG_GET, *counted_rows("keys", "key_count", U8, CONFIG_KEY, "keys to read"))
 class ConfigGet(NamedTuple):
-    keys: tuple
+    keys: tuple[ConfigKey, ...]
     seq: int = 0
 
 
@@ -500,13 +507,13 @@ class ConfigGet(NamedTuple):
 )
 class ConfigReply(NamedTuple):
     ref_seq: int
-    entries: tuple
+    entries: tuple[ConfigEntry, ...]
     seq: int = 0
 
 
 @message(MessageType.CONFIG_SET, *counted_rows("entries", "entry_count", U8, CONFIG_ENTRY, "keys and the values to set"))
 class ConfigSet(NamedTuple):
-    entries: tuple
+    entries: tuple[ConfigEntry, ...]
     seq: int = 0
 
 
@@ -527,20 +534,32 @@ class DoorOpen(NamedTuple):
     seq: int = 0
 
 
+#: What `from lmg.protocol.messages import *` gives (lmg.protocol re-exports it). Written
+#: out, in registration order, so the type checker sees it; the check below fails at import
+#: when a registered class is missing.
+__all__ = [
+    # session
+    "Hello", "Challenge", "Auth", "AuthResult", "Heartbeat", "Goodbye", "TimeSyncRequest", "TimeSyncReply",
+    # generic answers
+    "Ack", "Nack",
+    # uplink data
+    "Punch", "PunchBatch", "PhotoChunk", "PhotoQuery", "PhotoStatus", "DeviceStatus",
+    # downlink commands and their replies
+    "RosterAdd", "RosterUpdate", "RosterRemove", "FaceChunk", "RosterVersionQuery", "RosterVersionReply",
+    "SetTime", "ConfigGet", "ConfigReply", "ConfigSet", "Reboot", "DoorOpen",
+    # rows and tables
+    "PunchRecord", "RecordResult", "ConfigEntry", "ConfigKey", "MESSAGE_CLASSES", "BODY_SCHEMAS",
+    "PUNCH_RECORD_SIZE",
+]
+
+
 def _check_every_type_has_a_class() -> None:
     missing = [t.name for t in MessageType if int(t) not in MESSAGE_CLASSES]
     if missing:
         raise TypeError(f"message types without a class: {missing}")
+    unexported = [cls.__name__ for cls in MESSAGE_CLASSES.values() if cls.__name__ not in __all__]
+    if unexported:
+        raise TypeError(f"message classes missing from __all__: {unexported}")
 
 
 _check_every_type_has_a_class()
-
-__all__ = [cls.__name__ for cls in MESSAGE_CLASSES.values()] + [
-    "PunchRecord",
-    "RecordResult",
-    "ConfigEntry",
-    "ConfigKey",
-    "MESSAGE_CLASSES",
-    "BODY_SCHEMAS",
-    "PUNCH_RECORD_SIZE",
-]

@@ -9,6 +9,7 @@ the size constants below. All integers are big-endian (network order).
 from __future__ import annotations
 
 import zlib
+from typing import Any, NamedTuple
 
 from construct import (
     Adapter,
@@ -16,6 +17,7 @@ from construct import (
     Bytes,
     Checksum,
     Const,
+    Construct,
     FixedSized,
     Int8ub,
     Int16sb,
@@ -47,14 +49,14 @@ MAX_FRAME_SIZE = 65536
 U8, U16, U32, U64, I16 = Int8ub, Int16ub, Int32ub, Int64ub, Int16sb
 
 
-def unwrap(subcon):
+def unwrap(subcon: Construct) -> Construct:
     """Strip the Renamed layers that names and `* "doc"` put around a field."""
     while isinstance(subcon, Renamed):
         subcon = subcon.subcon
     return subcon
 
 
-def row_of_array(subcon) -> "Row | None":
+def row_of_array(subcon: Construct) -> Row | None:
     """The Row inside an `Array(..., Row)` or `Array(..., FixedSized(..., Row))` field."""
     inner = unwrap(subcon)
     if not isinstance(inner, Array):
@@ -65,7 +67,11 @@ def row_of_array(subcon) -> "Row | None":
     return element if isinstance(element, Row) else None
 
 
-class FixedText(Adapter):
+# construct ships no type information, so mypy sees its classes as Any; the adapters below
+# subclass one all the same (that is how construct is extended).
+
+
+class FixedText(Adapter):  # type: ignore[misc]  # Adapter is Any (see above)
     """Exactly `length` bytes of text, decoded one byte per character (ISO-8859-1).
 
     Used for the 18-character resident ID number: any bytes decode, so a wrong ID is
@@ -76,10 +82,10 @@ class FixedText(Adapter):
         super().__init__(Bytes(length))
         self.length = length
 
-    def _decode(self, obj, context, path):
+    def _decode(self, obj: bytes, context: Any, path: str) -> str:
         return obj.decode("latin-1")
 
-    def _encode(self, obj, context, path):
+    def _encode(self, obj: str, context: Any, path: str) -> bytes:
         try:
             raw = obj.encode("latin-1")
         except UnicodeEncodeError as exc:
@@ -89,51 +95,52 @@ class FixedText(Adapter):
         return raw
 
 
-class Text(Adapter):
+class Text(Adapter):  # type: ignore[misc]  # Adapter is Any (see above)
     """UTF-8 text after an unsigned length prefix of `prefix_size` bytes (1 or 2)."""
 
     def __init__(self, prefix_size: int = 1):
         self.prefix_size = prefix_size
         super().__init__(Prefixed(U8 if prefix_size == 1 else U16, GreedyBytes))
 
-    def _decode(self, obj, context, path):
+    def _decode(self, obj: bytes, context: Any, path: str) -> str:
         try:
             return obj.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise StringError(f"text is not valid UTF-8 ({exc.reason})", path=path) from exc
 
-    def _encode(self, obj, context, path):
+    def _encode(self, obj: str, context: Any, path: str) -> bytes:
         return obj.encode("utf-8")
 
 
-class Blob(Adapter):
+class Blob(Adapter):  # type: ignore[misc]  # Adapter is Any (see above)
     """Raw bytes after an unsigned 16-bit length prefix (photo and face chunks)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(Prefixed(U16, GreedyBytes))
 
-    def _decode(self, obj, context, path):
+    def _decode(self, obj: bytes, context: Any, path: str) -> bytes:
         return bytes(obj)
 
-    def _encode(self, obj, context, path):
+    def _encode(self, obj: bytes, context: Any, path: str) -> bytes:
         return bytes(obj)
 
 
-class Row(Adapter):
+class Row(Adapter):  # type: ignore[misc]  # Adapter is Any (see above)
     """A nested fixed record decoded straight into a NamedTuple class `row_class`."""
 
-    def __init__(self, row_class, subcon: Struct):
+    def __init__(self, row_class: type[NamedTuple], subcon: Struct):
         super().__init__(subcon)
         self.row_class = row_class
 
-    def _decode(self, obj, context, path):
+    def _decode(self, obj: Any, context: Any, path: str) -> NamedTuple:
         return self.row_class(*[obj[name] for name in self.row_class._fields])
 
-    def _encode(self, obj, context, path):
+    def _encode(self, obj: NamedTuple, context: Any, path: str) -> dict[str, Any]:
         return dict(zip(self.row_class._fields, obj))
 
 
-def counted_rows(name: str, count_name: str, count_type, row: Row, doc: str):
+def counted_rows(name: str, count_name: str, count_type: Construct, row: Row,
+                 doc: str) -> tuple[Construct, Construct]:
     """`count_name` (rebuilt from the list) followed by that many `row`s named `name`."""
     return (
         count_name / Rebuild(count_type, len_(this[name])) * f"number of `{name}` rows that follow",
@@ -141,7 +148,8 @@ def counted_rows(name: str, count_name: str, count_type, row: Row, doc: str):
     )
 
 
-def sized_rows(name: str, count_name: str, size_name: str, row: Row, doc: str):
+def sized_rows(name: str, count_name: str, size_name: str, row: Row,
+               doc: str) -> tuple[Construct, Construct, Construct]:
     """Count, per-row size, then rows of that size: rows may grow in later versions.
 
     A receiver reads the fields it knows from the start of each row and skips the rest,
@@ -165,9 +173,9 @@ FRAME_HEADER = Struct(
     "seq" / U32 * "sender's sequence number: per direction, +1 per frame, wraps 0xFFFFFFFF → 0",
     "body_len" / U32 * "body length in bytes; at most MAX_FRAME_SIZE − 18",
 )
-HEADER_SIZE = FRAME_HEADER.sizeof()
+HEADER_SIZE: int = FRAME_HEADER.sizeof()
 CHECKSUM = U32
-CHECKSUM_SIZE = CHECKSUM.sizeof()
+CHECKSUM_SIZE: int = CHECKSUM.sizeof()
 FRAME_OVERHEAD = HEADER_SIZE + CHECKSUM_SIZE
 
 

@@ -17,8 +17,9 @@ import json
 import re
 import sys
 import zlib
+from typing import Any
 
-from construct import Bytes, Const, FormatField, Rebuild
+from construct import Bytes, Const, Construct, FormatField, Rebuild, Struct
 
 from lmg.protocol.auth import auth_mac, auth_message
 from lmg.protocol.codes import MESSAGE_DESCRIPTIONS, RESULT_DESCRIPTIONS, MessageType, ResultCode
@@ -39,7 +40,7 @@ from lmg.protocol.schema import (
 _INT_NAMES = {"B": "u8", "H": "u16", "I": "u32", "L": "u32", "Q": "u64", "h": "i16", "i": "i32"}
 
 
-def _type_and_size(subcon) -> tuple[str, int | None, str]:
+def _type_and_size(subcon: Construct) -> tuple[str, int | None, str]:
     """(type name, size in bytes or None when variable, size text)."""
     inner = unwrap(subcon)
     if isinstance(inner, Rebuild):
@@ -67,15 +68,16 @@ def _type_and_size(subcon) -> tuple[str, int | None, str]:
     raise TypeError(f"no documentation type for {type(inner).__name__}")
 
 
-def _docs_of(subcon) -> str:
+def _docs_of(subcon: Construct) -> str:
     while subcon is not None:
-        if getattr(subcon, "docs", ""):
-            return subcon.docs
+        docs: str = getattr(subcon, "docs", "")
+        if docs:
+            return docs
         subcon = getattr(subcon, "subcon", None)
     return ""
 
 
-def field_table(schema, *, base_offset: int = 0) -> str:
+def field_table(schema: Struct, *, base_offset: int = 0) -> str:
     """| offset | field | type | size | meaning | for a Struct; offsets stop being fixed after a variable field."""
     lines = ["| offset | field | type | size (bytes) | meaning |", "|---:|---|---|---:|---|"]
     offset: int | None = base_offset
@@ -114,7 +116,7 @@ def result_code_table() -> str:
     return "\n".join(lines)
 
 
-def _example_block(vector: dict) -> str:
+def _example_block(vector: dict[str, Any]) -> str:
     frame = bytes.fromhex(vector["hex"])
     grouped = " ".join(vector["hex"][i : i + 2] for i in range(0, len(vector["hex"]), 2))
     wrapped = "\n".join(grouped[i : i + 96].strip() for i in range(0, len(grouped), 96))
@@ -126,7 +128,7 @@ def _example_block(vector: dict) -> str:
     )
 
 
-def message_section(msg_type: MessageType, vectors: dict[str, dict]) -> str:
+def message_section(msg_type: MessageType, vectors: dict[str, dict[str, Any]]) -> str:
     cls = MESSAGE_CLASSES[int(msg_type)]
     schema = BODY_SCHEMAS[cls]
     direction, purpose = MESSAGE_DESCRIPTIONS[msg_type]
@@ -146,7 +148,7 @@ def punch_record_table() -> str:
     return field_table(PUNCH_RECORD.subcon) + f"\n\nA punch record is {PUNCH_RECORD.sizeof()} bytes in V1."
 
 
-def checksum_example(vectors: dict[str, dict]) -> str:
+def checksum_example(vectors: dict[str, dict[str, Any]]) -> str:
     frame = bytes.fromhex(vectors["heartbeat"]["hex"])
     covered = frame[:-4]
     crc = zlib.crc32(covered)
@@ -161,7 +163,7 @@ def checksum_example(vectors: dict[str, dict]) -> str:
     )
 
 
-def auth_example(vectors: dict[str, dict]) -> str:
+def auth_example(vectors: dict[str, dict[str, Any]]) -> str:
     from lmg.protocol.jsonform import from_jsonable
 
     hello = from_jsonable(vectors["hello"]["message"])
@@ -198,7 +200,7 @@ def constants_table() -> str:
     )
 
 
-def render(name: str, vectors: dict[str, dict]) -> str:
+def render(name: str, vectors: dict[str, dict[str, Any]]) -> str:
     if name == "frame-header":
         return frame_header_table()
     if name == "constants":
@@ -221,7 +223,7 @@ def render(name: str, vectors: dict[str, dict]) -> str:
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w:-]+) -->\n)(?P<body>.*?)(<!-- end generated:(?P=name) -->)", re.S)
 
 
-def update_document(text: str, vectors: dict[str, dict]) -> str:
+def update_document(text: str, vectors: dict[str, dict[str, Any]]) -> str:
     """`text` with every generated block re-rendered."""
     return _BLOCK.sub(lambda m: m.group(1) + render(m.group("name"), vectors) + "\n" + m.group(4), text)
 

@@ -37,7 +37,9 @@ import ssl
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Protocol, cast
 
 import orjson
 
@@ -63,6 +65,9 @@ from lmg.protocol.auth import auth_mac
 from lmg.protocol.codes import Capability
 from lmg.simulators import mqtt
 from lmg.simulators.terminal import worker_id_for
+
+if TYPE_CHECKING:
+    from picows import WSListener, WSTransport
 
 SCENARIOS = ("rush", "idle", "backlog", "storm", "chaos")
 DIALECTS = ("lmg", "bare", "mqtt")
@@ -196,12 +201,22 @@ class Refused(Exception):
 # --- wires: bytes in and out for one connection ---------------------------------------------
 
 
+class Wire(Protocol):
+    """What a terminal needs of its connection: a TcpWire or a WsWire."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self, abort: bool = False) -> None: ...
+
+
 class TcpWire(asyncio.Protocol):
     __slots__ = ("terminal", "transport", "decoder", "mqtt_reader")
 
     def __init__(self, terminal: "Terminal"):
         self.terminal = terminal
-        self.transport = None
+        # None only until connection_made, which the loop calls before any other callback
+        # and before create_connection hands the wire to the terminal.
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.decoder = FrameDecoder() if terminal.fleet.spec.dialect != "mqtt" else None
         self.mqtt_reader = mqtt.PacketReader() if self.decoder is None else None
 
@@ -215,7 +230,7 @@ class TcpWire(asyncio.Protocol):
                 terminal.on_frame(item)
         else:
             try:
-                packets = self.mqtt_reader.feed(data)
+                packets = self.mqtt_reader.feed(data)  # type: ignore[union-attr]  # set when decoder is None
             except mqtt.MqttError:
                 self.transport.abort()
                 return
@@ -232,15 +247,16 @@ class TcpWire(asyncio.Protocol):
         self.terminal.on_lost()
 
 
-def _ws_wire_class():
+def _ws_wire_class() -> Callable[[Terminal], WSListener]:
     from picows import WSListener, WSMsgType
 
     class WsWire(WSListener):
-        """One protocol frame per binary WebSocket message, as server/websocket.py expects."""
+        """One protocol frame per binary WebSocket message, as server/gateway/websocket.py expects."""
 
         def __init__(self, terminal: "Terminal"):
             self.terminal = terminal
-            self.transport = None
+            # None only until on_ws_connected, which picows calls before ws_connect returns
+            self.transport: WSTransport = None  # type: ignore[assignment]
 
         def on_ws_connected(self, transport) -> None:
             self.transport = transport
@@ -277,7 +293,9 @@ class Terminal:
         self.index = index
         self.serial = serial
         self.secret = secret
-        self.wire = None
+        # None until the first connect, then the latest connection's. In state handshake or
+        # online it is the live one: the senders that run only then use it unchecked.
+        self.wire: Wire | None = None
         self.state = "offline"  # offline | handshake | online
         self.seq = 0
         self.buffer: deque = deque()  # records not yet answered and not in flight
@@ -339,7 +357,7 @@ class Terminal:
         self.fleet.busy.add(self)
         self.fleet.stats["sent"] += len(records)
         try:
-            self.wire.write(frame)
+            self.wire.write(frame)  # type: ignore[union-attr]  # online: connected
         except (RuntimeError, OSError):  # the transport is closing: on_lost puts the records back
             pass
 
@@ -351,7 +369,8 @@ class Terminal:
         self.fleet.busy.add(self)
         self.fleet.stats["heartbeats_sent"] += 1
         pending = len(self.buffer)
-        self.wire.write(encode(Heartbeat(time.time_ns() // 1_000_000, pending, 0, seq)))
+        frame = encode(Heartbeat(time.time_ns() // 1_000_000, pending, 0, seq))
+        self.wire.write(frame)  # type: ignore[union-attr]  # online: connected
 
     # -- answers -----------------------------------------------------------------------------
     def on_frame(self, item) -> None:
@@ -380,8 +399,8 @@ class Terminal:
             self.pump()
         elif isinstance(item, Challenge):
             if self.state == "handshake":
-                self.wire.write(encode(Auth(auth_mac(self.secret, item.nonce, self.serial, FIRMWARE, 1),
-                                            self._next_seq())))
+                auth = Auth(auth_mac(self.secret, item.nonce, self.serial, FIRMWARE, 1), self._next_seq())
+                self.wire.write(encode(auth))  # type: ignore[union-attr]  # handshake: connected
         elif isinstance(item, AuthResult):
             if self.waiter is not None and not self.waiter.done():
                 if item.result == ResultCode.OK:
@@ -454,8 +473,9 @@ class Terminal:
 
             scheme = "wss" if spec.tls else "ws"
             factory = (lambda url: connected_socket(spec.host, spec.port, source)) if source else None
-            _, self.wire = await ws_connect(lambda: fleet.ws_wire(self), f"{scheme}://{spec.host}:{spec.port}/terminal",
-                                            ssl_context=fleet.tls, socket_factory=factory, read_buffer_init_size=1024)
+            _, listener = await ws_connect(lambda: fleet.ws_wire(self), f"{scheme}://{spec.host}:{spec.port}/terminal",
+                                           ssl_context=fleet.tls, socket_factory=factory, read_buffer_init_size=1024)
+            self.wire = cast(Wire, listener)  # the WsWire made by fleet.ws_wire
         elif source:
             sock = await connected_socket(spec.host, spec.port, source)
             _, self.wire = await loop.create_connection(lambda: TcpWire(self), sock=sock, ssl=fleet.tls,
@@ -510,6 +530,7 @@ class Terminal:
             self.dropping = False
             fleet.came_online(self)
             self.pump()
+            assert self.lost is not None  # set by _connect
             await self.lost
             if fleet.stopping:
                 break
@@ -558,7 +579,7 @@ class Fleet:
             self.tls = ssl.create_default_context()
             self.tls.check_hostname = False
             self.tls.verify_mode = ssl.CERT_NONE
-        self._ws_class = None
+        self._ws_class: Callable[[Terminal], WSListener] | None = None
         self.terminals: list[Terminal] = []
         self.chaos: list[tuple[str, str, bytes]] = []
         chaos_n = int(len(spec.devices) * spec.chaos_share) if spec.scenario == "chaos" else 0
@@ -569,11 +590,12 @@ class Fleet:
                 self.terminals.append(Terminal(self, index, serial, bytes.fromhex(secret_hex)))
         self._all_online = asyncio.Event()
         self._drained = asyncio.Event()
-        self.storm_t0 = self.storm_last = None
-        self.backlog_done_s = None
+        self.storm_t0: float | None = None
+        self.storm_last: float | None = None
+        self.backlog_done_s: float | None = None
         self.started = 0.0
 
-    def ws_wire(self, terminal):
+    def ws_wire(self, terminal: Terminal) -> WSListener:
         if self._ws_class is None:
             self._ws_class = _ws_wire_class()
         return self._ws_class(terminal)
@@ -692,7 +714,7 @@ class Fleet:
                     while await reader.read(65536):
                         pass
                 else:  # deaf: a HELLO, then frames, never reading an answer
-                    writer.transport.pause_reading()
+                    cast(asyncio.Transport, writer.transport).pause_reading()  # a socket's: it reads too
                     writer.write(encode(Hello(serial, "simulator", "fleet", FIRMWARE, 1, 0, 1)))
                     seq = 2
                     while not writer.is_closing() and not self.stopping:
@@ -892,6 +914,7 @@ async def _run_processes(spec: FleetSpec, parts: list[FleetSpec], on_progress) -
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "lmg.simulators.fleet", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             limit=1 << 26)
+        assert proc.stdin is not None  # a pipe, as asked
         proc.stdin.write(orjson.dumps(asdict(part)) + b"\n")
         await proc.stdin.drain()
         procs.append(proc)
@@ -907,12 +930,13 @@ async def _run_processes(spec: FleetSpec, parts: list[FleetSpec], on_progress) -
                     for snap in latest:
                         merged.update({k: v for k, v in snap.items() if isinstance(v, (int, float)) and k != "p99_ms"})
                     merged["elapsed_s"] = max((s.get("elapsed_s", 0) for s in latest), default=0)
-                    p99 = [s.get("p99_ms") for s in latest if s.get("p99_ms")]
+                    p99 = [s["p99_ms"] for s in latest if s.get("p99_ms")]
                     on_progress({**merged, "p99_ms": max(p99) if p99 else None, "processes": len(parts)})
             elif kind == "ready":
                 ready[i] = True
                 if storm and all(ready):
                     for other in procs:
+                        assert other.stdin is not None  # a pipe, as asked
                         other.stdin.write(b"storm\n")
                         await other.stdin.drain()
             elif kind == "summary":
@@ -929,7 +953,7 @@ async def _run_processes(spec: FleetSpec, parts: list[FleetSpec], on_progress) -
     missing = [i for i, s in enumerate(summaries) if s is None]
     if missing:
         raise RuntimeError(f"fleet processes {missing} ended without a summary (see their stderr)")
-    return merge_summaries(summaries, spec, len(parts))
+    return merge_summaries([s for s in summaries if s is not None], spec, len(parts))
 
 
 def raise_fd_limit() -> int:
@@ -971,7 +995,7 @@ if __name__ == "__main__":
     raise_fd_limit()
     import uvloop
 
-    from lmg.server.gateway.collector import tune_collector
+    from lmg.server.gateway import tune_collector
 
     tune_collector()  # the measuring tool's own GC pauses must not show up as server latency
 

@@ -33,6 +33,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import orjson
 from aiohttp import web
@@ -192,7 +193,7 @@ class ProvinceDb:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             for rid, code, reason, record in checked:
-                if code:
+                if code or record is None:  # check_record gives a record exactly when the code is 0
                     rejected += 1
                     self.conn.execute("INSERT INTO rejected (record_id, code, reason, at_ms) VALUES (?, ?, ?, ?)",
                                       (rid, int(code), reason, now_ms))
@@ -300,17 +301,21 @@ class ProvinceSimulator:
         # handler_cancellation: a hung request ends when the client gives up, not after hang_s
         self.runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True)
         await self.runner.setup()
-        await self._listen(host, port)
+        address = await self._listen(host, port)
         if self.faults.down_for_s:
             self._outage = asyncio.get_running_loop().create_task(self._outage_schedule())
-        return self.address
+        return address
 
-    async def _listen(self, host: str, port: int) -> None:
+    async def _listen(self, host: str, port: int) -> tuple[str, int]:
+        assert self.runner is not None  # start() made it
         self.site = web.TCPSite(self.runner, host, port, reuse_address=True)
         await self.site.start()
-        self.address = self.site._server.sockets[0].getsockname()[:2]
+        server = cast(asyncio.Server, self.site._server)  # what start() made; aiohttp types it loosely
+        self.address = server.sockets[0].getsockname()[:2]
+        return self.address
 
     async def _outage_schedule(self) -> None:
+        assert self.site is not None and self.address is not None  # start() listened first
         await asyncio.sleep(self.faults.down_after_s)
         self.down = True
         self.db.count("fault_down_periods")

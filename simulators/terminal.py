@@ -13,6 +13,7 @@ import hashlib
 import ssl
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from lmg.protocol import (
     Auth,
@@ -37,6 +38,9 @@ from lmg.protocol import (
 from lmg.protocol.auth import auth_mac
 from lmg.protocol.codes import Capability
 from lmg.protocol.identity import check_digit
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
 
 
 class TerminalError(Exception):
@@ -80,13 +84,13 @@ class TerminalConnection:
         self.local_addr = local_addr
         self.seq = 0
         self.pending: dict[int, asyncio.Future] = {}
-        self.photo_waiters: dict[bytes, asyncio.Future] = {}
+        self.photo_waiters: dict[bytes, asyncio.Future[PhotoStatus]] = {}
         self.unsolicited: asyncio.Queue = asyncio.Queue()
         self.auth_result: AuthResult | None = None
         self.closed_reason: ResultCode | None = None
         self._reader_task: asyncio.Task | None = None
-        self._writer = None
-        self._ws = None
+        self._writer: asyncio.StreamWriter | None = None  # tcp
+        self._ws: ClientConnection | None = None  # ws
         self._ws_sends: set[asyncio.Task] = set()
 
     # -- wire --------------------------------------------------------------------------
@@ -106,7 +110,7 @@ class TerminalConnection:
                         ping_interval=None, compression=None),
                 self.timeout_s,
             )
-            self._reader_task = asyncio.get_running_loop().create_task(self._read_ws())
+            self._reader_task = asyncio.get_running_loop().create_task(self._read_ws(self._ws))
         else:
             raise ValueError(f"transport must be tcp or ws, not {self.transport!r}")
 
@@ -122,6 +126,7 @@ class TerminalConnection:
                 raise TerminalError("connection closed", self.closed_reason)
             self._writer.write(frame)
         else:
+            assert self._ws is not None, "open() first"
             task = asyncio.get_running_loop().create_task(self._ws.send(frame))
             self._ws_sends.add(task)  # the loop keeps only weak references to tasks
             task.add_done_callback(self._ws_sent)
@@ -146,11 +151,13 @@ class TerminalConnection:
         finally:
             self._fail_all("connection closed")
 
-    async def _read_ws(self) -> None:
+    async def _read_ws(self, ws: ClientConnection) -> None:
         from websockets.exceptions import ConnectionClosed
 
         try:
-            async for message in self._ws:
+            async for message in ws:
+                if isinstance(message, str):
+                    continue  # a text message is no frame (frames are binary): dropped like a bad one
                 try:
                     self._dispatch(decode_frame(message))
                 except ProtocolError as exc:
@@ -235,7 +242,7 @@ class TerminalConnection:
             waiter = self.photo_waiters.setdefault(sha, asyncio.get_running_loop().create_future())
             self.send(PhotoQuery(record_no, sha, len(photo)))
             offset = (await asyncio.wait_for(waiter, self.timeout_s)).next_offset
-        status = None
+        status: PhotoStatus | None = None
         while offset < len(photo):
             waiter = asyncio.get_running_loop().create_future()
             self.photo_waiters[sha] = waiter

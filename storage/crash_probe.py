@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import io
 import os
 import random
 import signal
@@ -108,8 +109,8 @@ async def _verify(url: str, data_dir: str, acked: set[tuple[str, int]], fresh: s
     try:
         if full:
             found = {}
-            async for punch in store.iter_punches():
-                found[(punch.device_serial, punch.record_no)] = punch
+            async for stored in store.iter_punches():
+                found[(stored.device_serial, stored.record_no)] = stored
             to_check = [(key, found.get(key)) for key in acked]
         else:
             keys = list(fresh) + rng.sample(sorted(acked - fresh), min(sample, len(acked - fresh)))
@@ -127,6 +128,7 @@ async def _verify(url: str, data_dir: str, acked: set[tuple[str, int]], fresh: s
         await store.close()
     location = parse_store_url(url, data_dir)
     if full and location.dialect == "sqlite":
+        assert location.sqlite_path is not None  # parse_store_url sets it for every sqlite URL
         conn = sqlite3.connect(location.sqlite_path)
         try:
             verdict = conn.execute("PRAGMA integrity_check").fetchone()[0]
@@ -177,7 +179,7 @@ def _one_cycle(url: str, data_dir: str, cycle: int, seed: int, run_s: float) -> 
     first_ack = threading.Event()
 
     def drain() -> None:
-        assert child.stdout is not None
+        assert isinstance(child.stdout, io.BufferedReader)  # a pipe with default buffering: it has read1
         while True:
             data = child.stdout.read1(65536)
             if not data:

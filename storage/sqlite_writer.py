@@ -41,7 +41,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from lmg.storage.config import StoreConfig
 from lmg.storage.errors import StoreClosed, StoreUnavailable
@@ -110,7 +110,7 @@ def unavailable(path: Path, exc: sqlite3.Error) -> StoreUnavailable:
     )
 
 
-def is_environmental(exc: BaseException) -> bool:
+def is_environmental(exc: BaseException) -> TypeGuard[sqlite3.DatabaseError]:
     # IntegrityError and ProgrammingError are DatabaseError subclasses but mean a bug or
     # a rejected value, not a sick disk.
     return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
@@ -174,7 +174,8 @@ class _Channel(asyncio.Protocol):
         future = asyncio.get_running_loop().create_future()
         self.pending[self.next_id] = future
         data = pickle.dumps((self.next_id, *message), pickle.HIGHEST_PROTOCOL)
-        self.transport.write(_HEADER.pack(len(data)) + data)
+        # set by connection_made, which runs before _spawn hands the channel out
+        self.transport.write(_HEADER.pack(len(data)) + data)  # type: ignore[union-attr]
         return future
 
 

@@ -109,6 +109,7 @@ async def open_store(
     if location.dialect == "sqlite":
         from lmg.storage.sqlite import SqliteStore
 
+        assert location.sqlite_path is not None  # parse_store_url sets it for every sqlite URL
         return await SqliteStore.open(location.sqlite_path, data_dir=data_dir, config=config,
                                       clock_ms=clock_ms, blobs=blobs)
     from lmg.storage.postgres import PostgresStore  # asyncpg is imported only when used
