@@ -1,4 +1,5 @@
-"""Storage layer of the 陇明公 gateway: durable punches, devices, photos, outbox, commands, audit.
+"""Storage layer of the 陇明公 gateway: durable punches, devices, photos, outbox, commands, audit,
+API tokens and the session-end signal.
 
 The server uses only what is exported here: `open_store(url, data_dir=...)` returns a
 `Store` (SQLite by default, PostgreSQL for `postgresql://` URLs); the record types and
@@ -7,7 +8,9 @@ the error tree come with it. See docs/storage.md for the contracts.
 
 from lmg.storage.api import (
     DUPLICATE,
+    MAX_PUNCH_PAGE,
     STORED,
+    ApiToken,
     AuditEntry,
     Command,
     CommandState,
@@ -19,10 +22,14 @@ from lmg.storage.api import (
     Presence,
     Punch,
     PunchIn,
+    PunchListing,
     PunchOutcome,
     RejectedPunch,
+    SessionEnd,
+    SessionEndReason,
     Store,
     VerifyMode,
+    wall_clock_ms,
 )
 from lmg.storage.config import StoreConfig
 from lmg.storage.errors import (
@@ -34,16 +41,20 @@ from lmg.storage.errors import (
     SchemaTooNew,
     StoreClosed,
     StoreError,
+    StoreNotFound,
     StoreUnavailable,
     StoreUrlError,
+    TokenExists,
     UnknownDevice,
 )
 from lmg.storage.url import open_store, parse_store_url
 
 __all__ = [
-    "DUPLICATE", "STORED", "AuditEntry", "Command", "CommandState", "Device", "DeviceExists",
-    "Direction", "Outcome", "OutboxItem", "OutboxStatus", "PhotoError", "PhotoHashMismatch",
-    "PhotoOffsetMismatch", "PhotoTooLarge", "Presence", "Punch", "PunchIn", "PunchOutcome",
-    "RejectedPunch", "SchemaTooNew", "Store", "StoreClosed", "StoreConfig", "StoreError",
-    "StoreUnavailable", "StoreUrlError", "UnknownDevice", "open_store", "parse_store_url",
+    "DUPLICATE", "MAX_PUNCH_PAGE", "STORED", "ApiToken", "AuditEntry", "Command", "CommandState",
+    "Device", "DeviceExists", "Direction", "Outcome", "OutboxItem", "OutboxStatus", "PhotoError",
+    "PhotoHashMismatch", "PhotoOffsetMismatch", "PhotoTooLarge", "Presence", "Punch", "PunchIn",
+    "PunchListing", "PunchOutcome", "RejectedPunch", "SchemaTooNew", "SessionEnd",
+    "SessionEndReason", "Store", "StoreClosed", "StoreConfig", "StoreError", "StoreNotFound",
+    "StoreUnavailable", "StoreUrlError", "TokenExists", "UnknownDevice", "open_store",
+    "parse_store_url", "wall_clock_ms",
 ]

@@ -22,7 +22,7 @@ import abc
 import asyncio
 import enum
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -63,13 +63,15 @@ class Device:
     firmware: str = ""
     roster_version: int = 0
     created_at_ms: int = 0
+    last_address: str | None = None  # peer address (host) of its last session, if any
 
     def __repr__(self) -> str:
         return (
             f"Device(serial={self.serial!r}, secret=<hidden>, project_code={self.project_code!r}, "
             f"region_code={self.region_code!r}, enabled={self.enabled}, "
             f"last_seen_ms={self.last_seen_ms}, online={self.online}, "
-            f"firmware={self.firmware!r}, roster_version={self.roster_version})"
+            f"firmware={self.firmware!r}, roster_version={self.roster_version}, "
+            f"last_address={self.last_address!r})"
         )
 
     __str__ = __repr__
@@ -79,7 +81,8 @@ class Device:
 class Presence:
     """One device's heartbeat state for `Store.update_presence`.
 
-    `firmware` / `roster_version` of None leave the stored value unchanged.
+    `firmware` / `roster_version` / `address` of None leave the stored value unchanged;
+    `address` (the session's peer host) is stored as the device's `last_address`.
     """
 
     serial: str
@@ -87,6 +90,7 @@ class Presence:
     online: bool
     firmware: str | None = None
     roster_version: int | None = None
+    address: str | None = None
 
 
 def check_device_fields(serial: str, project_code: str, region_code: str) -> None:
@@ -100,6 +104,109 @@ def check_device_fields(serial: str, project_code: str, region_code: str) -> Non
         raise ValueError(
             f"region code {region_code!r}: use the 6-digit GB/T 2260 code (Gansu is 62xxxx)"
         )
+
+
+def check_limit(limit: int, maximum: int | None = None) -> None:
+    """Raise ValueError unless `limit` is an int in 0..maximum (no maximum if None)."""
+    if type(limit) is not int or limit < 0 or (maximum is not None and limit > maximum):
+        bound = f"0..{maximum:,}" if maximum is not None else "0 or more"
+        raise ValueError(f"limit {limit!r}: use an int in {bound} and page with the cursor")
+
+
+# --------------------------------------------------------------- session-end signal
+
+
+class SessionEndReason(enum.StrEnum):
+    """Why a device's open session must end at once, wherever it runs."""
+
+    DISABLED = "disabled"  # disable_device / set_device_enabled(serial, False)
+    SECRET_ROTATED = "secret_rotated"  # rotate_device_secret: the session's key is stale
+    CLOSED_BY_OPERATOR = "closed_by_operator"  # end_device_sessions from the operations API
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnd:
+    """One row of the session-end signal: every gateway holding an open session of
+    `device_serial` closes it. Ids grow in commit order and are never reused."""
+
+    id: int
+    device_serial: str
+    reason: SessionEndReason
+    created_at_ms: int
+
+
+# ------------------------------------------------------------------------ API tokens
+
+API_TOKEN_NAME_CHARS = 64
+_SCOPE_CHARS = 64
+_CREATED_BY_CHARS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """A named bearer token of the operations API, stored as the SHA-256 of the token.
+
+    `region_code` is reserved for region-scoped tokens (None: not limited to a region).
+    A revoked token is kept (its name stays taken) with `revoked_at_ms` set.
+    """
+
+    name: str
+    token_sha256: bytes
+    scopes: frozenset[str]
+    region_code: str | None
+    created_at_ms: int
+    revoked_at_ms: int | None
+    created_by: str
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at_ms is None
+
+
+def scopes_text(scopes: Iterable[str]) -> str:
+    """The stored form of a scope set: sorted, comma-separated. Raises ValueError naming
+    `scopes` for an empty set, a bare string, or a scope that would not read back."""
+    if isinstance(scopes, (str, bytes)):
+        raise ValueError(f"scopes {scopes!r}: pass a set of scope names, not one string")
+    names = set(scopes)
+    if not names:
+        raise ValueError("scopes: a token needs at least one scope")
+    for scope in names:
+        if (type(scope) is not str or not 1 <= len(scope) <= _SCOPE_CHARS or not scope.isprintable()
+                or "," in scope or scope != scope.strip()):
+            raise ValueError(f"scopes: {scope!r} is not a scope name; use 1-{_SCOPE_CHARS} printable "
+                             f"characters without commas or surrounding spaces")
+    return ",".join(sorted(names))
+
+
+def scopes_from_text(text: str) -> frozenset[str]:
+    return frozenset(text.split(","))
+
+
+def check_api_token_fields(name: str, token_sha256: bytes, region_code: str | None,
+                           created_by: str) -> None:
+    """Raise ValueError naming the bad field; the same rules on every backend."""
+    check_api_token_name(name)
+    check_token_sha256(token_sha256)
+    if region_code is not None and not (isinstance(region_code, str) and len(region_code) == 6
+                                        and region_code.isascii() and region_code.isdigit()):
+        raise ValueError(
+            f"region code {region_code!r}: use the 6-digit GB/T 2260 code (Gansu is 62xxxx) or None"
+        )
+    if not isinstance(created_by, str) or len(created_by) > _CREATED_BY_CHARS:
+        raise ValueError(
+            f"created_by {created_by!r}: use a string of at most {_CREATED_BY_CHARS} characters")
+
+
+def check_api_token_name(name: str) -> None:
+    if (not isinstance(name, str) or not 1 <= len(name) <= API_TOKEN_NAME_CHARS
+            or not name.isprintable()):
+        raise ValueError(f"token name {name!r}: use 1-{API_TOKEN_NAME_CHARS} printable characters")
+
+
+def check_token_sha256(token_sha256: bytes) -> None:
+    if type(token_sha256) is not bytes or len(token_sha256) != SHA256_BYTES:
+        raise ValueError(f"token_sha256: must be the {SHA256_BYTES}-byte SHA-256 digest of the token")
 
 
 # ---------------------------------------------------------------------------- punches
@@ -244,6 +351,22 @@ class RejectedPunch:
     received_at_ms: int
 
 
+MAX_PUNCH_PAGE = 10_000  # list_punches rows per call: ~3 MB as JSON, and the read that
+# finds them holds a read connection for tens of ms; the operations API pages past it.
+
+
+@dataclass(frozen=True, slots=True)
+class PunchListing:
+    """One stored punch as `Store.list_punches` lists it. `id` is the cursor: ids grow
+    in the order punches were stored (within one group-commit batch PostgreSQL numbers
+    them by device and record_no). `project_code` is its device's ("" if the device is
+    not provisioned)."""
+
+    id: int
+    punch: Punch
+    project_code: str
+
+
 class Outcome(enum.IntEnum):
     STORED = 0  # committed now, and entered the outbox
     DUPLICATE = 1  # already stored earlier (or earlier in the same batch); not stored again
@@ -378,12 +501,22 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def list_devices(self, *, after_serial: str = "", limit: int = 1000) -> list[Device]:
-        """Devices ordered by serial, starting after `after_serial` (paging)."""
+    async def list_devices(
+        self, *, after_serial: str = "", limit: int = 1000, project_code: str | None = None,
+        region_code: str | None = None, online: bool | None = None,
+    ) -> list[Device]:
+        """Devices ordered by serial, starting after `after_serial` (paging), at most
+        `limit`; each filter that is not None must match exactly. Raises ValueError for
+        a negative limit."""
 
     @abc.abstractmethod
     async def set_device_enabled(self, serial: str, enabled: bool) -> None:
-        """Enable or disable a device. Raises UnknownDevice."""
+        """Enable or disable a device. Raises UnknownDevice.
+
+        Disabling also adds a session end (DISABLED) in the same transaction, so every
+        gateway ends the device's open session; it does so on every call, even for a
+        device already disabled (harmless: ending no session).
+        """
 
     async def enable_device(self, serial: str) -> None:
         await self.set_device_enabled(serial, True)
@@ -393,7 +526,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def rotate_device_secret(self, serial: str, secret: bytes | None = None) -> bytes:
-        """Replace the secret (32 fresh random bytes unless given); return it. Raises UnknownDevice."""
+        """Replace the secret (32 fresh random bytes unless given); return it.
+
+        Adds a session end (SECRET_ROTATED) in the same transaction: a session
+        authenticated with the old secret must not outlive it. Raises UnknownDevice.
+        """
 
     @abc.abstractmethod
     async def update_presence(self, updates: Sequence[Presence]) -> int:
@@ -401,7 +538,79 @@ class Store(abc.ABC):
 
         The server buffers heartbeats and flushes them here in batches, never one
         write per heartbeat. Unknown serials are ignored (counted out of the result).
+        A Presence with an `address` stores it as the device's `last_address`.
         """
+
+    # the session-end signal ----------------------------------------------------------
+    # A row per "end this device's open session now", read by every gateway process on
+    # every node: ids grow in commit order and are never reused, so a reader that keeps
+    # the last id it handled and asks `session_ends_after(that id)` misses none.
+
+    @abc.abstractmethod
+    async def end_device_sessions(self, serial: str, reason: SessionEndReason) -> int:
+        """Signal that the device's open session must end; return the new row's id.
+
+        Raises UnknownDevice, ValueError for a reason that is not a SessionEndReason.
+        """
+
+    @abc.abstractmethod
+    async def session_ends_after(self, after_id: int, limit: int = 1000) -> list[SessionEnd]:
+        """Session ends with id > after_id, ordered by id, at most `limit`."""
+
+    @abc.abstractmethod
+    async def last_session_end_id(self) -> int:
+        """The highest session-end id stored (0 if none): where a starting gateway begins
+        reading, as sessions opened after its start are the only ones it can end."""
+
+    @abc.abstractmethod
+    async def prune_session_ends(self, older_than_ms: int) -> int:
+        """Delete session ends created before `older_than_ms`; return how many. Keep them
+        longer than any gateway may go without reading (a poll interval and a restart)."""
+
+    @abc.abstractmethod
+    async def listen_session_ends(
+        self, callback: Callable[[int], None], *, on_lost: Callable[[], None] | None = None,
+    ) -> Callable[[], Awaitable[None]] | None:
+        """Call `callback(id)` in this event loop as soon as a session end commits anywhere.
+
+        PostgreSQL: opens a dedicated connection that LISTENs (only this store's schema is
+        heard) and returns an async `stop()` that stops listening and closes it. If that
+        connection is lost, notifications stop and `on_lost()` is called: read
+        `session_ends_after` to catch up and listen again. The callback gets the id only;
+        read the rows with `session_ends_after`. Raises StoreUnavailable if it cannot
+        connect. SQLite: returns None; poll `session_ends_after` (a read in WAL mode, it
+        never waits for the writer).
+        """
+
+    # API tokens ----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_api_token(
+        self, name: str, token_sha256: bytes, scopes: Iterable[str], *,
+        region_code: str | None = None, created_by: str = "",
+    ) -> ApiToken:
+        """Store a new active token under `name` (the SHA-256 of the token, never the token).
+
+        Scopes are stored as given (their meaning is the API's), at least one. Raises
+        TokenExists if the name is taken, by an active or a revoked token; ValueError naming
+        the field for a malformed name (1-64 printable characters), hash (32 bytes), scope
+        set or region code, or for a hash another token already has.
+        """
+
+    @abc.abstractmethod
+    async def get_api_token_by_hash(self, token_sha256: bytes) -> ApiToken | None:
+        """The token with that hash, revoked ones included: the caller checks `active`.
+        Raises ValueError if the hash is not 32 bytes."""
+
+    @abc.abstractmethod
+    async def list_api_tokens(self) -> list[ApiToken]:
+        """Every token, revoked ones included, ordered by name."""
+
+    @abc.abstractmethod
+    async def revoke_api_token(self, name: str) -> bool:
+        """Revoke it now; True if it was active (False: no such token, or already revoked)."""
+
+    @abc.abstractmethod
+    async def count_active_api_tokens(self) -> int: ...
 
     # punches -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -433,6 +642,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_rejected_punches(self, *, limit: int = 100) -> list[RejectedPunch]:
         """Most recent first."""
+
+    @abc.abstractmethod
+    async def list_punches(
+        self, *, project_code: str | None = None, device_serial: str | None = None,
+        worker_id: str | None = None, since_ms: int | None = None, until_ms: int | None = None,
+        after_id: int = 0, limit: int = 1000,
+    ) -> list[PunchListing]:
+        """Accepted punches with id > `after_id`, ordered by id (the order stored), at most
+        `limit` (0..MAX_PUNCH_PAGE, else ValueError). A short page is the last one; pass
+        the last id of a page as the next `after_id`.
+
+        Filters that are not None must all match: `project_code` is the device's,
+        `since_ms` (inclusive) and `until_ms` (exclusive) bound punch_time_ms.
+        """
 
     # photos --------------------------------------------------------------------------
     @abc.abstractmethod
@@ -496,7 +719,8 @@ class Store(abc.ABC):
         """Give up on these items (kept, not forwarded) until retry_dead_letters."""
 
     @abc.abstractmethod
-    async def list_dead_letters(self, *, limit: int = 100) -> list[OutboxItem]: ...
+    async def list_dead_letters(self, *, limit: int = 100, after_id: int = 0) -> list[OutboxItem]:
+        """Dead letters in id order, from the one after `after_id` (the cursor of the previous page)."""
 
     @abc.abstractmethod
     async def retry_dead_letters(self, ids: Sequence[int] | None = None) -> int:
@@ -543,5 +767,11 @@ class Store(abc.ABC):
         """Append to the audit log (auth failures, provisioning, admin actions)."""
 
     @abc.abstractmethod
-    async def list_audit(self, *, limit: int = 100, event: str | None = None) -> list[AuditEntry]:
-        """Newest first."""
+    async def list_audit(
+        self, *, limit: int = 100, event: str | None = None, subject: str | None = None,
+        since_ms: int | None = None, until_ms: int | None = None, before_id: int | None = None,
+    ) -> list[AuditEntry]:
+        """Newest first, at most `limit`. `before_id` is the cursor: pass the last id of a
+        page to get the next. Filters that are not None must all match; `since_ms`
+        (inclusive) and `until_ms` (exclusive) bound at_ms. Raises ValueError for a
+        negative limit."""

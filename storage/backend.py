@@ -14,10 +14,15 @@ import abc
 import asyncio
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
-from lmg.storage.api import SECRET_BYTES, SHA256_BYTES, PunchIn, PunchOutcome, Store, wall_clock_ms
+from lmg.storage.api import (
+    MAX_PUNCH_PAGE, SECRET_BYTES, SHA256_BYTES, ApiToken, Punch, PunchIn, PunchListing, PunchOutcome,
+    SessionEnd, SessionEndReason, Store, check_api_token_fields, check_limit, scopes_from_text,
+    scopes_text, wall_clock_ms,
+)
 from lmg.storage.blobs import BlobStore, FileBlobStore
 from lmg.storage.config import StoreConfig
 from lmg.storage.errors import StoreClosed
@@ -127,8 +132,18 @@ PUNCH_COLUMNS = ("device_serial, record_no, worker_id, punch_time_ms, direction,
                  "temperature_dc, photo_sha256, photo_size, received_at_ms")
 REJECTED_COLUMNS = ("device_serial, record_no, worker_id, punch_time_ms, direction, verify_mode, "
                     "temperature_dc, photo_sha256, photo_size, reject_reason, received_at_ms")
-DEVICE_COLUMNS = ("serial, secret, project_code, region_code, enabled, last_seen_ms, online, "
-                  "firmware, roster_version, created_at_ms")
+# Device's fields in order. NEW_DEVICE_COLUMNS are those add_device writes (last_address
+# is NULL until the device's first session).
+NEW_DEVICE_COLUMNS = ("serial, secret, project_code, region_code, enabled, last_seen_ms, online, "
+                      "firmware, roster_version, created_at_ms")
+DEVICE_COLUMNS = NEW_DEVICE_COLUMNS + ", last_address"
+# list_punches: the punch's id, its fields, its device's project ("" if not provisioned).
+PUNCH_LISTING_SELECT = (
+    "SELECT p.id, " + ", ".join(f"p.{column.strip()}" for column in PUNCH_COLUMNS.split(","))
+    + ", coalesce(d.project_code, '') FROM punches p LEFT JOIN devices d ON d.serial = p.device_serial")
+API_TOKEN_COLUMNS = "name, token_sha256, scopes, region_code, created_at_ms, revoked_at_ms, created_by"
+SESSION_END_COLUMNS = "id, device_serial, reason, created_at_ms"
+AUDIT_COLUMNS = "id, at_ms, event, subject, detail, address"
 COMMAND_COLUMNS = ("id, device_serial, command_type, payload, state, seq, result_code, "
                    "created_at_ms, sent_at_ms, completed_at_ms, expires_at_ms")
 
@@ -140,3 +155,89 @@ def new_secret(secret: bytes | None) -> bytes:
     if type(secret) is not bytes or len(secret) != SECRET_BYTES:
         raise ValueError(f"a device secret must be {SECRET_BYTES} bytes")
     return secret
+
+
+def new_api_token(name: str, token_sha256: bytes, scopes: Iterable[str], region_code: str | None,
+                  created_by: str, now_ms: int) -> tuple[ApiToken, str]:
+    """The token `create_api_token` stores, checked, and its scopes' stored text."""
+    check_api_token_fields(name, token_sha256, region_code, created_by)
+    text = scopes_text(scopes)
+    return ApiToken(name, token_sha256, scopes_from_text(text), region_code, now_ms, None,
+                    created_by), text
+
+
+def api_token(row: Sequence[Any]) -> ApiToken:
+    """An ApiToken from a row of API_TOKEN_COLUMNS."""
+    return ApiToken(row[0], bytes(row[1]), scopes_from_text(row[2]), row[3], row[4], row[5], row[6])
+
+
+def session_end(row: Sequence[Any]) -> SessionEnd:
+    """A SessionEnd from a row of SESSION_END_COLUMNS."""
+    return SessionEnd(row[0], row[1], SessionEndReason(row[2]), row[3])
+
+
+def session_end_reason(reason: SessionEndReason | str) -> SessionEndReason:
+    try:
+        return SessionEndReason(reason)
+    except ValueError:
+        raise ValueError(f"reason {reason!r}: use one of "
+                         f"{', '.join(r.value for r in SessionEndReason)}") from None
+
+
+def punch_listing(row: Sequence[Any]) -> PunchListing:
+    """A PunchListing from a row (id, PUNCH_COLUMNS..., project_code)."""
+    return PunchListing(row[0], Punch(*row[1:11]), row[11])
+
+
+def where(conditions: Sequence[tuple[str, Any]], mark: Callable[[int], str]) -> tuple[str, list[Any]]:
+    """" WHERE a AND b ..." and its parameters from (condition, value) pairs, leaving out
+    those whose value is None. Each condition holds one `{}` where the dialect's
+    placeholder for its value goes (`mark(n)` for the n-th parameter, from 1)."""
+    parts: list[str] = []
+    params: list[Any] = []
+    for condition, value in conditions:
+        if value is None:
+            continue
+        params.append(value)
+        parts.append(condition.format(mark(len(params))))
+    return (" WHERE " + " AND ".join(parts) if parts else ""), params
+
+
+def check_int(name: str, value: int | None, *, optional: bool = False) -> None:
+    """Raise ValueError naming `name` unless `value` is an int (or, if optional, None)."""
+    if type(value) is int or (optional and value is None):
+        return
+    what = "Unix ms" if name.endswith("_ms") else "an id: the last one already read, 0 to start"
+    raise ValueError(f"{name} {value!r}: must be an int ({what})")
+
+
+def punch_filters(project_code: str | None, device_serial: str | None, worker_id: str | None,
+                  since_ms: int | None, until_ms: int | None, after_id: int,
+                  limit: int) -> list[tuple[str, Any]]:
+    """The checked conditions of `list_punches` over `punches p JOIN devices d`."""
+    check_limit(limit, MAX_PUNCH_PAGE)
+    check_int("after_id", after_id)
+    check_int("since_ms", since_ms, optional=True)
+    check_int("until_ms", until_ms, optional=True)
+    return [("p.id > {}", after_id), ("p.device_serial = {}", device_serial),
+            ("p.worker_id = {}", worker_id), ("p.punch_time_ms >= {}", since_ms),
+            ("p.punch_time_ms < {}", until_ms), ("d.project_code = {}", project_code)]
+
+
+def audit_filters(limit: int, event: str | None, subject: str | None, since_ms: int | None,
+                  until_ms: int | None, before_id: int | None) -> list[tuple[str, Any]]:
+    """The checked conditions of `list_audit`."""
+    check_limit(limit)
+    check_int("before_id", before_id, optional=True)
+    check_int("since_ms", since_ms, optional=True)
+    check_int("until_ms", until_ms, optional=True)
+    return [("id < {}", before_id), ("event = {}", event), ("subject = {}", subject),
+            ("at_ms >= {}", since_ms), ("at_ms < {}", until_ms)]
+
+
+def device_filters(after_serial: str, limit: int, project_code: str | None, region_code: str | None,
+                   online: bool | None) -> list[tuple[str, Any]]:
+    """The checked conditions of `list_devices`."""
+    check_limit(limit)
+    return [("serial > {}", after_serial), ("project_code = {}", project_code),
+            ("region_code = {}", region_code), ("online = {}", online)]

@@ -80,6 +80,34 @@ class DeviceExists(StoreError):
         return type(self), (self.serial,)
 
 
+class TokenExists(StoreError):
+    """An API token with that name exists (active or revoked: names are never reused)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"an API token named {name!r} already exists (a revoked token keeps its name); "
+            f"choose another name"
+        )
+
+    def __reduce__(self) -> tuple[type[TokenExists], tuple[str]]:
+        return type(self), (self.name,)
+
+
+class StoreNotFound(StoreError):
+    """Opened with create=False and there is no database at that path; nothing was created."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"no database at {path}: pass the --data-dir or --store the server uses "
+            f"(this command does not create a store)"
+        )
+
+    def __reduce__(self) -> tuple[type[StoreNotFound], tuple[str]]:
+        return type(self), (self.path,)
+
+
 class PhotoError(StoreError):
     """A photo upload request that cannot be applied as sent."""
 

@@ -15,6 +15,9 @@ Rules:
   for room, then gets StoreUnavailable so the server can nack instead of piling up.
 - Every failure of `commit` reaches exactly the callers of that batch; the next batch
   starts as if nothing happened, so one bad batch never wedges the store.
+- Observability costs the hot path nothing it did not ask for: `observer` (set by the
+  store's owner, None by default) is called once per committed batch with its size and
+  commit time; `queued_records` and `batches_in_flight` are plain attribute reads.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ Record = TypeVar("Record")
 Result = TypeVar("Result")
 
 CommitBatch = Callable[[list], Awaitable[list]]
+# Called once per committed batch: (records in the batch, seconds its commit took).
+BatchObserver = Callable[[int, float], None]
 
 
 # A waiting caller: (records, future, loop time it arrived). A tuple, not a class: one
@@ -78,6 +83,18 @@ class GroupCommit(Generic[Record, Result]):
         self._drained: asyncio.Future | None = None  # close() waits on it
         self._closing = False
         self._tasks: set[asyncio.Task] = set()
+        # Set by the store's owner (the gateway's metrics); must be cheap and must not raise.
+        self.observer: BatchObserver | None = None
+
+    @property
+    def queued_records(self) -> int:
+        """Records waiting for a batch (not yet handed to `commit`)."""
+        return self._queued
+
+    @property
+    def batches_in_flight(self) -> int:
+        """Batches handed to `commit` and not yet returned."""
+        return self._in_flight
 
     async def submit(self, records: Sequence[Record]) -> list[Result]:
         """Queue records for the next batch; return their results after the commit.
@@ -201,6 +218,8 @@ class GroupCommit(Generic[Record, Result]):
                 records = list(batch[0][_RECORDS])
             else:
                 records = [record for entry in batch for record in entry[_RECORDS]]
+            observer = self.observer
+            started = self._loop.time() if observer is not None else 0.0
             try:
                 results = await self._commit(records)
             except asyncio.CancelledError:
@@ -213,6 +232,11 @@ class GroupCommit(Generic[Record, Result]):
                     error = RuntimeError(
                         f"group commit: backend returned {len(results)} results for {len(records)} records"
                     )
+                elif observer is not None:
+                    try:
+                        observer(len(records), self._loop.time() - started)
+                    except Exception:  # noqa: BLE001 - a broken metric must not fail a commit
+                        pass
         finally:
             self._in_flight -= 1
             self._start_batches()  # first: the writer gets the next batch before callers run

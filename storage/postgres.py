@@ -22,8 +22,9 @@ pool replaces broken connections, so the store works again once the server is ba
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -32,16 +33,20 @@ import asyncpg
 import orjson
 
 from lmg.storage.api import (
-    DUPLICATE, STORED, AuditEntry, Command, CommandState, Device, Outcome, OutboxItem,
-    OutboxStatus, Presence, Punch, PunchIn, PunchOutcome, RejectedPunch, check_device_fields,
+    DUPLICATE, STORED, ApiToken, AuditEntry, Command, CommandState, Device, Outcome, OutboxItem,
+    OutboxStatus, Presence, Punch, PunchIn, PunchListing, PunchOutcome, RejectedPunch, SessionEnd,
+    SessionEndReason, check_api_token_name, check_device_fields, check_limit, check_token_sha256,
     wall_clock_ms,
 )
 from lmg.storage.backend import (
-    COMMAND_COLUMNS, DEVICE_COLUMNS, PUNCH_COLUMNS, REJECTED_COLUMNS, BackendStore, new_secret,
+    API_TOKEN_COLUMNS, COMMAND_COLUMNS, DEVICE_COLUMNS, NEW_DEVICE_COLUMNS, PUNCH_COLUMNS,
+    PUNCH_LISTING_SELECT, REJECTED_COLUMNS, SESSION_END_COLUMNS, BackendStore, api_token,
+    audit_filters, check_int, device_filters, new_api_token, new_secret, punch_filters,
+    punch_listing, session_end, session_end_reason, where,
 )
 from lmg.storage.blobs import BlobStore
 from lmg.storage.config import StoreConfig
-from lmg.storage.errors import DeviceExists, StoreClosed, StoreUnavailable, UnknownDevice
+from lmg.storage.errors import DeviceExists, StoreClosed, StoreUnavailable, TokenExists, UnknownDevice
 from lmg.storage.migrations import POSTGRES_LEDGER, Migration, load_migrations, plan
 
 # Any number works as long as every lmg uses the same one: "LMG" "mig" in ASCII.
@@ -96,6 +101,29 @@ ORDER BY o.id LIMIT $2
 """
 
 
+SESSION_ENDS_CHANNEL = "lmg_session_ends"
+_CHANNEL_BYTES = 63  # PostgreSQL identifiers (and so channel names) are at most 63 bytes
+# Writers of session_ends take turns: SHARE ROW EXCLUSIVE conflicts with itself (and with
+# the DELETE of prune), not with readers. Held to the commit, it makes ids commit in id
+# order, so a reader's cursor never moves past an id whose transaction is still open.
+# Operators' actions are rare; the gateway's own writes never take it.
+_LOCK_SESSION_ENDS = "LOCK TABLE session_ends IN SHARE ROW EXCLUSIVE MODE"
+
+
+def session_ends_channel(schema: str | None) -> str:
+    """The NOTIFY channel of a store's session ends: one per schema, so stores in two
+    schemas of one database never hear each other. Without a schema (or in public), the
+    plain name; a name past 63 bytes keeps a prefix of the schema and a hash of all of it."""
+    if not schema or schema == "public":
+        return SESSION_ENDS_CHANNEL
+    name = f"{SESSION_ENDS_CHANNEL}_{schema}"
+    if len(name.encode()) <= _CHANNEL_BYTES:
+        return name
+    digest = hashlib.blake2b(schema.encode(), digest_size=8).hexdigest()
+    keep = _CHANNEL_BYTES - len(SESSION_ENDS_CHANNEL) - 2 - len(digest)
+    return f"{SESSION_ENDS_CHANNEL}_{schema[:keep]}_{digest}"
+
+
 def _is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.exceptions.ConnectionDoesNotExistError)):
         return True
@@ -114,6 +142,10 @@ def _outbox_item(row: Any) -> OutboxItem:
 
 def _device(row: Any) -> Device:
     return Device(*row)
+
+
+def _mark(n: int) -> str:
+    return f"${n}"
 
 
 def _command(row: Any) -> Command:
@@ -146,7 +178,9 @@ class PostgresStore(BackendStore):
         self.location = location
         self.url = location.display
         self.schema = location.pg_schema
+        self.session_ends_channel = session_ends_channel(self.schema)
         self._pool: asyncpg.Pool | None = None
+        self._listeners: set[Callable[[], Awaitable[None]]] = set()  # their stop(), run at close
 
     @classmethod
     async def open(cls, location: Any, *, data_dir: str | os.PathLike[str],
@@ -209,6 +243,8 @@ class PostgresStore(BackendStore):
         if self._closed:
             return
         self._closed = True
+        for stop in list(self._listeners):
+            await stop()
         await self._close_group()
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -316,6 +352,28 @@ class PostgresStore(BackendStore):
             f"SELECT {REJECTED_COLUMNS} FROM rejected_punches ORDER BY id DESC LIMIT $1", limit)
         return [RejectedPunch(*row) for row in rows]
 
+    async def list_punches(
+        self, *, project_code: str | None = None, device_serial: str | None = None,
+        worker_id: str | None = None, since_ms: int | None = None, until_ms: int | None = None,
+        after_id: int = 0, limit: int = 1000,
+    ) -> list[PunchListing]:
+        """See Store.list_punches.
+
+        No index beyond the punches table's two keys serves these filters: one on
+        worker_id cost 4-12% of the store's SQLite write rate in `lmg bench storage`
+        (docs/storage.md), and these are operators' reads. So `worker_id` and the time
+        bounds scan: punches are read from `after_id` on until `limit` match, and when
+        few match that is every punch after the cursor (1M rows: 0.1-0.3 s here).
+        `device_serial`, and `project_code` through its devices, read those devices'
+        punches through the (device_serial, record_no) key. A read that runs past
+        `pg_command_timeout_ms` (tens of millions of rows) fails with StoreUnavailable."""
+        conditions = punch_filters(project_code, device_serial, worker_id, since_ms, until_ms,
+                                   after_id, limit)
+        clause, params = where(conditions, _mark)
+        rows = await self._fetch(
+            f"{PUNCH_LISTING_SELECT}{clause} ORDER BY p.id LIMIT ${len(params) + 1}", *params, limit)
+        return [punch_listing(row) for row in rows]
+
     # devices ------------------------------------------------------------------------
     async def add_device(self, serial: str, *, project_code: str, region_code: str,
                          secret: bytes | None = None, firmware: str = "") -> Device:
@@ -323,7 +381,7 @@ class PostgresStore(BackendStore):
         device = Device(serial, new_secret(secret), project_code, region_code, True, None, False,
                         firmware, 0, self.clock_ms())
         status = await self._execute(
-            f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES ($1,$2,$3,$4,true,NULL,false,$5,0,$6) "
+            f"INSERT INTO devices ({NEW_DEVICE_COLUMNS}) VALUES ($1,$2,$3,$4,true,NULL,false,$5,0,$6) "
             f"ON CONFLICT (serial) DO NOTHING",
             device.serial, device.secret, project_code, region_code, firmware, device.created_at_ms)
         if _count(status) == 0:
@@ -341,23 +399,51 @@ class PostgresStore(BackendStore):
                                  list(serials))
         return {row[0]: _device(row) for row in rows}
 
-    async def list_devices(self, *, after_serial: str = "", limit: int = 1000) -> list[Device]:
+    async def list_devices(
+        self, *, after_serial: str = "", limit: int = 1000, project_code: str | None = None,
+        region_code: str | None = None, online: bool | None = None,
+    ) -> list[Device]:
+        clause, params = where(device_filters(after_serial, limit, project_code, region_code, online),
+                               _mark)
         rows = await self._fetch(
-            f"SELECT {DEVICE_COLUMNS} FROM devices WHERE serial > $1 ORDER BY serial LIMIT $2",
-            after_serial, limit)
+            f"SELECT {DEVICE_COLUMNS} FROM devices{clause} ORDER BY serial LIMIT ${len(params) + 1}",
+            *params, limit)
         return [_device(row) for row in rows]
 
     async def set_device_enabled(self, serial: str, enabled: bool) -> None:
-        status = await self._execute("UPDATE devices SET enabled = $1 WHERE serial = $2", enabled, serial)
-        if _count(status) == 0:
-            raise UnknownDevice(serial)
+        if enabled:
+            status = await self._execute("UPDATE devices SET enabled = true WHERE serial = $1", serial)
+            if _count(status) == 0:
+                raise UnknownDevice(serial)
+            return
+        await self._end_sessions(serial, SessionEndReason.DISABLED,
+                                 "UPDATE devices SET enabled = false WHERE serial = $1", serial)
 
     async def rotate_device_secret(self, serial: str, secret: bytes | None = None) -> bytes:
         secret = new_secret(secret)
-        status = await self._execute("UPDATE devices SET secret = $1 WHERE serial = $2", secret, serial)
-        if _count(status) == 0:
-            raise UnknownDevice(serial)
+        await self._end_sessions(serial, SessionEndReason.SECRET_ROTATED,
+                                 "UPDATE devices SET secret = $2 WHERE serial = $1", serial, secret)
         return secret
+
+    async def _end_sessions(self, serial: str, reason: SessionEndReason, change: str | None,
+                            *args: Any) -> int:
+        """One transaction: `change` (an UPDATE of the device, $1 its serial) if given, the
+        session end, and its NOTIFY (sent at the commit, so never for a rolled-back end).
+        Raises UnknownDevice, rolling back, if there is no such device."""
+        async with self._connection() as conn:
+            async with conn.transaction():
+                await conn.execute(_LOCK_SESSION_ENDS)
+                if change is not None:
+                    if _count(await conn.execute(change, *args)) == 0:
+                        raise UnknownDevice(serial)
+                end_id = await conn.fetchval(
+                    "INSERT INTO session_ends (device_serial, reason, created_at_ms) "
+                    "SELECT serial, $2, $3 FROM devices WHERE serial = $1 RETURNING id",
+                    serial, reason.value, self.clock_ms())
+                if end_id is None:
+                    raise UnknownDevice(serial)
+                await conn.execute("SELECT pg_notify($1, $2)", self.session_ends_channel, str(end_id))
+        return end_id
 
     async def update_presence(self, updates: Sequence[Presence]) -> int:
         latest = {u.serial: u for u in updates}  # one row per device: the last heartbeat wins
@@ -376,12 +462,121 @@ class PostgresStore(BackendStore):
                 status = await conn.execute(
                     "UPDATE devices d SET last_seen_ms = u.last_seen_ms, online = u.online, "
                     "firmware = coalesce(u.firmware, d.firmware), "
-                    "roster_version = coalesce(u.roster_version, d.roster_version) "
-                    "FROM unnest($1::text[], $2::bigint[], $3::boolean[], $4::text[], $5::bigint[]) "
-                    "AS u(serial, last_seen_ms, online, firmware, roster_version) WHERE d.serial = u.serial",
+                    "roster_version = coalesce(u.roster_version, d.roster_version), "
+                    "last_address = coalesce(u.address, d.last_address) "
+                    "FROM unnest($1::text[], $2::bigint[], $3::boolean[], $4::text[], $5::bigint[], "
+                    "$6::text[]) "
+                    "AS u(serial, last_seen_ms, online, firmware, roster_version, address) "
+                    "WHERE d.serial = u.serial",
                     serials, [u.last_seen_ms for u in values], [u.online for u in values],
-                    [u.firmware for u in values], [u.roster_version for u in values])
+                    [u.firmware for u in values], [u.roster_version for u in values],
+                    [u.address for u in values])
         return _count(status)
+
+    # the session-end signal ---------------------------------------------------------
+    async def end_device_sessions(self, serial: str, reason: SessionEndReason) -> int:
+        return await self._end_sessions(serial, session_end_reason(reason), None)
+
+    async def session_ends_after(self, after_id: int, limit: int = 1000) -> list[SessionEnd]:
+        check_limit(limit)
+        check_int("after_id", after_id)
+        rows = await self._fetch(f"SELECT {SESSION_END_COLUMNS} FROM session_ends WHERE id > $1 "
+                                 f"ORDER BY id LIMIT $2", after_id, limit)
+        return [session_end(row) for row in rows]
+
+    async def last_session_end_id(self) -> int:
+        return (await self._fetch("SELECT coalesce(max(id), 0) FROM session_ends"))[0][0]
+
+    async def prune_session_ends(self, older_than_ms: int) -> int:
+        check_int("older_than_ms", older_than_ms)
+        return _count(await self._execute("DELETE FROM session_ends WHERE created_at_ms < $1",
+                                          older_than_ms))
+
+    async def listen_session_ends(
+        self, callback: Callable[[int], None], *, on_lost: Callable[[], None] | None = None,
+    ) -> Callable[[], Awaitable[None]] | None:
+        if self._pool is None:
+            raise StoreClosed("the store is closed")
+        channel = self.session_ends_channel
+        try:
+            conn = await asyncpg.connect(self.location.pg_dsn,
+                                         timeout=self.config.pg_connect_timeout_ms / 1000)
+        except Exception as exc:
+            if _is_unavailable(exc):
+                raise self._unavailable(exc, opening=True) from exc
+            raise
+
+        def heard(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            try:
+                end_id = int(payload)
+            except ValueError:
+                return  # not sent by a store: nothing to end
+            callback(end_id)
+
+        def lost(_conn: Any) -> None:
+            self._listeners.discard(stop)
+            if on_lost is not None:
+                on_lost()
+
+        async def stop() -> None:
+            """Stop listening and close the connection. Idempotent; on_lost is not called."""
+            self._listeners.discard(stop)
+            conn.remove_termination_listener(lost)
+            if conn.is_closed():
+                return
+            try:
+                await asyncio.wait_for(conn.close(), self.config.pg_command_timeout_ms / 1000)
+            except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn.terminate()
+
+        try:
+            await conn.add_listener(channel, heard)
+        except BaseException as exc:
+            conn.terminate()
+            if _is_unavailable(exc):
+                raise self._unavailable(exc) from exc
+            raise
+        conn.add_termination_listener(lost)
+        self._listeners.add(stop)
+        return stop
+
+    # API tokens ---------------------------------------------------------------------
+    async def create_api_token(
+        self, name: str, token_sha256: bytes, scopes: Iterable[str], *,
+        region_code: str | None = None, created_by: str = "",
+    ) -> ApiToken:
+        token, scopes_stored = new_api_token(name, token_sha256, scopes, region_code, created_by,
+                                             self.clock_ms())
+        try:
+            status = await self._execute(
+                f"INSERT INTO api_tokens ({API_TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, NULL, $6) "
+                f"ON CONFLICT (name) DO NOTHING",
+                token.name, token.token_sha256, scopes_stored, token.region_code, token.created_at_ms,
+                token.created_by)
+        except asyncpg.UniqueViolationError as exc:  # the other unique key: the hash
+            raise ValueError("token_sha256: another token has this hash; generate a new token") from exc
+        if _count(status) == 0:
+            raise TokenExists(name)
+        return token
+
+    async def get_api_token_by_hash(self, token_sha256: bytes) -> ApiToken | None:
+        check_token_sha256(token_sha256)
+        rows = await self._fetch(f"SELECT {API_TOKEN_COLUMNS} FROM api_tokens WHERE token_sha256 = $1",
+                                 token_sha256)
+        return api_token(rows[0]) if rows else None
+
+    async def list_api_tokens(self) -> list[ApiToken]:
+        rows = await self._fetch(f"SELECT {API_TOKEN_COLUMNS} FROM api_tokens ORDER BY name")
+        return [api_token(row) for row in rows]
+
+    async def revoke_api_token(self, name: str) -> bool:
+        check_api_token_name(name)
+        return _count(await self._execute(
+            "UPDATE api_tokens SET revoked_at_ms = $1 WHERE name = $2 AND revoked_at_ms IS NULL",
+            self.clock_ms(), name)) > 0
+
+    async def count_active_api_tokens(self) -> int:
+        return (await self._fetch("SELECT count(*) FROM api_tokens WHERE revoked_at_ms IS NULL"))[0][0]
 
     # photos -------------------------------------------------------------------------
     async def _photo_size(self, sha256: bytes) -> int | None:
@@ -464,10 +659,10 @@ class PostgresStore(BackendStore):
             "UPDATE outbox SET state = 'dead', last_error = $2 "
             "WHERE id = ANY($1::bigint[]) AND state = 'pending'", [int(i) for i in ids], reason))
 
-    async def list_dead_letters(self, *, limit: int = 100) -> list[OutboxItem]:
+    async def list_dead_letters(self, *, limit: int = 100, after_id: int = 0) -> list[OutboxItem]:
         rows = await self._fetch(
             f"SELECT {_OUTBOX_ITEM_COLUMNS} FROM outbox o JOIN punches p ON p.id = o.punch_id "
-            f"WHERE o.state = 'dead' ORDER BY o.id LIMIT $1", limit)
+            f"WHERE o.state = 'dead' AND o.id > $2 ORDER BY o.id LIMIT $1", limit, after_id)
         return [_outbox_item(row) for row in rows]
 
     async def retry_dead_letters(self, ids: Sequence[int] | None = None) -> int:
@@ -538,13 +733,15 @@ class PostgresStore(BackendStore):
             self.clock_ms(), event, subject, orjson.dumps(detail or {}).decode(), address)
         return rows[0][0]
 
-    async def list_audit(self, *, limit: int = 100, event: str | None = None) -> list[AuditEntry]:
-        if event is None:
-            rows = await self._fetch(
-                "SELECT id, at_ms, event, subject, detail::text, address FROM audit_log "
-                "ORDER BY id DESC LIMIT $1", limit)
-        else:
-            rows = await self._fetch(
-                "SELECT id, at_ms, event, subject, detail::text, address FROM audit_log "
-                "WHERE event = $1 ORDER BY id DESC LIMIT $2", event, limit)
+    async def list_audit(
+        self, *, limit: int = 100, event: str | None = None, subject: str | None = None,
+        since_ms: int | None = None, until_ms: int | None = None, before_id: int | None = None,
+    ) -> list[AuditEntry]:
+        """See Store.list_audit. `event` and `subject` read through their (x, id) indexes;
+        the time bounds alone walk the log newest first until `limit` match."""
+        clause, params = where(audit_filters(limit, event, subject, since_ms, until_ms, before_id),
+                               _mark)
+        rows = await self._fetch(
+            f"SELECT id, at_ms, event, subject, detail::text, address FROM audit_log{clause} "
+            f"ORDER BY id DESC LIMIT ${len(params) + 1}", *params, limit)
         return [AuditEntry(r[0], r[1], r[2], r[3], orjson.loads(r[4]), r[5]) for r in rows]

@@ -31,7 +31,7 @@ import asyncio
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,17 +39,22 @@ from typing import Any
 import orjson
 
 from lmg.storage.api import (
-    DUPLICATE, STORED, AuditEntry, Command, CommandState, Device, Outcome,
-    OutboxItem, OutboxStatus, Presence, Punch, PunchIn, PunchOutcome, RejectedPunch,
-    check_device_fields, wall_clock_ms,
+    DUPLICATE, STORED, ApiToken, AuditEntry, Command, CommandState, Device, Outcome,
+    OutboxItem, OutboxStatus, Presence, Punch, PunchIn, PunchListing, PunchOutcome, RejectedPunch,
+    SessionEnd, SessionEndReason, check_api_token_name, check_device_fields, check_limit,
+    check_token_sha256, wall_clock_ms,
 )
 from lmg.storage.backend import (
-    COMMAND_COLUMNS, DEVICE_COLUMNS, PUNCH_COLUMNS, REJECTED_COLUMNS, BackendStore,
-    new_secret,
+    API_TOKEN_COLUMNS, AUDIT_COLUMNS, COMMAND_COLUMNS, DEVICE_COLUMNS, NEW_DEVICE_COLUMNS,
+    PUNCH_COLUMNS, PUNCH_LISTING_SELECT, REJECTED_COLUMNS, SESSION_END_COLUMNS, BackendStore,
+    api_token, audit_filters, check_int, device_filters, new_api_token, new_secret, punch_filters,
+    punch_listing, session_end, session_end_reason, where,
 )
 from lmg.storage.blobs import BlobStore
 from lmg.storage.config import StoreConfig
-from lmg.storage.errors import DeviceExists, StoreClosed, StoreUnavailable, UnknownDevice
+from lmg.storage.errors import (
+    DeviceExists, StoreClosed, StoreNotFound, StoreUnavailable, TokenExists, UnknownDevice,
+)
 from lmg.storage.migrations import SQLITE_LEDGER, Migration, load_migrations, plan
 from lmg.storage.sqlite_writer import ROWS_PER_STATEMENT, WriterFaults, WriterProcess, is_environmental, unavailable
 
@@ -90,10 +95,11 @@ _CLAIM = (
 class _Readers:
     """Read connections, one per read thread, opened on first use."""
 
-    def __init__(self, path: Path, config: StoreConfig) -> None:
+    def __init__(self, path: Path, config: StoreConfig, threads: int,
+                 name: str = "lmg-sqlite-read") -> None:
         self.path = path
         self.config = config
-        self._executor = ThreadPoolExecutor(config.sqlite_readers, thread_name_prefix="lmg-sqlite-read")
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix=name)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[sqlite3.Connection] = []
@@ -238,9 +244,41 @@ def _scalar(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> A
 
 def _insert_device(conn: sqlite3.Connection, row: tuple) -> None:
     try:
-        conn.execute(f"INSERT INTO devices ({DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", row)
+        conn.execute(f"INSERT INTO devices ({NEW_DEVICE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", row)
     except sqlite3.IntegrityError as exc:
         raise DeviceExists(row[0]) from exc
+
+
+_INSERT_SESSION_END = ("INSERT INTO session_ends (device_serial, reason, created_at_ms) "
+                       "VALUES (?, ?, ?) RETURNING id")
+
+
+def _change_device_ending_sessions(conn: sqlite3.Connection, sql: str, params: Sequence[Any],
+                                   serial: str, reason: str, now_ms: int) -> int:
+    """Change a device and add its session end, in the writer's one transaction; the id.
+    Raises UnknownDevice (rolling back) if `sql` changed no row."""
+    if not conn.execute(sql, params).rowcount:
+        raise UnknownDevice(serial)
+    return conn.execute(_INSERT_SESSION_END, (serial, reason, now_ms)).fetchone()[0]
+
+
+def _end_sessions(conn: sqlite3.Connection, serial: str, reason: str, now_ms: int) -> int:
+    row = conn.execute("INSERT INTO session_ends (device_serial, reason, created_at_ms) "
+                       "SELECT serial, ?, ? FROM devices WHERE serial = ? RETURNING id",
+                       (reason, now_ms, serial)).fetchone()
+    if row is None:
+        raise UnknownDevice(serial)
+    return row[0]
+
+
+def _insert_api_token(conn: sqlite3.Connection, row: tuple) -> None:
+    # Looked up first, in the same transaction, to tell a taken name from a taken hash.
+    if conn.execute("SELECT 1 FROM api_tokens WHERE name = ?", (row[0],)).fetchone() is not None:
+        raise TokenExists(row[0])
+    try:
+        conn.execute(f"INSERT INTO api_tokens ({API_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?)", row)
+    except sqlite3.IntegrityError as exc:
+        raise ValueError("token_sha256: another token has this hash; generate a new token") from exc
 
 
 def _claim_outbox(conn: sqlite3.Connection, now_ms: int, limit: int, until: int) -> list[OutboxItem]:
@@ -271,7 +309,15 @@ def _migrate(conn: sqlite3.Connection, migrations: tuple[Migration, ...], where:
 
 def _device(row: tuple) -> Device:
     return Device(row[0], row[1], row[2], row[3], bool(row[4]), row[5], bool(row[6]), row[7],
-                  row[8], row[9])
+                  row[8], row[9], row[10])
+
+
+def _audit_entry(row: tuple) -> AuditEntry:
+    return AuditEntry(row[0], row[1], row[2], row[3], orjson.loads(row[4]), row[5])
+
+
+def _mark(_: int) -> str:
+    return "?"
 
 
 def _command(row: tuple) -> Command:
@@ -296,19 +342,27 @@ class SqliteStore(BackendStore):
         self.url = f"sqlite:///{path}"
         self.faults = WriterFaults()
         self._writer = WriterProcess(path, config, self.faults)
-        self._readers = _Readers(path, config)
+        self._readers = _Readers(path, config, config.sqlite_readers)
+        # Operators' listings (punches, audit) read on a thread of their own: a filter
+        # that walks a large table holds its connection for a while, and the gateway's
+        # reads (a reconnect storm's devices) must never queue behind it.
+        self._scans = _Readers(path, config, 1, "lmg-sqlite-scan")
 
     @classmethod
     async def open(
         cls, path: str | os.PathLike[str], *, data_dir: str | os.PathLike[str] | None = None,
         config: StoreConfig | None = None, migrations: tuple[Migration, ...] | None = None,
         clock_ms: Callable[[], int] = wall_clock_ms, blobs: BlobStore | None = None,
+        create: bool = True,
     ) -> SqliteStore:
-        """Open (creating if missing) and migrate the database at `path`.
+        """Open (creating if missing, unless `create` is False) and migrate the database at `path`.
 
-        Raises SchemaTooNew, StoreUnavailable (cannot create/open/write the file).
+        Raises StoreNotFound (create=False and no file there: nothing is created),
+        SchemaTooNew, StoreUnavailable (cannot create/open/write the file).
         """
         path = Path(path)
+        if not create and not path.is_file():
+            raise StoreNotFound(str(path))
         data_dir = Path(data_dir) if data_dir is not None else path.parent
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -334,6 +388,7 @@ class SqliteStore(BackendStore):
         await self._close_group()
         await self._writer.close()
         await self._readers.close()
+        await self._scans.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -394,6 +449,31 @@ class SqliteStore(BackendStore):
             f"SELECT {REJECTED_COLUMNS} FROM rejected_punches ORDER BY id DESC LIMIT ?", (limit,))
         return [RejectedPunch(*row) for row in rows]
 
+    async def list_punches(
+        self, *, project_code: str | None = None, device_serial: str | None = None,
+        worker_id: str | None = None, since_ms: int | None = None, until_ms: int | None = None,
+        after_id: int = 0, limit: int = 1000,
+    ) -> list[PunchListing]:
+        """See Store.list_punches.
+
+        No index beyond the punches table's two keys serves these filters: one on
+        worker_id cost 4-12% of the store's write rate in `lmg bench storage` (16% of
+        raw inserts; docs/storage.md), and these are operators' reads. So `worker_id`
+        and the time bounds scan: punches are read in id order from `after_id` on until
+        `limit` match, and when few match that is every punch after the cursor (1M rows:
+        about 0.1 s here). `device_serial`, and `project_code` through its devices, read
+        those devices' punches through the (device_serial, record_no) key and sort them
+        by id (a device's 1,000 punches: ~13 ms). Runs on the scan thread, so a long
+        scan never delays the gateway's reads."""
+        conditions = punch_filters(project_code, device_serial, worker_id, since_ms, until_ms,
+                                   after_id, limit)
+        clause, params = where(conditions, _mark)
+        self._check_open()
+        rows = await self._scans.run(
+            lambda conn: conn.execute(f"{PUNCH_LISTING_SELECT}{clause} ORDER BY p.id LIMIT ?",
+                                      (*params, limit)).fetchall())
+        return [punch_listing(row) for row in rows]
+
     # devices ------------------------------------------------------------------------
     async def add_device(self, serial: str, *, project_code: str, region_code: str,
                          secret: bytes | None = None, firmware: str = "") -> Device:
@@ -422,34 +502,102 @@ class SqliteStore(BackendStore):
             (orjson.dumps(list(serials)).decode(),))
         return {row[0]: _device(row) for row in rows}
 
-    async def list_devices(self, *, after_serial: str = "", limit: int = 1000) -> list[Device]:
+    async def list_devices(
+        self, *, after_serial: str = "", limit: int = 1000, project_code: str | None = None,
+        region_code: str | None = None, online: bool | None = None,
+    ) -> list[Device]:
+        clause, params = where(device_filters(after_serial, limit, project_code, region_code, online),
+                               _mark)
         rows = await self._query(
-            f"SELECT {DEVICE_COLUMNS} FROM devices WHERE serial > ? ORDER BY serial LIMIT ?",
-            (after_serial, limit))
+            f"SELECT {DEVICE_COLUMNS} FROM devices{clause} ORDER BY serial LIMIT ?", (*params, limit))
         return [_device(row) for row in rows]
 
     async def set_device_enabled(self, serial: str, enabled: bool) -> None:
-        if not await self._write(_rowcount, "UPDATE devices SET enabled = ? WHERE serial = ?",
-                                 (int(enabled), serial)):
-            raise UnknownDevice(serial)
+        if enabled:
+            if not await self._write(_rowcount, "UPDATE devices SET enabled = 1 WHERE serial = ?",
+                                     (serial,)):
+                raise UnknownDevice(serial)
+            return
+        await self._write(_change_device_ending_sessions,
+                          "UPDATE devices SET enabled = 0 WHERE serial = ?", (serial,),
+                          serial, SessionEndReason.DISABLED.value, self.clock_ms())
 
     async def rotate_device_secret(self, serial: str, secret: bytes | None = None) -> bytes:
         secret = new_secret(secret)
-
-        if not await self._write(_rowcount, "UPDATE devices SET secret = ? WHERE serial = ?",
-                                 (secret, serial)):
-            raise UnknownDevice(serial)
+        await self._write(_change_device_ending_sessions,
+                          "UPDATE devices SET secret = ? WHERE serial = ?", (secret, serial),
+                          serial, SessionEndReason.SECRET_ROTATED.value, self.clock_ms())
         return secret
 
     async def update_presence(self, updates: Sequence[Presence]) -> int:
         if not updates:
             return 0
-        rows = [(u.last_seen_ms, int(u.online), u.firmware, u.roster_version, u.serial)
+        rows = [(u.last_seen_ms, int(u.online), u.firmware, u.roster_version, u.address, u.serial)
                 for u in updates]
 
         return await self._write(
             _rowcount_many, "UPDATE devices SET last_seen_ms = ?, online = ?, firmware = coalesce(?, firmware), "
-            "roster_version = coalesce(?, roster_version) WHERE serial = ?", rows)
+            "roster_version = coalesce(?, roster_version), last_address = coalesce(?, last_address) "
+            "WHERE serial = ?", rows)
+
+    # the session-end signal ---------------------------------------------------------
+    async def end_device_sessions(self, serial: str, reason: SessionEndReason) -> int:
+        reason = session_end_reason(reason)
+        return await self._write(_end_sessions, serial, reason.value, self.clock_ms())
+
+    async def session_ends_after(self, after_id: int, limit: int = 1000) -> list[SessionEnd]:
+        check_limit(limit)
+        check_int("after_id", after_id)
+        rows = await self._query(f"SELECT {SESSION_END_COLUMNS} FROM session_ends WHERE id > ? "
+                                 f"ORDER BY id LIMIT ?", (after_id, limit))
+        return [session_end(row) for row in rows]
+
+    async def last_session_end_id(self) -> int:
+        rows = await self._query("SELECT coalesce(max(id), 0) FROM session_ends")
+        return rows[0][0]
+
+    async def prune_session_ends(self, older_than_ms: int) -> int:
+        check_int("older_than_ms", older_than_ms)
+        return await self._write(_rowcount, "DELETE FROM session_ends WHERE created_at_ms < ?",
+                                 (older_than_ms,))
+
+    async def listen_session_ends(
+        self, callback: Callable[[int], None], *, on_lost: Callable[[], None] | None = None,
+    ) -> Callable[[], Awaitable[None]] | None:
+        return None  # one writer, no channel to other processes: readers poll session_ends_after
+
+    # API tokens ---------------------------------------------------------------------
+    async def create_api_token(
+        self, name: str, token_sha256: bytes, scopes: Iterable[str], *,
+        region_code: str | None = None, created_by: str = "",
+    ) -> ApiToken:
+        token, scopes_stored = new_api_token(name, token_sha256, scopes, region_code, created_by,
+                                             self.clock_ms())
+        await self._write(_insert_api_token, (token.name, token.token_sha256, scopes_stored,
+                                              token.region_code, token.created_at_ms, None,
+                                              token.created_by))
+        return token
+
+    async def get_api_token_by_hash(self, token_sha256: bytes) -> ApiToken | None:
+        check_token_sha256(token_sha256)
+        rows = await self._query(f"SELECT {API_TOKEN_COLUMNS} FROM api_tokens WHERE token_sha256 = ?",
+                                 (token_sha256,))
+        return api_token(rows[0]) if rows else None
+
+    async def list_api_tokens(self) -> list[ApiToken]:
+        rows = await self._query(f"SELECT {API_TOKEN_COLUMNS} FROM api_tokens ORDER BY name")
+        return [api_token(row) for row in rows]
+
+    async def revoke_api_token(self, name: str) -> bool:
+        check_api_token_name(name)
+        return bool(await self._write(
+            _rowcount,
+            "UPDATE api_tokens SET revoked_at_ms = ? WHERE name = ? AND revoked_at_ms IS NULL",
+            (self.clock_ms(), name)))
+
+    async def count_active_api_tokens(self) -> int:
+        rows = await self._query("SELECT count(*) FROM api_tokens WHERE revoked_at_ms IS NULL")
+        return rows[0][0]
 
     # photos -------------------------------------------------------------------------
     async def _photo_size(self, sha256: bytes) -> int | None:
@@ -503,9 +651,9 @@ class SqliteStore(BackendStore):
             _rowcount_many, "UPDATE outbox SET state = 'dead', last_error = ? WHERE id = ? AND state = 'pending'",
             params)
 
-    async def list_dead_letters(self, *, limit: int = 100) -> list[OutboxItem]:
+    async def list_dead_letters(self, *, limit: int = 100, after_id: int = 0) -> list[OutboxItem]:
         rows = await self._query(
-            f"{_OUTBOX_ITEM_SELECT} WHERE o.state = 'dead' ORDER BY o.id LIMIT ?", (limit,))
+            f"{_OUTBOX_ITEM_SELECT} WHERE o.state = 'dead' AND o.id > ? ORDER BY o.id LIMIT ?", (after_id, limit))
         return [_outbox_item(row) for row in rows]
 
     async def retry_dead_letters(self, ids: Sequence[int] | None = None) -> int:
@@ -575,14 +723,17 @@ class SqliteStore(BackendStore):
         return await self._write(_lastrowid, "INSERT INTO audit_log (at_ms, event, subject, detail, address) "
                                  "VALUES (?, ?, ?, ?, ?)", (now, event, subject, text, address))
 
-    async def list_audit(self, *, limit: int = 100, event: str | None = None) -> list[AuditEntry]:
-        if event is None:
-            rows = await self._query(
-                "SELECT id, at_ms, event, subject, detail, address FROM audit_log "
-                "ORDER BY id DESC LIMIT ?", (limit,))
-        else:
-            rows = await self._query(
-                "SELECT id, at_ms, event, subject, detail, address FROM audit_log "
-                "WHERE event = ? ORDER BY id DESC LIMIT ?", (event, limit))
-        return [AuditEntry(r[0], r[1], r[2], r[3], orjson.loads(r[4]), r[5]) for r in rows]
+    async def list_audit(
+        self, *, limit: int = 100, event: str | None = None, subject: str | None = None,
+        since_ms: int | None = None, until_ms: int | None = None, before_id: int | None = None,
+    ) -> list[AuditEntry]:
+        """See Store.list_audit. `event` and `subject` read through their (x, id) indexes;
+        the time bounds alone walk the log newest first until `limit` match."""
+        clause, params = where(audit_filters(limit, event, subject, since_ms, until_ms, before_id),
+                               _mark)
+        self._check_open()
+        rows = await self._scans.run(
+            lambda conn: conn.execute(f"SELECT {AUDIT_COLUMNS} FROM audit_log{clause} "
+                                      f"ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall())
+        return [_audit_entry(row) for row in rows]
 

@@ -191,6 +191,13 @@ class WriterProcess:
         self._closed = False
 
     @property
+    def queue_depth(self) -> int:
+        """Requests sent to the writer process and not yet answered (a dict's length: cheap
+        enough to read on every metrics fold)."""
+        channel = self._channel
+        return len(channel.pending) if channel is not None and not channel.lost else 0
+
+    @property
     def pid(self) -> int | None:
         """The running writer process, if one is running (tests kill it)."""
         channel = self._channel
@@ -235,7 +242,7 @@ class WriterProcess:
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-c", "from storage.sqlite_writer import main; main()",
+                [sys.executable, "-c", "from lmg.storage.sqlite_writer import main; main()",
                  str(theirs.fileno()), json.dumps(settings)],
                 pass_fds=(theirs.fileno(),), env=env, start_new_session=True, stdin=subprocess.DEVNULL)
         except OSError as exc:
@@ -376,7 +383,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 def main() -> None:
-    """`python -c "from storage.sqlite_writer import main; main()" FD SETTINGS_JSON`."""
+    """`python -c "from lmg.storage.sqlite_writer import main; main()" FD SETTINGS_JSON`."""
     fd = int(sys.argv[1])
     settings = json.loads(sys.argv[2])
     _die_with_parent(settings["parent"])

@@ -98,11 +98,17 @@ def parse_store_url(url: str | None, data_dir: str | os.PathLike[str] | None = N
 async def open_store(
     url: str | None = None, *, data_dir: str | os.PathLike[str] | None = None,
     config: StoreConfig | None = None, clock_ms: Callable[[], int] = wall_clock_ms,
-    blobs: BlobStore | None = None,
+    blobs: BlobStore | None = None, create: bool = True,
 ) -> Store:
     """Open the store named by `url` (default: SQLite in the data directory), migrated.
 
-    Raises StoreUrlError, SchemaTooNew, StoreUnavailable (cannot reach or create it).
+    `create=False` is for commands that work on an existing store (the operator's CLI):
+    a SQLite file that does not exist raises StoreNotFound, and nothing (no directory,
+    no file) is created. PostgreSQL ignores it (the database exists or cannot be reached;
+    its tables are created as ever).
+
+    Raises StoreUrlError, StoreNotFound, SchemaTooNew, StoreUnavailable (cannot reach or
+    create it).
     """
     location = parse_store_url(url, data_dir)
     data_dir = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR)
@@ -111,7 +117,7 @@ async def open_store(
 
         assert location.sqlite_path is not None  # parse_store_url sets it for every sqlite URL
         return await SqliteStore.open(location.sqlite_path, data_dir=data_dir, config=config,
-                                      clock_ms=clock_ms, blobs=blobs)
+                                      clock_ms=clock_ms, blobs=blobs, create=create)
     from lmg.storage.postgres import PostgresStore  # asyncpg is imported only when used
 
     return await PostgresStore.open(location, data_dir=data_dir, config=config,

@@ -256,6 +256,9 @@ async def test_dead_letters_are_kept_listed_and_retried(store):
     dead = await store.list_dead_letters()
     assert [(d.punch.device_serial, d.dead, d.last_error) for d in dead] == [
         ("A", True, "province rejected: bad ID"), ("B", True, "province rejected: bad ID")]
+    first_page = await store.list_dead_letters(limit=1)
+    assert [d.punch.device_serial for d in first_page] == ["A"]
+    assert [d.punch.device_serial for d in await store.list_dead_letters(after_id=first_page[-1].id)] == ["B"]
     status = await store.outbox_status(now + 10_000)
     assert (status.pending, status.dead_letters) == (1, 2)
     assert status.oldest_age_s >= 0

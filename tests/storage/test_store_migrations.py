@@ -63,6 +63,30 @@ async def test_photos_stored_before_version_3_count_as_forwarded(backend):
     assert await new.unforwarded_photos(2**62, 10) == []
 
 
+async def test_version_3_devices_upgrade_with_no_address_and_nothing_to_end(backend):
+    """Migration 4 adds api_tokens, session_ends and devices.last_address to a database
+    that has devices and punches already."""
+    dialect = "sqlite" if backend.name == "sqlite" else "postgres"
+    full = load_migrations(dialect)
+    assert [m.name for m in full][3] == "operations"
+    old = await _open_with(backend, full[:3])
+    await old.add_device("LMG0001", project_code="P", region_code="620102")
+    await old.store_punches([punch("LMG0001", n) for n in range(3)])
+    await old.audit("device_added", "LMG0001")
+    await old.close()
+
+    new = await backend.open()
+    backend.opened.append(new)
+    assert await new.schema_version() == 4
+    device = await new.get_device("LMG0001")
+    assert device.last_address is None and device.enabled
+    assert await new.last_session_end_id() == 0 and await new.list_api_tokens() == []
+    assert [p.punch.record_no for p in await new.list_punches(project_code="P")] == [0, 1, 2]
+    assert [e.event for e in await new.list_audit(subject="LMG0001")] == ["device_added"]
+    await new.disable_device("LMG0001")
+    assert len(await new.session_ends_after(0)) == 1
+
+
 async def test_database_newer_than_the_code_is_refused(backend):
     store = await backend.open()
     await store.store_punches([punch()])

@@ -78,14 +78,17 @@ async def test_presence_flushes_of_two_nodes_over_the_same_devices_never_deadloc
         serials = [f"DEV{n:04d}" for n in range(400)]
         for serial in serials:
             await a.add_device(serial, project_code="P", region_code="620100")
-        forward = [Presence(s, T0, True) for s in serials]
-        backward = [Presence(s, T0 + 1, False) for s in reversed(serials)]
+        forward = [Presence(s, T0, True, address=f"10.0.{n // 250}.{n % 250}:4000")
+                   for n, s in enumerate(serials)]
+        backward = [Presence(s, T0 + 1, False, address="10.9.9.9:4000") for s in reversed(serials)]
         for _ in range(10):
             results = await asyncio.gather(*(
                 node.update_presence(updates) for node, updates in ((a, forward), (b, backward)) * 3),
                 return_exceptions=True)
             assert [r for r in results if isinstance(r, StoreUnavailable)] == []
             assert results == [400] * 6
+        assert {d.last_address for d in await a.list_devices()} <= {"10.9.9.9:4000"} | {
+            u.address for u in forward}
     finally:
         await a.close()
         await b.close()
@@ -111,3 +114,53 @@ async def test_handing_a_connection_back_to_the_pool_costs_no_query(pg_urls, tmp
             assert await conn.fetchval("SELECT to_regclass('pg_temp.left_open')") is None
     finally:
         await store.close()
+
+
+async def test_a_reader_following_session_ends_by_cursor_misses_none(pg_urls, tmp_path):
+    """Ids come from a sequence when a row is inserted, not when it commits: without the
+    writers taking turns, a reader could see id 11 committed, move its cursor past 10,
+    and never see 10 commit. A gateway would then keep a disabled device's session."""
+    from lmg.storage import SessionEndReason
+
+    url = pg_urls()
+    a = await open_store(url, data_dir=tmp_path)
+    b = await open_store(url, data_dir=tmp_path)
+    reader = await open_store(url, data_dir=tmp_path)
+    try:
+        serials = [f"DEV{n:02d}" for n in range(12)]
+        for serial in serials:
+            await a.add_device(serial, project_code="P", region_code="620100")
+        read: list[int] = []
+        done = asyncio.Event()
+
+        async def operator(node, serials_of_mine):
+            for round_ in range(8):
+                for serial in serials_of_mine:
+                    if round_ % 3 == 0:
+                        await node.disable_device(serial)
+                    elif round_ % 3 == 1:
+                        await node.rotate_device_secret(serial)
+                    else:
+                        await node.end_device_sessions(serial, SessionEndReason.CLOSED_BY_OPERATOR)
+
+        async def follow():
+            cursor = 0
+            while True:
+                finished = done.is_set()
+                page = await reader.session_ends_after(cursor, limit=7)
+                read.extend(end.id for end in page)
+                cursor = page[-1].id if page else cursor
+                if finished and not page:
+                    return
+                await asyncio.sleep(0)
+
+        follower = asyncio.ensure_future(follow())
+        await asyncio.gather(*(operator(node, serials[k::4]) for k, node in enumerate((a, b, a, b))))
+        done.set()
+        await asyncio.wait_for(follower, 30)
+        everything = [end.id for end in await reader.session_ends_after(0, limit=10_000)]
+        assert len(everything) == 8 * len(serials)
+        assert read == everything  # every id, once, in order
+    finally:
+        for store in (a, b, reader):
+            await store.close()
