@@ -82,6 +82,8 @@ class ResultCode(IntEnum):
     TAKEOVER = 0x0050
     HEARTBEAT_TIMEOUT = 0x0051
     TOO_MANY_ERRORS = 0x0052
+    CREDENTIALS_CHANGED = 0x0053
+    CLOSED_BY_OPERATOR = 0x0054
     # device answers to commands
     COMMAND_FAILED = 0x0060
     UNKNOWN_WORKER = 0x0061
@@ -194,6 +196,8 @@ RESULT_DESCRIPTIONS: dict[ResultCode, str] = {
     ResultCode.TAKEOVER: "a newer session of the same device replaced this one",
     ResultCode.HEARTBEAT_TIMEOUT: "nothing received for 3 heartbeat intervals",
     ResultCode.TOO_MANY_ERRORS: "too many malformed frames in this session",
+    ResultCode.CREDENTIALS_CHANGED: "the device's secret was rotated; reconnect with the new secret",
+    ResultCode.CLOSED_BY_OPERATOR: "an operator closed the session; reconnect when ready",
     ResultCode.COMMAND_FAILED: "terminal could not carry out the command",
     ResultCode.UNKNOWN_WORKER: "worker not on the terminal's roster",
     ResultCode.DEVICE_STORAGE_FULL: "terminal storage full",

@@ -33,3 +33,15 @@ def is_valid_id_number(value: str) -> bool:
     if len(value) != 18 or not _DIGITS.issuperset(value[:17]):
         return False
     return check_digit(value[:17]) == value[17]
+
+
+MASK_KEEP_HEAD, MASK_KEEP_TAIL = 6, 4  # the region code and the last four: enough to tell people apart
+
+
+def mask_id_number(value: str) -> str:
+    """`value` with all but its first 6 and last 4 characters replaced by "*"
+    (620102********4516). Anything shorter than 11 characters is masked whole: it is not
+    an ID number, and showing most of it could still identify someone."""
+    if len(value) <= MASK_KEEP_HEAD + MASK_KEEP_TAIL:
+        return "*" * len(value)
+    return value[:MASK_KEEP_HEAD] + "*" * (len(value) - MASK_KEEP_HEAD - MASK_KEEP_TAIL) + value[-MASK_KEEP_TAIL:]

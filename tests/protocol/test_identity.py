@@ -57,3 +57,12 @@ def test_adjacent_swaps_are_caught(first17, position):
         return
     swapped = number[:position] + b + a + number[position + 2 :]
     assert not is_valid_id_number(swapped)
+
+
+def test_masking_keeps_the_region_and_the_last_four():
+    from lmg.protocol.identity import mask_id_number
+
+    assert mask_id_number("620102198503124516") == "620102********4516"
+    assert mask_id_number("62010219850312451X") == "620102********451X"
+    assert mask_id_number("1234567890") == "**********"  # too short to be an ID: nothing shown
+    assert mask_id_number("") == ""

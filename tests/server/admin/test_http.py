@@ -17,8 +17,8 @@ from tests.server.conftest import WAIT_S, StoreProxy, wait_for
 async def http(port: int, path: str, method: str = "GET", *, connection=None) -> tuple[int, dict]:
     """One request on a fresh connection (or on `connection`, opened earlier); (status, JSON body)."""
     reader, writer = connection or await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), WAIT_S)
-    writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-    response = await asyncio.wait_for(reader.read(), WAIT_S)  # Connection: close
+    writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    response = await asyncio.wait_for(reader.read(), WAIT_S)
     writer.close()
     head, _, body = response.partition(b"\r\n\r\n")
     return int(head.split()[1]), orjson.loads(body)

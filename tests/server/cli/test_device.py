@@ -100,3 +100,20 @@ async def test_unknown_serial_exits_2_with_a_clear_message(gw, capsys):
         code, out, err = await lmg(capsys, gw, "device", action, "GS-NOBODY")
         assert code == 2, action
         assert out == "" and "no device GS-NOBODY" in err and "lmg device list" in err
+
+
+async def test_disabling_or_rotating_from_another_process_ends_the_open_session(start_gateway, capsys):
+    # `lmg device disable` used to leave the device's open session acked for up to 60 s;
+    # the gateway now follows the store's session ends (every session_end_poll_s on SQLite).
+    from lmg.protocol import Goodbye
+
+    gw = await start_gateway(session_end_poll_s=0.1)
+    client = await gw.raw_authenticated()
+    code, _, _ = await lmg(capsys, gw, "device", "rotate-secret", gw.device.serial)
+    assert code == 0
+    assert [(type(m), m.reason) for m in await client.closed_after()] == [(Goodbye, ResultCode.CREDENTIALS_CHANGED)]
+    other = await gw.add_device("GS-CLI-000009")
+    client = await gw.raw_authenticated(other)
+    code, _, _ = await lmg(capsys, gw, "device", "disable", other.serial)
+    assert code == 0
+    assert [(type(m), m.reason) for m in await client.closed_after()] == [(Goodbye, ResultCode.DEVICE_DISABLED)]

@@ -84,3 +84,45 @@ async def _ready_per_worker(info) -> list[bool]:
         writer.close()
         out.append(b" 200 " in status)
     return out
+
+
+async def test_disabling_a_device_ends_its_session_on_whichever_worker_holds_it(tmp_path):
+    """Across `--workers` on PostgreSQL the store notifies every worker (LISTEN/NOTIFY)."""
+    from lmg.protocol import Goodbye, ResultCode
+    from lmg.simulators.terminal import DeviceCredentials
+
+    from tests.server.conftest import RawClient
+
+    store = f"{DSN}?schema=test_revoke_{secrets.token_hex(4)}"
+    try:
+        devices = await provision(store, str(tmp_path), "RV", 8)
+    except Exception as exc:  # noqa: BLE001 - no PostgreSQL here
+        message = f"PostgreSQL not reachable at {DSN} ({exc})"
+        if os.environ.get("LMG_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"LMG_REQUIRE_POSTGRES=1 and {message}", pytrace=False)
+        pytest.skip(message)
+    ready = tmp_path / "ready.json"
+    # a poll far longer than the test: only the notification can end the sessions in time
+    proc = subprocess.Popen([sys.executable, "-m", "lmg.server.cli", "serve", "--workers", "2", "--store", store,
+                             "--data-dir", str(tmp_path), "--tcp", "127.0.0.1:0", "--ws", "", "--admin", "127.0.0.1:0",
+                             "--ready-file", str(ready), "--log-level", "warning", "--session-end-poll-s", "3600"])
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "supervisor did not get ready"
+            await asyncio.sleep(0.05)
+        port = json.loads(ready.read_text())["tcp"][1]
+        clients = []
+        for serial, secret in devices:
+            client = await RawClient.connect("127.0.0.1", port)
+            assert (await client.authenticate(DeviceCredentials(serial, bytes.fromhex(secret)))).result == 0
+            clients.append(client)
+        for serial, _ in devices:
+            assert await asyncio.to_thread(main, ["device", "disable", serial, "--store", store,
+                                                  "--data-dir", str(tmp_path)]) == 0
+        for client in clients:
+            received = await client.closed_after()
+            assert [(type(m), m.reason) for m in received] == [(Goodbye, ResultCode.DEVICE_DISABLED)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
