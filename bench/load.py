@@ -15,8 +15,11 @@ Figures: acked punches/s (closed loop, every terminal's window of 8 kept full), 
 p50/p99/p99.9 at half the baseline's rate (open loop), server CPU seconds, server RSS per
 idle authenticated connection (bare server beside it), storm (every idle terminal drops and
 reconnects; time until all are authenticated again), backlog ingest (terminals come back
-with stored punches and upload them in batches). Timings on a shared 2-core box are noisy:
-the figures to read are the ratios to the baseline measured in the same run.
+with stored punches and upload them in batches), and the cost of the metrics: acks per
+server CPU-second of two gateways, metrics on (scraped every second) and metrics off,
+driven in alternating closed-loop phases (on, off, off, on, ...) so drift of the box hits
+both alike. Timings on a shared 2-core box are noisy: the figures to read are the ratios
+to the baseline measured in the same run.
 
 Results go to bench/results/load-quick.{md,json} or load-full.{md,json}; `--json` prints
 the summary object (baseline_acks_per_s, gateway_acks_per_s, p99_ms, rss_per_conn_kib, ...).
@@ -45,12 +48,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # The open-loop latency phases run the fleet in `latency_fleet_processes` processes: one
 # process cannot offer half the baseline's rate to 256 terminals one frame at a time (the
 # bare server, driven so, showed p99 137 ms at 24.8k of 27.5k/s asked; with two, 19 ms).
+# `metrics_rounds`: pairs of closed-loop phases (metrics on, metrics off) for the metrics cost,
+# run in ABBA order; `metrics_load_s` each.
 QUICK = dict(load_devices=64, load_s=6.0, warmup_s=1.0, idle_devices=2000, storm_devices=2000,
              backlog_devices=20, backlog_records=5000, backlog_batch=100, fleet_processes=1,
-             latency_fleet_processes=2, workers_devices=0)
+             latency_fleet_processes=2, workers_devices=0, metrics_rounds=6, metrics_load_s=5.0)
 FULL = dict(load_devices=256, load_s=20.0, warmup_s=2.0, idle_devices=15000, storm_devices=15000,
             backlog_devices=100, backlog_records=10000, backlog_batch=250, fleet_processes=2,
-            latency_fleet_processes=2,
+            latency_fleet_processes=2, metrics_rounds=6, metrics_load_s=10.0,
             workers_devices=100_000, workers=6, hold_s=600.0, workers_storm_devices=20_000)
 # The many-connection phase (full run): `--workers` gateway processes on PostgreSQL, the fleet
 # spread so that no process holds 20,000 descriptors and no (source, destination) address
@@ -58,7 +63,8 @@ FULL = dict(load_devices=256, load_s=20.0, warmup_s=2.0, idle_devices=15000, sto
 TERMINALS_PER_FLEET_PROCESS = 15_000
 TERMINALS_PER_SOURCE_ADDRESS = 14_000
 TARGETS = {"gateway_to_baseline": 0.6, "p99_ms": 25.0, "rss_per_conn_kib": 5.0, "storm_s": 10.0,
-           "backlog_records_per_s": 100_000.0}
+           "backlog_records_per_s": 100_000.0, "metrics_cost_ratio": 0.95}
+METRICS_SCRAPE_S = 1.0  # Prometheus scrapes every 15-60 s; every second is the expensive end
 
 BARE_SERVER = """
 import asyncio, sys, uvloop
@@ -149,9 +155,11 @@ def free_port() -> int:
 class Server:
     """A server subprocess: its pid(s) and port, stopped on exit."""
 
-    def __init__(self, name: str, proc: subprocess.Popen, port: int, pids: list[int] | None = None):
+    def __init__(self, name: str, proc: subprocess.Popen, port: int, pids: list[int] | None = None,
+                 admin_port: int | None = None):
         self.name, self.proc, self.port = name, proc, port
         self.pids = pids or [proc.pid]
+        self.admin_port = admin_port
 
     def rss_kib(self) -> int:
         """Resident memory of the server's processes and their helpers."""
@@ -237,12 +245,12 @@ async def provision(store_url: str | None, data_dir: str, prefix: str, count: in
         await store.close()
 
 
-def start_gateway(data_dir: str, *, store: str = "", workers: int = 1, extra: tuple = ()) -> Server:
+def start_gateway(data_dir: str, *, store: str = "", workers: int = 1, extra: tuple = (), admin: bool = False) -> Server:
     ready = os.path.join(data_dir, "ready.json")
     if os.path.exists(ready):  # left by an earlier server on this data directory
         os.unlink(ready)
     command = [sys.executable, "-m", "lmg.server.cli", "serve", "--data-dir", data_dir, "--tcp", "127.0.0.1:0",
-               "--ws", "", "--admin", "", "--ready-file", ready, "--log-level", "warning",
+               "--ws", "", "--admin", "127.0.0.1:0" if admin else "", "--ready-file", ready, "--log-level", "warning",
                "--max-connections-per-address", "100000", "--accept-rate", "20000", "--accept-burst", "20000", *extra]
     if store:
         command += ["--store", store]
@@ -260,7 +268,7 @@ def start_gateway(data_dir: str, *, store: str = "", workers: int = 1, extra: tu
     with open(ready, encoding="utf-8") as fh:
         info = json.load(fh)
     pids = [w["pid"] for w in info.get("workers", [])] or [info["pid"]]
-    return Server("gateway", proc, info["tcp"][1], pids)
+    return Server("gateway", proc, info["tcp"][1], pids, admin_port=info["admin"][1] if "admin" in info else None)
 
 
 # --- phases -------------------------------------------------------------------------------------
@@ -403,6 +411,7 @@ async def matrix(sizes: dict, *, mosquitto: bool, log) -> dict:
             # last on this gateway, so the phases before it run as they did before it existed
             result["latency_ladder"] = await latency_ladder(
                 gateway, devices[:sizes["load_devices"]], load, baseline_rate, half, sizes, log)
+        result["metrics_cost"] = await metrics_cost(work, sizes, load, log)
         with start_gateway(data_dir) as gateway:  # fresh process: RSS growth is the idle connections only
             log(f"gateway: {sizes['idle_devices']} idle authenticated connections")
             result["idle"] = await idle_rss(gateway, devices[:sizes["idle_devices"]], "lmg",
@@ -417,6 +426,68 @@ async def matrix(sizes: dict, *, mosquitto: bool, log) -> dict:
                                "server_cpu_s": storm["server_cpu_s"]}
             log(f"  all back in {result['storm']['storm_s']} s")
     return result
+
+
+async def scrape_metrics(server: Server, tally: dict) -> None:
+    """GET /metrics on `server`'s admin port every METRICS_SCRAPE_S until cancelled, as a
+    Prometheus would (more often); counts the scrapes, the failures and the page size."""
+    while True:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", server.admin_port), 5.0)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            response = await asyncio.wait_for(reader.read(), 5.0)
+            writer.close()
+            ok = response.startswith(b"HTTP/1.1 200")
+            tally["scrapes" if ok else "scrape_failures"] += 1
+            if ok:
+                tally["page_bytes"] = len(response.partition(b"\r\n\r\n")[2])
+        except (OSError, asyncio.TimeoutError):
+            tally["scrape_failures"] += 1
+        await asyncio.sleep(METRICS_SCRAPE_S)
+
+
+async def metrics_cost(work: str, sizes: dict, load: dict, log) -> dict:
+    """Acks per server CPU-second with metrics on and off, in one run: two gateways (each its
+    own SQLite store and devices), both with the admin listener and both scraped every
+    METRICS_SCRAPE_S (the one with metrics off answers a one-line page), driven in turn by
+    the same closed-loop fleet in ABBA order (`metrics_rounds` pairs). Each variant's figure
+    is its acks over its CPU seconds summed over its phases; `metrics_cost_ratio` is on/off."""
+    count = sizes["load_devices"]
+    rounds = sizes.get("metrics_rounds", 2)
+    phase = {**load, "duration_s": sizes.get("metrics_load_s", load["duration_s"])}
+    variants = {"on": ("--metrics", "true"), "off": ("--metrics", "false")}
+    dirs = {name: os.path.join(work, f"metrics-{name}") for name in variants}
+    devices = {name: await provision(None, dirs[name], "MC", count) for name in variants}
+    acked = dict.fromkeys(variants, 0)
+    cpu = dict.fromkeys(variants, 0.0)
+    phases: dict[str, list[dict]] = {name: [] for name in variants}
+    with start_gateway(dirs["on"], extra=variants["on"], admin=True) as on, \
+            start_gateway(dirs["off"], extra=variants["off"], admin=True) as off:
+        servers = {"on": on, "off": off}
+        scrapes = {name: {"scrapes": 0, "scrape_failures": 0, "page_bytes": 0} for name in variants}
+        order = [name for n in range(rounds) for name in (("on", "off") if n % 2 == 0 else ("off", "on"))]
+        for n, name in enumerate(order):
+            log(f"metrics {name}: closed-loop load, phase {n + 1} of {len(order)}")
+            scraper = asyncio.create_task(scrape_metrics(servers[name], scrapes[name]))
+            try:
+                summary = await fleet_run(servers[name], devices[name], **phase, first_record=50_000_000 + n * 1_000_000)
+            finally:
+                scraper.cancel()
+            acked[name] += summary["acked"]
+            cpu[name] += summary["server_cpu_s"]
+            phases[name].append({"acks_per_s": summary["acks_per_s"], "server_cpu_s": summary["server_cpu_s"],
+                                 "acks_per_server_cpu_s": round(summary["acked"] / summary["server_cpu_s"], 1)
+                                 if summary["server_cpu_s"] else None, "box_steal_pct": summary["box_steal_pct"]})
+            log(f"  {phases[name][-1]['acks_per_server_cpu_s']} acks per server CPU-second")
+    out: dict = {"rounds": rounds, "phase_s": phase["duration_s"], "scrape_interval_s": METRICS_SCRAPE_S}
+    for name in variants:
+        out[name] = {"acks_per_server_cpu_s": round(acked[name] / cpu[name], 1) if cpu[name] else None,
+                     "acked": acked[name], "server_cpu_s": round(cpu[name], 2), "phases": phases[name],
+                     **scrapes[name]}
+    on_rate, off_rate = out["on"]["acks_per_server_cpu_s"], out["off"]["acks_per_server_cpu_s"]
+    out["ratio"] = round(on_rate / off_rate, 3) if on_rate and off_rate else None
+    log(f"  metrics on / off: {out['ratio']} (acks per server CPU-second)")
+    return out
 
 
 # Where p99 at half the baseline misses, lower rates in turn (fractions of the baseline's
@@ -467,6 +538,9 @@ def headline(result: dict) -> dict:
         "storm_devices": result["storm"]["devices"],
         "storm_s": result["storm"]["storm_s"],
         "backlog_records_per_s": result["backlog"]["backlog_records_per_s"],
+        "metrics_on_acks_per_server_cpu_s": (result.get("metrics_cost") or {}).get("on", {}).get("acks_per_server_cpu_s"),
+        "metrics_off_acks_per_server_cpu_s": (result.get("metrics_cost") or {}).get("off", {}).get("acks_per_server_cpu_s"),
+        "metrics_cost_ratio": (result.get("metrics_cost") or {}).get("ratio"),
     }
 
 
@@ -523,6 +597,12 @@ def markdown(report: dict) -> str:
          if h["storm_devices"] >= 20000 else "smaller N"),
         (f"backlog: {r['backlog']['backlog_records']:,} records", f"{cell(h['backlog_records_per_s'])} records/s",
          ">= 100,000/s", verdict((h["backlog_records_per_s"] or 0) >= TARGETS["backlog_records_per_s"])),
+        *([("acks per server CPU-second, metrics on (scraped every "
+            f"{r['metrics_cost']['scrape_interval_s']:g} s) / off, {r['metrics_cost']['rounds']} alternating pairs",
+            f"{cell(h['metrics_on_acks_per_server_cpu_s'])} / {cell(h['metrics_off_acks_per_server_cpu_s'])} "
+            f"({cell(h['metrics_cost_ratio'])}x)", ">= 0.95x",
+            verdict(h["metrics_cost_ratio"] >= TARGETS["metrics_cost_ratio"] if h["metrics_cost_ratio"] else None))]
+          if r.get("metrics_cost") else []),
     ]
     w = r.get("workers")
     if w and "error" in w:

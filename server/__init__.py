@@ -6,6 +6,8 @@
 | `forwarding/` | punches out to the provincial system (docs/province-api.md) |
 | `admin/` | the admin HTTP side: health and readiness (the operations API grows here) |
 | `cli/` | the `lmg` command: one module per command group |
+| `metrics/` | Prometheus metrics: plain-Python counting on the hot path, folded into prometheus-client |
+| `logs.py` | structured logs (JSON lines or key=value), masked ID numbers, rate-limited repeats |
 | `settings.py` | the one settings object of a node, with every key's default and reason |
 
 Rules: a subsystem's package root names its public entry points; another subsystem, the

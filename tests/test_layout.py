@@ -125,10 +125,13 @@ sys.exit(main(sys.argv[2:]))
 
 
 def test_lmg_serve_loads_no_simulator_benchmark_or_their_libraries(tmp_path):
+    # Run from outside the repository, as an installed gateway is: the SQLite writer process
+    # was once started with `from storage.sqlite_writer import main`, which worked only
+    # with the repository as the working directory.
     out, ready = tmp_path / "modules.json", tmp_path / "ready.json"
     proc = subprocess.Popen([sys.executable, "-c", MODULES_AT_EXIT, str(out), "serve", "--data-dir",
                              str(tmp_path / "data"), "--tcp", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--admin",
-                             "127.0.0.1:0", "--ready-file", str(ready)])
+                             "127.0.0.1:0", "--ready-file", str(ready)], cwd=tmp_path)
     try:
         deadline = time.monotonic() + 60
         while not ready.exists():
@@ -150,6 +153,6 @@ def test_lmg_serve_loads_no_simulator_benchmark_or_their_libraries(tmp_path):
 def test_store_commands_load_only_their_group(tmp_path, command):
     out = tmp_path / "modules.json"
     subprocess.run([sys.executable, "-c", MODULES_AT_EXIT, str(out), *command, "--data-dir", str(tmp_path)],
-                   capture_output=True, timeout=60)
+                   capture_output=True, timeout=60, cwd=tmp_path)
     loaded = json.loads(out.read_text())
     assert not [m for m in loaded if m.startswith(("lmg.simulators", "lmg.bench", "lmg.server.gateway.gateway"))]

@@ -2,12 +2,15 @@
 
 Secrets are shown once, when created or rotated (`add`, `generate` writes them to the
 CSV file for simulators, `rotate-secret`); `list` never shows them. Every change is
-written to the audit log.
+written to the audit log. `add`, `generate` and `import` create the store if it is
+missing (provisioning the first devices of a new node); `list`, `disable`, `enable` and
+`rotate-secret` need it to exist, so a wrong --data-dir says there is no database there
+(exit 2) rather than creating one. A store that fails while a command runs exits 1
+(server/cli/__init__.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import getpass
 import os
@@ -15,7 +18,7 @@ import os
 import orjson
 
 from lmg.protocol.credentials import CredentialsError, format_credentials, parse_credentials
-from lmg.server.cli import UsageError, add_store_options, open_store_from
+from lmg.server.cli import CommandFailed, UsageError, add_store_options, run_on_store
 
 
 def register(subparsers) -> None:
@@ -28,7 +31,7 @@ def register(subparsers) -> None:
     add.add_argument("--project", required=True, help="project code (项目编码)")
     add.add_argument("--region", default="620000", help="GB/T 2260 region code (default 620000, Gansu)")
     add_store_options(add)
-    add.set_defaults(handler=lambda a: _run(_add, a))
+    add.set_defaults(handler=lambda a: run_on_store(_add, a, create=True))
 
     gen = group.add_parser("generate", help="provision N devices and write serial,secret,project rows")
     gen.add_argument("--count", type=int, required=True)
@@ -37,36 +40,24 @@ def register(subparsers) -> None:
     gen.add_argument("--region", default="620000")
     gen.add_argument("--out", required=True, help="CSV file to write (serial,secret,project)")
     add_store_options(gen, json=False)
-    gen.set_defaults(handler=lambda a: _run(_generate, a))
+    gen.set_defaults(handler=lambda a: run_on_store(_generate, a, create=True))
 
     imp = group.add_parser("import", help="provision devices from a serial,secret,project CSV")
     imp.add_argument("file")
     imp.add_argument("--region", default="620000")
     add_store_options(imp, json=False)
-    imp.set_defaults(handler=lambda a: _run(_import, a))
+    imp.set_defaults(handler=lambda a: run_on_store(_import, a, create=True))
 
     lst = group.add_parser("list", help="list devices (never their secrets)")
     add_store_options(lst)
-    lst.set_defaults(handler=lambda a: _run(_list, a))
+    lst.set_defaults(handler=lambda a: run_on_store(_list, a, create=False))
 
     for name, text in (("disable", "refuse the device's connections"), ("enable", "accept the device again"),
                        ("rotate-secret", "give the device a new secret and print it once")):
         sub = group.add_parser(name, help=text)
         sub.add_argument("serial")
         add_store_options(sub)
-        sub.set_defaults(handler=lambda a, n=name: _run(_change, a, n))
-
-
-def _run(fn, args, *extra) -> int:
-    return asyncio.run(_with_store(fn, args, *extra))
-
-
-async def _with_store(fn, args, *extra) -> int:
-    store = await open_store_from(args)
-    try:
-        return await fn(store, args, *extra)
-    finally:
-        await store.close()
+        sub.set_defaults(handler=lambda a: run_on_store(_change, a, create=False))
 
 
 def _actor() -> str:
@@ -100,6 +91,8 @@ async def _generate(store, args) -> int:
         raise UsageError("--count must be at least 1")
     if os.path.exists(args.out):
         raise UsageError(f"{args.out} exists; choose another --out (it would hold secrets of other devices)")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise UsageError(f"the directory of {args.out} does not exist; create it or choose another --out")
     rows = []
     try:
         for i in range(1, args.count + 1):
@@ -109,7 +102,12 @@ async def _generate(store, args) -> int:
         raise UsageError(str(exc)) from None
     finally:
         if rows:
-            _write_csv(args.out, rows)
+            try:
+                _write_csv(args.out, rows)
+            except OSError as exc:
+                raise CommandFailed(f"cannot write {args.out}: {exc.strerror}; {len(rows)} devices were "
+                                    "provisioned and their secrets are lost: rotate them with "
+                                    "`lmg device rotate-secret SERIAL`") from None
     await store.audit("devices_generated", args.prefix, {"count": len(rows), "project": args.project, "by": _actor()})
     print(f"provisioned {len(rows)} devices; credentials in {args.out}")
     return 0
@@ -167,9 +165,10 @@ async def _list(store, args) -> int:
     return 0
 
 
-async def _change(store, args, action: str) -> int:
+async def _change(store, args) -> int:
     from lmg.storage import UnknownDevice
 
+    action = args.device_command  # disable, enable or rotate-secret
     try:
         if action == "disable":
             await store.disable_device(args.serial)

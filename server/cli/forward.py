@@ -8,22 +8,23 @@
 `run` works on the same store as `lmg serve` (same --data-dir / --store), beside it or
 on another machine; several forwarders on one PostgreSQL store share the work. Every
 `forward_*` key comes from flags, LMG_FORWARD_* variables or the TOML file given by
---config (see server/forwarding/config.py for the keys and their defaults).
+--config (see server/forwarding/config.py for the keys and their defaults). `status`,
+`dead-letters` and `retry` work on an existing store and never create one: a wrong
+--data-dir says there is no database there (exit 2).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 
 import orjson
 
-from lmg.server.cli import UsageError, add_store_options, open_store_from, store_settings
+from lmg.server.cli import UsageError, add_store_options, open_store_from, run_on_store, store_settings
 from lmg.server.settings import KEYS, add_flags
 
 FORWARD_KEYS = tuple(name for name, spec in KEYS.items() if spec.section == "forward")
-RUN_KEYS = ("log_level", *FORWARD_KEYS)
+RUN_KEYS = ("log_level", "log_format", *FORWARD_KEYS)
 
 
 def register(subparsers) -> None:
@@ -40,37 +41,24 @@ def register(subparsers) -> None:
 
     sub = group.add_parser("status", help="outbox: pending, oldest_age_s, dead_letters")
     add_store_options(sub, suppress=True)
-    sub.set_defaults(handler=lambda a: _with_store(_status, a))
+    sub.set_defaults(handler=lambda a: run_on_store(_status, a, create=False))
 
     sub = group.add_parser("dead-letters", help="records the province rejected as invalid, with its reason")
     sub.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
     add_store_options(sub, suppress=True)
-    sub.set_defaults(handler=lambda a: _with_store(_dead_letters, a))
+    sub.set_defaults(handler=lambda a: run_on_store(_dead_letters, a, create=False))
 
     sub = group.add_parser("retry", help="send dead letters again (after fixing the cause)")
     sub.add_argument("ids", nargs="*", type=int, metavar="ID", help="outbox ids from `lmg forward dead-letters`")
     sub.add_argument("--all", action="store_true", help="every dead letter")
     add_store_options(sub, suppress=True)
-    sub.set_defaults(handler=lambda a: _with_store(_retry, a))
+    sub.set_defaults(handler=lambda a: run_on_store(_retry, a, create=False))
 
 
 def _run_options(parser, suppress: bool) -> None:
     """The store location, --config and every forward_* key (`lmg forward` and `lmg forward run`)."""
     add_store_options(parser, json=False, suppress=suppress)
-    parser.add_argument("--config", default=argparse.SUPPRESS if suppress else None,
-                        help="TOML file with settings keys (also LMG_CONFIG)")
     add_flags(parser, RUN_KEYS, suppress=suppress)
-
-
-def _with_store(fn, args) -> int:
-    async def main() -> int:
-        store = await open_store_from(args)
-        try:
-            return await fn(store, args)
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
 
 
 async def _status(store, args) -> int:
@@ -122,7 +110,8 @@ def run(args) -> int:
     settings = store_settings(args, RUN_KEYS)
     if not settings.forward.enabled():
         raise UsageError("nothing to forward to: give --forward-url (or LMG_FORWARD_URL, or forward_url in --config)")
-    logging.basicConfig(level=settings.gateway.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from lmg.server.logs import setup_logging  # JSON lines or key=value, masked (server/logs.py)
+    setup_logging(settings.gateway.log_level, settings.gateway.log_format)
     import uvloop
 
     return uvloop.run(_run(args, settings.forward))

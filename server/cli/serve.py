@@ -2,14 +2,16 @@
 
 Every settings key (server/settings.py) is a flag here, with its reason as help.
 `--workers N` starts N gateway processes sharing the ports (server/cli/workers.py).
+Exit status: 2 for what the command must change (bad settings, a port in use, a bad
+store URL), 1 when the store cannot be opened or reached (systemd restarts on 1 and not
+on 2: docs/ops/lmg.service).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 
-from lmg.server.cli import UsageError
+from lmg.server.cli import CommandFailed, UsageError
 from lmg.server.settings import SettingsError, add_flags, flag_values, load_settings
 
 
@@ -37,19 +39,27 @@ def run(args) -> int:
         settings = load_settings(flags, config_file=args.config)
     except SettingsError as exc:
         raise UsageError(str(exc)) from None
-    logging.basicConfig(level=settings.gateway.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from lmg.server.logs import setup_logging  # JSON lines or key=value, masked (server/logs.py)
+    setup_logging(settings.gateway.log_level, settings.gateway.log_format)
     if args.workers != 1:
         from lmg.server.cli.workers import supervise
 
         return supervise(flags, args.config, settings, args.workers, args.ready_file)
     import uvloop
 
+    from lmg.server.admin.app import AdminRefused
     from lmg.server.gateway import serve, tune_collector
+    from lmg.storage import StoreError, StoreUrlError
 
     tune_collector()
     try:
         return uvloop.run(serve(settings, ready_file=args.ready_file, reuse_port=args.reuse_port))
+    except AdminRefused as exc:
+        raise UsageError(str(exc)) from None
+    except StoreUrlError as exc:
+        raise UsageError(str(exc)) from None
+    except StoreError as exc:  # unreachable, unwritable or a newer schema: not the command's fault
+        raise CommandFailed(f"cannot start: {exc}") from None
     except OSError as exc:
         raise UsageError(f"cannot start: {exc} (is another gateway already listening? change --tcp/--ws/--admin)") from None
 

@@ -17,12 +17,18 @@ Rules this supervisor keeps:
 - SIGTERM/SIGINT are forwarded to every worker; the supervisor exits when they have.
   If one worker exits on its own, the others are stopped too and its status is returned:
   a half-strength gateway that looks healthy is worse than a restart.
+- Metrics (unless `metrics = false`): the workers get an empty PROMETHEUS_MULTIPROC_DIR
+  of their own (`<run dir>/metrics`, whatever the environment said), so prometheus-client's
+  multiprocess mode adds their figures up and every worker's /metrics shows the totals.
+  The supervisor removes it at exit. No worker outlives another (see above), so no
+  dead worker's gauges linger in it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -102,6 +108,13 @@ def supervise(flags: dict, config_file: str | None, settings: Settings, workers:
         gateway, tcp=_fixed_port(gateway.tcp, "tcp"), ws=_fixed_port(gateway.ws, "ws")))
     run_dir = tempfile.mkdtemp(prefix="lmg-workers-")
     readies = [os.path.join(run_dir, f"ready.worker{i}") for i in range(workers)]
+    env = dict(os.environ)
+    metrics_dir = os.path.join(run_dir, "metrics")
+    if settings.gateway.metrics:
+        os.mkdir(metrics_dir)  # empty: prometheus-client's multiprocess mode needs a fresh directory per run
+        env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    else:
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     children: list[subprocess.Popen] = []
     stopping = False
 
@@ -115,7 +128,7 @@ def supervise(flags: dict, config_file: str | None, settings: Settings, workers:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     for ready in readies:
-        children.append(subprocess.Popen(worker_argv(flags, config_file, settings, ready)))
+        children.append(subprocess.Popen(worker_argv(flags, config_file, settings, ready), env=env))
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not all(os.path.exists(r) for r in readies):
@@ -155,4 +168,5 @@ def supervise(flags: dict, config_file: str | None, settings: Settings, workers:
         for ready in readies:
             if os.path.exists(ready):
                 os.unlink(ready)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
         os.rmdir(run_dir)

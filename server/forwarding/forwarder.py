@@ -51,6 +51,7 @@ from lmg.server.forwarding.policy import (
     failed_verdict,
     judge_answer,
 )
+from lmg.server.logs import RepeatedWarnings
 from lmg.storage import OutboxItem, Store, StoreError
 from lmg.storage.api import wall_clock_ms
 
@@ -76,9 +77,15 @@ class ForwarderStats:
     photos_sent: int = 0
     late_photos_sent: int = 0  # of photos_sent, those the late-photo sweep sent
     failures: dict = field(default_factory=dict)  # kind -> count
+    # every request by its result: ok (HTTP 200), http_<status>, timeout, connection
+    # (the gateway's metrics export it as lmg_forward_attempts_total)
+    attempts: dict = field(default_factory=dict)
 
     def note(self, kind: str) -> None:
         self.failures[kind] = self.failures.get(kind, 0) + 1
+
+    def attempt(self, result: str) -> None:
+        self.attempts[result] = self.attempts.get(result, 0) + 1
 
 
 @dataclass(slots=True)
@@ -112,7 +119,7 @@ class Forwarder:
     """One forwarding loop over one store. `run(stop)` returns after `stop` is set."""
 
     def __init__(self, store: Store, config: ForwarderConfig, *, clock_ms: Callable[[], int] = wall_clock_ms,
-                 random: Callable[[], float] = random_module.random):
+                 random: Callable[[], float] = random_module.random, stats: ForwarderStats | None = None):
         if not config.enabled():
             raise ValueError("ForwarderConfig.url is empty: nothing to forward to")
         self.store = store
@@ -123,7 +130,8 @@ class Forwarder:
         self.breaker = CircuitBreaker(config.breaker_failures, int(config.breaker_open_s * 1000),
                                       int(config.breaker_max_open_s * 1000))
         self.cipher = api.WorkerIdCipher.for_app(config.app_secret, config.app_key)
-        self.stats = ForwarderStats()
+        self.stats = stats if stats is not None else ForwarderStats()
+        self.repeats = RepeatedWarnings()
         self.capacity = config.batch_records * config.concurrency
         self.held = 0  # claimed items in memory; never above `capacity`
         self.max_held = 0
@@ -361,13 +369,17 @@ class Forwarder:
         assert self._session is not None, "requests are made only while run() holds a session"
         try:
             async with self._session.request(method, url, data=body, headers=headers) as response:
-                return response.status, await response.read(), response.headers.get("Retry-After")
+                answer = response.status, await response.read(), response.headers.get("Retry-After")
         except asyncio.TimeoutError:
             self.stats.note("timeout")
+            self.stats.attempt("timeout")
             return None, f"no answer within {self.config.timeout_s:g} s", None
         except aiohttp.ClientError as exc:
             self.stats.note("connection")
+            self.stats.attempt("connection")
             return None, f"connection failed: {type(exc).__name__}: {exc}", None
+        self.stats.attempt("ok" if answer[0] == 200 else f"http_{answer[0]}")
+        return answer
 
     async def _post_batch(self, entries: list[_Entry]) -> Verdict:
         self._batch_seq += 1
@@ -435,8 +447,8 @@ class Forwarder:
             for reason, ids in by_reason.items():
                 await self._store_call(self.store.dead_letter, ids, reason)
             self.stats.dead_lettered += len(verdict.rejected)
-            log.warning("province rejected %d record(s) as invalid; see `lmg forward dead-letters`",
-                        len(verdict.rejected))
+            self.repeats.warning(log, "rejected", "province rejected %d record(s) as invalid; see "
+                                 "`lmg forward dead-letters`", len(verdict.rejected))
         failed: dict[str, int] = {}
         for rid in verdict.accepted:
             self._streaks.data.pop(by_rid[rid].item.punch.device_serial, None)
@@ -469,7 +481,8 @@ class Forwarder:
         try:
             await method(*args)
         except StoreError as exc:
-            log.warning("outbox update failed (%s); the items will be sent again after their lease", exc)
+            self.repeats.warning(log, "outbox", "outbox update failed (%s); the items will be sent again after "
+                                 "their lease", exc)
 
     # -- late photos ----------------------------------------------------------------------
     async def _late_photo_loop(self, stop: asyncio.Event) -> None:
@@ -581,14 +594,16 @@ async def _every(seconds: float, stop: asyncio.Event):
 
 async def run_forwarder(store: Store, config: ForwarderConfig, stop_event: asyncio.Event, *,
                         clock_ms: Callable[[], int] = wall_clock_ms,
-                        random: Callable[[], float] = random_module.random) -> ForwarderStats:
-    """Forward the outbox of `store` until `stop_event` is set; returns the counters.
+                        random: Callable[[], float] = random_module.random,
+                        stats: ForwarderStats | None = None) -> ForwarderStats:
+    """Forward the outbox of `store` until `stop_event` is set; returns the counters
+    (`stats` if given: the gateway passes its own, which its metrics read meanwhile).
 
     Requests in flight at stop get `timeout_s` (+1 s) to finish; items still unsettled
     are given back to the outbox (due at once) or, if even that fails, their lease runs
     out. Safe to run beside `lmg serve` on the same store, and on several nodes.
     """
-    forwarder = Forwarder(store, config, clock_ms=clock_ms, random=random)
+    forwarder = Forwarder(store, config, clock_ms=clock_ms, random=random, stats=stats)
     log.info("forwarding to %s as app key %s (batches of %d, %d in flight)", config.url, config.app_key,
              config.batch_records, config.concurrency)
     await forwarder.run(stop_event)

@@ -5,7 +5,14 @@ connection, see link.py) call back into it, and it asks them (never their sessio
 time out, hand over or say goodbye. Its parts, each in a module of its own:
 admission (connection limits, accept rate), the lockout guard, the device lookup, the
 deadline wheel and the presence book. Timers are loop-wide tasks (deadline wheel,
-presence flush, partial-photo sweep), not one per connection.
+presence flush, partial-photo sweep, the metrics fold), not one per connection.
+
+Observability (server/metrics, server/logs.py): events are counted in plain Python
+(`count` into `counters`, `connections` by transport and state, and with metrics on the
+per-frame counts and the ack-latency tally the links write); `metrics` (a
+`GatewayMetrics`, None when the `metrics` setting is off) folds them into Prometheus
+families. A session logs three lines at info on `lmg.session` (opened, authentication
+result, closed with its reason); repeated warnings go through `repeats`.
 
 Ordered shutdown, all within `shutdown_grace_s`: stop accepting and stop the forwarder;
 stop reading; let in-flight store calls finish and send their ACKs (the links report when
@@ -23,7 +30,7 @@ import resource
 import signal
 import ssl
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -34,15 +41,22 @@ from lmg.server.gateway.devices import DeviceLookup
 from lmg.server.gateway.lockout import AuthGuard
 from lmg.server.gateway.presence import PresenceBook
 from lmg.server.gateway.session import Authenticated, AuthFailed
+from lmg.server.gateway.session_ends import GOODBYE_REASONS, SessionEnds
+from lmg.server.logs import RepeatedWarnings
 from lmg.server.settings import Settings, parse_host_port
-from lmg.storage import Device, Store, StoreError, open_store
+from lmg.storage import Device, SessionEndReason, Store, StoreError, open_store
 
 if TYPE_CHECKING:
+    from lmg.server.forwarding.forwarder import ForwarderStats
     from lmg.server.gateway.link import TerminalLink
+    from lmg.server.metrics.fold import GatewayMetrics
+    from lmg.server.metrics.tally import Tally
 
 log = logging.getLogger("lmg.gateway")
+session_log = logging.getLogger("lmg.session")  # the three lines of a session's life at info
 
-STORE_FAILURE_LOG_S = 5.0  # at most one "store failed" warning this often
+STORE_FAILURE_LOG_S = 5.0  # at most one "store failed" warning this often (RepeatedWarnings)
+UNAUTHENTICATED, AUTHENTICATED = "unauthenticated", "authenticated"  # states of `connections`
 
 
 def wall_ms() -> int:
@@ -68,17 +82,32 @@ class Gateway:
         self.presence = PresenceBook()
         self.sessions: dict[str, TerminalLink] = {}  # serial -> authenticated link
         self.links: set[TerminalLink] = set()
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()  # event name -> count; folded into the metrics
+        self.connections: Counter[tuple[str, str]] = Counter()  # (transport, state) -> open now
+        # Per-frame counts (message class -> frames) and the ack-latency tally, written by the
+        # links on every pass; None with metrics off, so the links skip them.
+        self.frames_in: defaultdict[type, int] | None = None
+        self.frames_out: defaultdict[type, int] | None = None
+        self.ack_latency: Tally | None = None
+        self.ack_clock: Callable[[], float] = time.perf_counter  # seconds, for ack latency
+        self.forward_stats: ForwarderStats | None = None  # the forwarder's, when it runs in this process
+        self.metrics: GatewayMetrics | None = None
+        if gateway.metrics:
+            from lmg.server.metrics.fold import GatewayMetrics
+
+            self.metrics = GatewayMetrics(self)
+            self.frames_in, self.frames_out = defaultdict(int), defaultdict(int)
+            self.ack_latency = self.metrics.ack_latency
         self.tasks: set[asyncio.Task[Any]] = set()
         self.servers: list[Any] = []
         self.listening: dict[str, tuple[str, int]] = {}
         self.store_writable = True
-        self._store_failure_logged = -STORE_FAILURE_LOG_S  # monotonic s of the last warning
-        self._store_failures_unlogged = 0
+        self.repeats = RepeatedWarnings(STORE_FAILURE_LOG_S)
         self.stopping = False
         self._unsettled: set[TerminalLink] = set()  # links shutdown waits for
         self._settled: asyncio.Future[None] | None = None
         self._background: list[asyncio.Task[Any]] = []
+        self.session_ends: SessionEnds | None = None
         self._forwarder: asyncio.Task[Any] | None = None
         self._forward_stop = asyncio.Event()
         self.reuse_port = False  # SO_REUSEPORT: several `lmg serve --workers` processes share the ports
@@ -94,21 +123,31 @@ class Gateway:
     def refusal(self, reason: ResultCode) -> bytes:
         """The GOODBYE a refused connection gets before it is closed."""
         self.count(f"refused_{reason.name.lower()}")
+        if self.frames_out is not None:
+            self.frames_out[Goodbye] += 1
         return encode(Goodbye(reason, 10, 1))
 
     def link_opened(self, link: TerminalLink) -> None:
         self.links.add(link)
         self.admission.opened(link.peer_host)
-        self.count("connections_opened")
+        transport = link.transport_name
+        self.count("connections_opened_" + transport)
+        self.connections[(transport, UNAUTHENTICATED)] += 1
         self.wheel.add(link, link.deadline_ms())
 
-    def link_closed(self, link: TerminalLink) -> None:
+    def link_closed(self, link: TerminalLink, reason: str) -> None:
+        """`link` is gone; `reason` is the session's close reason in lower case, or
+        peer_closed (counted as closed_<reason>)."""
         self.links.discard(link)
         self.admission.closed(link.peer_host)
+        self.count("closed_" + reason)
         serial = link.serial
         if serial and self.sessions.get(serial) is link:
             del self.sessions[serial]
             self.presence.note(serial, self.now_ms(), False)
+            self.connections[(link.transport_name, AUTHENTICATED)] -= 1
+        else:
+            self.connections[(link.transport_name, UNAUTHENTICATED)] -= 1
         self.link_settled(link)
 
     def link_settled(self, link: TerminalLink) -> None:
@@ -123,17 +162,39 @@ class Gateway:
             self.count("takeovers")
             older.take_over()
         self.sessions[action.serial] = link
+        transport = link.transport_name
+        self.connections[(transport, UNAUTHENTICATED)] -= 1
+        self.connections[(transport, AUTHENTICATED)] += 1
         # the heartbeat grace may end before the auth deadline the link is filed under
         self.wheel.add(link, link.deadline_ms())
         self.guard.succeeded(link.peer_host, action.serial)
-        self.presence.note(action.serial, self.now_ms(), True, firmware=action.firmware)
+        self.presence.note(action.serial, self.now_ms(), True, firmware=action.firmware, address=link.peer_host)
         self.count("authenticated")
+        if session_log.isEnabledFor(logging.INFO):
+            session_log.info("authenticated", extra={**link.log_fields(), "result": "ok", "firmware": action.firmware})
+
+    def end_device_session(self, serial: str, reason: SessionEndReason, before_ms: int | None = None) -> bool:
+        """End the local session of `serial` that connected before `before_ms` (default: now)
+        with the GOODBYE for `reason`; True if there was one. Called for the store's session
+        ends (session_ends.py) and directly by the admin API."""
+        link = self.sessions.get(serial)
+        if link is None or link.closed:
+            return False
+        if before_ms is not None and link.connected_ms >= before_ms:
+            return False  # it reconnected after the change: the new session stands
+        log.info("ending the session of %s: %s", serial, reason.value)
+        self.count(f"sessions_ended_{reason.value}")
+        link.revoke(GOODBYE_REASONS[reason])
+        return True
 
     def auth_failed(self, link: TerminalLink, action: AuthFailed) -> None:
         now = self.now_ms()
         # a terminal retrying while locked out is audited but does not lengthen its own lock
         newly_locked = [] if action.reason is ResultCode.LOCKED_OUT else self.guard.failed(link.peer_host, action.serial, now)
         self.count(f"auth_failed_{action.reason.name.lower()}")
+        if session_log.isEnabledFor(logging.INFO):
+            session_log.info("authentication refused", extra={**link.log_fields(), "result": action.reason.name.lower(),
+                                                                "locked": len(newly_locked) or None})
         detail = {"reason": action.reason.name, "locked": [k for k, _ in newly_locked]}
         self.spawn(self._audit("auth_failed", action.serial, detail, link.peer_host))
 
@@ -152,15 +213,31 @@ class Gateway:
         (one done-callback per group, not two), and shutdown waits for the links to settle."""
         return self.store.submit_punches(records)
 
-    def punches_settled(self, count: int, serial: str, exc: BaseException | None) -> None:
-        """A group of `count` records from `serial` was committed (exc None) or failed."""
+    def punches_settled(self, count: int, serial: str, exc: BaseException | None,
+                        results: list[int] | None = None) -> None:
+        """A group of `count` records from `serial` was committed (exc None) or failed.
+
+        `results`: the result code of each record when not all were stored (OK, DUPLICATE
+        or the rejection); None when all were (the common case costs two additions)."""
+        counters = self.counters
         if exc is None:
             self.store_writable = True
-            self.counters["punches_committed"] += count
+            counters["punches_committed"] += count
+            if results is None:
+                counters["punches_stored"] += count
+            else:
+                for code in results:
+                    if code == _OK:
+                        counters["punches_stored"] += 1
+                    elif code == _DUPLICATE:
+                        counters["punches_duplicate"] += 1
+                    else:
+                        counters["punches_rejected_" + _code_name(code)] += 1
         elif isinstance(exc, StoreError):
             self.store_writable = False
             self.count("store_failures")
-            self.warn_store_failure(f"store failed for {count} records from {serial}: {exc}")
+            self.repeats.warning(log, "store", "store failed for %d records: %s", count, exc,
+                                 extra={"serial": serial or None})
 
     async def lookup_device(self, serial: str) -> Device | None:
         """The provisioned device (storage `Device`) or None; raises StoreError.
@@ -172,24 +249,13 @@ class Gateway:
             return await self.device_lookup.get(serial)
         except StoreError as exc:
             self.count("device_lookup_failures")
-            self.warn_store_failure(f"device lookup failed for {serial}: {exc}")
+            # the same key as failed commits: one sick store, one line per interval
+            self.repeats.warning(log, "store", "device lookup failed: %s", exc, extra={"serial": serial})
             raise
 
     @functools.cached_property
     def device_lookup(self) -> DeviceLookup:
         return DeviceLookup(self.store)
-
-    def warn_store_failure(self, message: str) -> None:
-        """Log `message` unless a store failure was logged in the last STORE_FAILURE_LOG_S;
-        the next warning says how many were left out. An overloaded, full or unreachable
-        store fails every connection's commit or lookup at once and must not flood the log."""
-        now = time.monotonic()
-        if now - self._store_failure_logged < STORE_FAILURE_LOG_S:
-            self._store_failures_unlogged += 1
-            return
-        more = self._store_failures_unlogged
-        self._store_failure_logged, self._store_failures_unlogged = now, 0
-        log.warning("%s%s", message, f" ({more} more store failures since the last warning)" if more else "")
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -201,7 +267,8 @@ class Gateway:
         try:
             await self.store.audit(event, subject, detail, address)
         except StoreError as exc:
-            log.warning("audit write failed (%s %s): %s", event, subject, exc)
+            self.count("audit_failures")
+            self.repeats.warning(log, "audit", "audit write failed (%s): %s", event, exc, extra={"serial": subject})
 
     # -- loop-wide timers -----------------------------------------------------------------
     async def _deadline_loop(self) -> None:
@@ -229,7 +296,8 @@ class Gateway:
             await self.store.update_presence(batch)
             self.count("presence_flushes")
         except StoreError as exc:
-            log.warning("presence flush of %d devices failed: %s", len(batch), exc)
+            self.count("presence_flush_failures")
+            self.repeats.warning(log, "presence", "presence flush of %d devices failed: %s", len(batch), exc)
             self.presence.give_back(batch)
 
     async def prune_partial_photos(self) -> int:
@@ -237,7 +305,7 @@ class Gateway:
         try:
             pruned = await self.store.prune_partial_photos(self.now_ms())
         except StoreError as exc:
-            log.warning("pruning partial photo uploads failed: %s", exc)
+            self.repeats.warning(log, "prune", "pruning partial photo uploads failed: %s", exc)
             return 0
         if pruned:
             log.info("deleted %d partial photo uploads older than %d h", pruned,
@@ -256,7 +324,7 @@ class Gateway:
         return context
 
     async def start(self) -> None:
-        from lmg.server.admin.http import start_admin
+        from lmg.server.admin.app import start_admin
         from lmg.server.gateway.tcp import TcpLink
         from lmg.server.gateway.websocket import start_websocket
 
@@ -277,18 +345,26 @@ class Gateway:
             self.listening["ws"] = server.sockets[0].getsockname()[:2]
         admin = parse_host_port("admin", settings.admin)
         if admin:
-            server = await start_admin(self, admin[0], admin[1])
-            self.servers.append(server)
-            self.listening["admin"] = server.sockets[0].getsockname()[:2]
+            admin_server = await start_admin(self, admin[0], admin[1])
+            self.servers.append(admin_server)
+            self.listening["admin"] = admin_server.sockets[0].getsockname()[:2]
+        self.session_ends = SessionEnds(self.store, self.end_device_session, settings.session_end_poll_s)
+        await self.session_ends.start()
         self._background = [
+            loop.create_task(self.session_ends.run()),
             loop.create_task(self._deadline_loop()),
             loop.create_task(self._every(settings.presence_flush_s, self.flush_presence)),
             loop.create_task(self._every(settings.partial_photo_sweep_s, self.prune_partial_photos)),
         ]
+        if self.metrics is not None:
+            self._background += self.metrics.tasks(loop)
         if self.settings.forward.enabled():
             from lmg.server.forwarding import run_forwarder
+            from lmg.server.forwarding.forwarder import ForwarderStats
 
-            self._forwarder = loop.create_task(run_forwarder(self.store, self.settings.forward, self._forward_stop))
+            self.forward_stats = ForwarderStats()
+            self._forwarder = loop.create_task(run_forwarder(self.store, self.settings.forward, self._forward_stop,
+                                                             stats=self.forward_stats))
 
     async def ready(self) -> tuple[bool, str]:
         """Readiness: listeners up and the store answering and writable."""
@@ -341,6 +417,10 @@ class Gateway:
             link.shut_down()
         for task in self._background:
             task.cancel()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.session_ends is not None:
+            await self.session_ends.close()
         try:
             await asyncio.wait_for(self.flush_presence(), remaining())
         except asyncio.TimeoutError:
@@ -353,6 +433,18 @@ class Gateway:
         leftover = [t for t in self.tasks if not t.done()]
         for task in leftover:
             task.cancel()
+
+
+_OK, _DUPLICATE = int(ResultCode.OK), int(ResultCode.DUPLICATE)
+
+
+@functools.cache
+def _code_name(code: int) -> str:
+    """A result code's name in lower case (its number if it is not one of ours)."""
+    try:
+        return ResultCode(code).name.lower()
+    except ValueError:
+        return str(code)
 
 
 def raise_fd_limit() -> int:

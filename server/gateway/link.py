@@ -27,6 +27,13 @@ resume reading) and the unsent-output size. Rules kept here:
   read: it is closed.
 - While the gateway stops, a link tells it (`Gateway.link_settled`) when its last store
   call was answered and nothing awaits, so shutdown waits on that, not on a poll.
+- Observability in plain Python only (server/metrics): with metrics on, each frame in and
+  out adds one to `Gateway.frames_in` / `frames_out` under its message class, and each
+  store call's time from submission to its answers being written goes into the
+  `Gateway.ack_latency` tally; with metrics off, one None check per pass. A connection
+  logs three lines at info on `lmg.session` (opened, authentication result, closed with
+  its reason), each carrying `log_fields()`: serial, session id, peer. Nothing per punch
+  at info; at debug one line per answered store call with its records.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import asyncio
 import functools
 import logging
 import os
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, assert_never
 
 from lmg.protocol import FrameDecoder, ProtocolError, ResultCode, decode_frame, encode
@@ -69,10 +77,19 @@ if TYPE_CHECKING:
     from lmg.server.gateway.gateway import Gateway
 
 log = logging.getLogger("lmg.link")
+session_log = logging.getLogger("lmg.session")  # opened and closed here; the auth result in gateway.py
 
 _OUTCOME_CODES = {Outcome.STORED: int(ResultCode.OK), Outcome.DUPLICATE: int(ResultCode.DUPLICATE)}
 _OK = int(ResultCode.OK)
 I64_MAX = 2**63 - 1  # the store's time columns are signed 64-bit
+
+
+def _code_label(code: int) -> str:
+    """A result code's name in lower case, for the debug line of an answered store call."""
+    try:
+        return ResultCode(code).name.lower()
+    except ValueError:
+        return str(code)
 
 
 def punch_rows(serial: str, group: list[StorePunches]) -> list[PunchIn]:
@@ -102,18 +119,20 @@ class StoreGroup:
     """One store call of a link: the StorePunches it holds, their record count, and the
     store's answer once known (a list of result codes, or the exception)."""
 
-    __slots__ = ("requests", "records", "outcome")
+    __slots__ = ("requests", "records", "outcome", "submitted")
 
-    def __init__(self, requests: list[StorePunches], records: int):
+    def __init__(self, requests: list[StorePunches], records: int, submitted: float):
         self.requests = requests
         self.records = records
         self.outcome: list[int] | BaseException | None = None
+        self.submitted = submitted  # Gateway.ack_clock() when it went to the store (0.0: metrics off)
 
 
 class TerminalLink(abc.ABC):
     """One connection's session driver; subclasses implement the transport primitives."""
 
     _paused = False  # reading is paused; kept by the subclasses' pause_reading/resume_reading
+    transport_name = ""  # "tcp", "ws": the label of this transport in metrics and logs
 
     def __init__(self, gateway: Gateway, peer_host: str, peer: str):
         self.gateway = gateway
@@ -127,6 +146,8 @@ class TerminalLink(abc.ABC):
         self.busy = False
         self.closed = False
         gateway.link_opened(self)
+        if session_log.isEnabledFor(logging.INFO):
+            session_log.info("session opened", extra={**self.log_fields(), "transport": self.transport_name})
 
     # -- transport primitives (subclasses) -----------------------------------------------
     @abc.abstractmethod
@@ -155,6 +176,22 @@ class TerminalLink(abc.ABC):
         """The device's serial once it said HELLO."""
         return self.session.serial
 
+    @property
+    def session_id(self) -> str:
+        """A short id of this connection for logs: 8 hex digits of the session's random
+        nonce, derived when asked (an idle connection stores nothing more for it)."""
+        return self.session.nonce[:4].hex()
+
+    def log_fields(self) -> dict[str, Any]:
+        """The context of a log line about this connection (`extra=`): serial (None until
+        HELLO, then left out), session id, peer address."""
+        return {"serial": self.session.serial, "session": self.session_id, "peer": self.session.peer}
+
+    @property
+    def connected_ms(self) -> int:
+        """When the connection was made (the gateway's clock, ms)."""
+        return self.session.connected_ms
+
     def deadline_ms(self) -> int:
         """When `tick` must next be called (the session's auth or heartbeat deadline)."""
         return self.session.deadline_ms()
@@ -170,6 +207,10 @@ class TerminalLink(abc.ABC):
     def shut_down(self) -> None:
         """The gateway stops: GOODBYE SHUTTING_DOWN, close."""
         self.execute(self.session.shutdown())
+
+    def revoke(self, reason: ResultCode) -> None:
+        """An operator disabled the device, rotated its secret or closed the session."""
+        self.execute(self.session.revoked(reason))
 
     def settled(self) -> bool:
         """No store call in flight and no async action awaited: every frame taken so far
@@ -190,18 +231,31 @@ class TerminalLink(abc.ABC):
             item = exc
         self._process([item])
 
-    def transport_lost(self) -> None:
+    def transport_lost(self, reason: str | None = None, detail: str | None = None) -> None:
+        """The connection is gone. `reason` (lower case, for logs and metrics) defaults to
+        the session's close reason, or peer_closed if the session had not ended."""
         if self.closed:
             return
         self.closed = True
-        self.session.connection_lost()
+        session = self.session
+        session.connection_lost()
         self.backlog.clear()
         self.groups.clear()
         self.out = None
-        self.gateway.link_closed(self)
+        if reason is None:
+            reason = session.close_reason.name.lower() if session.close_reason is not None else "peer_closed"
+        if session_log.isEnabledFor(logging.INFO):
+            duration_s = round((self.gateway.now_ms() - session.connected_ms) / 1000, 3)
+            session_log.info("session closed", extra={**self.log_fields(), "reason": reason, "detail": detail,
+                                                      "duration_s": duration_s})
+        self.gateway.link_closed(self, reason)
 
     # -- the loop over items -------------------------------------------------------------
     def _process(self, items: list[Any]) -> None:
+        frames_in = self.gateway.frames_in
+        if frames_in is not None:
+            for item in items:
+                frames_in[item.__class__] += 1  # a message class, or a ProtocolError subclass
         backlog = self.backlog
         backlog.extend(items)
         if not self.busy:
@@ -241,7 +295,7 @@ class TerminalLink(abc.ABC):
             return
         if group:
             done += len(group)
-            entry = StoreGroup(group, records)
+            entry = StoreGroup(group, records, gateway.ack_clock() if gateway.ack_latency is not None else 0.0)
             groups.append(entry)
             future: asyncio.Future[Any]
             try:
@@ -297,6 +351,9 @@ class TerminalLink(abc.ABC):
         if self.closed:
             return
         frame = encode(message, max_frame_size=self.decoder.max_frame_size)
+        frames_out = self.gateway.frames_out
+        if frames_out is not None:
+            frames_out[message.__class__] += 1
         if self.out is None:
             self.out = [frame]
         else:
@@ -319,11 +376,9 @@ class TerminalLink(abc.ABC):
         self._flush()  # answers produced before the close go first (a GOODBYE, an AUTH_RESULT)
         if self.closed:  # the flush found a peer that does not read and closed it
             return
-        log.debug("closing %s (%s): %s", self.session.peer, action.reason.name, action.detail)
-        self.gateway.count(f"closed_{action.reason.name.lower()}")
         abort = action.reason is ResultCode.SERVER_BUSY  # a non-reader would never drain a graceful close
         self.close_transport(abort=abort)
-        self.transport_lost()
+        self.transport_lost(action.reason.name.lower(), action.detail)
 
     # -- async actions -------------------------------------------------------------------
     def _start(self, coroutine: Any) -> None:
@@ -334,7 +389,8 @@ class TerminalLink(abc.ABC):
         try:
             actions = await coroutine
         except Exception:  # noqa: BLE001 - a bug in one action must not kill the server
-            log.exception("action failed for %s", self.session.peer)
+            self.gateway.repeats.log(log, logging.ERROR, "action", "action failed", extra=self.log_fields(),
+                                     exc_info=True)
             actions = self.session.abort(ResultCode.SERVER_BUSY, "internal error")
         self.busy = False
         if not self.closed:
@@ -364,31 +420,64 @@ class TerminalLink(abc.ABC):
     def _group_stored(self, entry: StoreGroup, future: asyncio.Future[Any]) -> None:
         """The store answered a group: answer every group whose turn has come (answers are
         made in group order, so their seq numbers are too), then go on with held items."""
+        gateway = self.gateway
         serial = self.session.serial or ""
         if future.cancelled():
             entry.outcome = StoreClosed("the store was closed before this group was written")
         elif (exc := future.exception()) is not None:
             if not isinstance(exc, StoreError):  # a bug; StoreErrors are logged by the gateway
-                log.error("storing punches failed for %s", self.session.peer, exc_info=exc)
+                gateway.repeats.log(log, logging.ERROR, "store_bug", "storing punches failed",
+                                    extra=self.log_fields(), exc_info=exc)
             entry.outcome = exc
-            self.gateway.punches_settled(entry.records, serial, exc)
+            gateway.punches_settled(entry.records, serial, exc)
         else:
-            self.gateway.punches_settled(entry.records, serial, None)
             outcomes = future.result()
             if outcomes.count(STORED) == len(outcomes):  # the common case: one shared outcome object
                 entry.outcome = [_OK] * len(outcomes)
+                gateway.punches_settled(entry.records, serial, None)
             else:
-                entry.outcome = [o.reject_reason if o.status is Outcome.REJECTED else _OUTCOME_CODES[o.status]
-                                 for o in outcomes]
+                entry.outcome = codes = [o.reject_reason if o.status is Outcome.REJECTED
+                                         else _OUTCOME_CODES[o.status] for o in outcomes]
+                gateway.punches_settled(entry.records, serial, None, codes)
         if not self.closed:
             groups = self.groups
+            latency = gateway.ack_latency
+            debug = log.isEnabledFor(logging.DEBUG)
+            answered: list[StoreGroup] | None = [] if latency is not None or debug else None
             while groups and groups[0].outcome is not None and not self.closed:
                 done = groups.pop(0)
                 self._execute(self._answer_group(done))
+                if answered is not None:
+                    answered.append(done)
             if not self.closed and not self.busy and self.backlog:  # nothing held: nothing to pump
                 self._pump()
             self._flush()
+            if answered:
+                if latency is not None:  # the answers are written: one observation per store call
+                    now = gateway.ack_clock()
+                    counts, bounds = latency.counts, latency.bounds
+                    for done in answered:  # Tally.observe, inlined: this runs once per store call
+                        seconds = now - done.submitted
+                        counts[bisect_left(bounds, seconds)] += 1
+                        latency.sum += seconds
+                if debug:
+                    self._log_answered(answered)
         self._report_if_settled()
+
+    def _log_answered(self, groups: list[StoreGroup]) -> None:
+        """Debug: one line per answered store call, with each record's number, worker (the
+        formatter masks the ID number) and result."""
+        for group in groups:
+            outcome = group.outcome
+            records = [record for request in group.requests for record, _ in request.records]
+            if isinstance(outcome, list):
+                results = [_code_label(code) for code in outcome]
+            else:
+                results = ["nack_store_unavailable"] * len(records)
+            log.debug("store call answered: %d records", len(records), extra={
+                **self.log_fields(),
+                "records": [{"no": r.record_no, "worker": r.worker_id, "result": result}
+                            for r, result in zip(records, results)]})
 
     def _answer_group(self, group: StoreGroup) -> list[Action]:
         session, outcome = self.session, group.outcome
@@ -413,6 +502,10 @@ class TerminalLink(abc.ABC):
                 serial, chunk.photo_sha256, chunk.total_size, chunk.offset, chunk.data
             )
             result = ResultCode.OK
+            if next_offset == chunk.offset + len(chunk.data):  # this chunk advanced the upload
+                self.gateway.count("photo_bytes_stored", len(chunk.data))
+                if next_offset == chunk.total_size:
+                    self.gateway.count("photos_stored")
         except PhotoOffsetMismatch as exc:
             result, next_offset = ResultCode.PHOTO_OFFSET_MISMATCH, exc.expected_offset
         except PhotoHashMismatch:

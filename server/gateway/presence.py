@@ -36,13 +36,15 @@ class PresenceBook:
         self._heard[serial] = now_ms
 
     def note(self, serial: str, now_ms: int, online: bool, firmware: str | None = None,
-             roster_version: int | None = None) -> None:
-        """A state change for the next take, keeping the firmware/roster version not taken yet."""
+             roster_version: int | None = None, address: str | None = None) -> None:
+        """A state change for the next take, keeping the firmware, roster version and
+        address not taken yet."""
         pending = self._changes.get(serial)
         if pending is not None:
             firmware = pending.firmware if firmware is None else firmware
             roster_version = pending.roster_version if roster_version is None else roster_version
-        self._changes[serial] = Presence(serial, now_ms, online, firmware, roster_version)
+            address = pending.address if address is None else address
+        self._changes[serial] = Presence(serial, now_ms, online, firmware, roster_version, address)
 
     def take(self) -> list[Presence]:
         """What the next write holds: the state changes, with the times terminals were heard

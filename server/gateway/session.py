@@ -196,11 +196,15 @@ Action = Union[Send, Close, LoadDevice, AuthFailed, Authenticated, StorePunches,
 
 
 class DeviceView(NamedTuple):
-    """What the session needs of a provisioned device."""
+    """What the session needs of a provisioned device. Its repr (and so the session's)
+    never shows the secret: a debug line printing either must not leak it."""
 
     serial: str
     secret: bytes
     enabled: bool
+
+    def __repr__(self) -> str:
+        return f"DeviceView(serial={self.serial!r}, secret=<hidden>, enabled={self.enabled!r})"
 
 
 # --- the machine -----------------------------------------------------------------------
@@ -344,6 +348,11 @@ class Session:
 
     def shutdown(self) -> list[Action]:
         return self._goodbye(ResultCode.SHUTTING_DOWN, "server shutting down")
+
+    def revoked(self, reason: ResultCode) -> list[Action]:
+        """The device was disabled (DEVICE_DISABLED), its secret rotated (CREDENTIALS_CHANGED)
+        or an operator closed the session (CLOSED_BY_OPERATOR): GOODBYE with that reason."""
+        return self._goodbye(reason, f"ended by an operator: {reason.name}")
 
     def too_slow_reader(self) -> list[Action]:
         """The glue found the peer not reading its answers (send buffer over its limit)."""

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 class TcpLink(TerminalLink, asyncio.Protocol):
     transport: asyncio.Transport  # set by connection_made, before any other call
+    transport_name = "tcp"
 
     def __init__(self, gateway: Gateway):  # TerminalLink.__init__ runs once the peer is known
         self.gateway = gateway

@@ -78,6 +78,7 @@ class WebSocketLink(TerminalLink, WSListener):
     _message: bytearray | None = None
 
     transport: WSTransport  # set by on_ws_connected, before any other call
+    transport_name = "ws"
 
     def __init__(self, gateway: Gateway):
         self.gateway = gateway
@@ -138,10 +139,17 @@ class WebSocketLink(TerminalLink, WSListener):
         """Below the low-water mark again; see `pause_writing`."""
 
     def _fail(self, code: WSCloseCode) -> None:
-        """Close with `code` after the output already queued; the session ends now."""
+        """Close with `code` after the output already queued; the session ends now. Any
+        code but OK (the peer's own close) is a message that was not a frame: counted as a
+        decode error and the close reason `websocket_<code>`."""
         self.transport.send_close(code)
         self.transport.disconnect()
-        self.transport_lost()
+        if code == WSCloseCode.OK:
+            self.transport_lost()
+            return
+        reason = "websocket_" + code.name.lower()
+        self.gateway.count("decode_error_" + reason)
+        self.transport_lost(reason, f"closed with WebSocket code {code.value}")
 
     # -- primitives ------------------------------------------------------------------------
     def write_frames(self, frames: list[bytes]) -> None:

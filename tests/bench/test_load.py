@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(90)
 
 TINY = dict(load_devices=4, load_s=0.5, warmup_s=0.0, idle_devices=20, storm_devices=20, backlog_devices=2,
             backlog_records=100, backlog_batch=20, fleet_processes=1, latency_fleet_processes=2,
-            workers_devices=0)
+            workers_devices=0, metrics_rounds=1, metrics_load_s=0.5)
 
 
 def test_tiny_matrix_reports_every_figure(tmp_path):
@@ -36,6 +36,11 @@ def test_tiny_matrix_reports_every_figure(tmp_path):
     assert result["baseline"]["latency_at_half"]["acked"] > 0 and result["latency_at_half_baseline"]["acked"] > 0
     assert "bare server (open loop)" in table
     assert set(result["latency_ladder"]) == {"steps", "met_up_to_rate"}
+    # metrics on against off, same run: both variants drove acks, the scraper reached /metrics
+    cost = result["metrics_cost"]
+    assert cost["on"]["acked"] > 0 and cost["off"]["acked"] > 0 and cost["ratio"] is not None
+    assert headline["metrics_cost_ratio"] == cost["ratio"] and "metrics on" in table
+    assert cost["on"]["scrapes"] >= 1 and cost["on"]["scrape_failures"] == 0
 
 
 def test_box_share_counts_idle_and_steal():

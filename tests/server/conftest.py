@@ -9,6 +9,9 @@
   server answered and when it closed.
 - `server_process(data_dir, ...)` runs `lmg serve` as a subprocess (for signals and
   crashes) and waits for its --ready-file.
+- Every test runs under the log scan (`no_secret_in_logs`, autouse; log_scan.py): the
+  `lmg` loggers at DEBUG through the node's formatters, and the output of the gateways it
+  starts as processes, must hold no full resident ID number, device secret or API token.
 
 Every wait is bounded (`WAIT_S`); a test that hangs fails with the reason instead.
 """
@@ -34,6 +37,7 @@ from lmg.server.gateway.gateway import Gateway
 from lmg.simulators.terminal import DeviceCredentials, TerminalConnection
 from lmg.storage import Store, open_store
 from tests import waiting
+from tests.server import log_scan
 
 REPO = Path(__file__).resolve().parents[2]
 LMG = str(Path(sys.executable).with_name("lmg"))
@@ -49,6 +53,69 @@ BASE_CONFIG = dict(
     shutdown_grace_s=3.0,
     presence_flush_s=0.5,
 )
+
+
+# --- the log scan -------------------------------------------------------------------------------
+
+
+def _spy_on_secrets(monkeypatch, scan: log_scan.LogScan) -> None:
+    """Record every device secret the stores of this process hand out during the test."""
+    from lmg.server.forwarding.forwarder import Forwarder
+    from lmg.storage.postgres import PostgresStore
+    from lmg.storage.sqlite import SqliteStore
+
+    def keep(result) -> None:
+        devices = result.values() if isinstance(result, dict) else [result]
+        for device in devices:
+            secret = device if isinstance(device, bytes) else getattr(device, "secret", None)
+            if isinstance(secret, bytes):
+                scan.device_secrets.add(secret)
+
+    for cls in (SqliteStore, PostgresStore):
+        for name in ("add_device", "get_device", "get_devices", "rotate_device_secret"):
+            real = getattr(cls, name, None)
+            if real is None:
+                continue
+
+            async def spy(self, *args, _real=real, **kwargs):
+                result = await _real(self, *args, **kwargs)
+                keep(result)
+                return result
+
+            monkeypatch.setattr(cls, name, spy)
+    real_init = Forwarder.__init__
+
+    def forwarder_init(self, store, config, *args, **kwargs):
+        if config.app_secret:
+            scan.texts.add(config.app_secret)
+        real_init(self, store, config, *args, **kwargs)
+
+    monkeypatch.setattr(Forwarder, "__init__", forwarder_init)
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_logs(monkeypatch):
+    """Fail the test if anything it logged (see log_scan.py) holds a full ID number, a
+    device secret or an API token."""
+    import logging
+
+    scan = log_scan.LogScan()
+    log_scan.CURRENT = scan
+    _spy_on_secrets(monkeypatch, scan)
+    monkeypatch.setenv("LMG_LOG_LEVEL", "debug")  # gateways started as processes (a flag still wins)
+    logger = logging.getLogger("lmg")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(scan.catcher)
+    try:
+        yield scan
+    finally:
+        logger.removeHandler(scan.catcher)
+        logger.setLevel(level)
+        log_scan.CURRENT = None
+    findings = scan.findings()
+    if findings:
+        pytest.fail("the logs hold what they must not:\n" + "\n".join(findings[:20]), pytrace=False)
 
 
 # --- a terminal at the byte level ----------------------------------------------------------
@@ -296,6 +363,7 @@ class ServerProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.ports: dict[str, int] = {}
         self.log_path = data_dir / "server.log"
+        log_scan.watch_file(self.log_path)
 
     async def start(self) -> "ServerProcess":
         ready = self.data_dir / "ready.json"

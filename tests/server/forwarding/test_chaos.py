@@ -34,6 +34,7 @@ from lmg.simulators.province import held_records, report
 from lmg.simulators.terminal import DeviceCredentials, TerminalConnection, TerminalError, make_punch
 from lmg.storage import PunchIn, open_store
 
+from tests.server import log_scan
 from tests.server.forwarding.conftest import APP_KEY, APP_SECRET, LMG, REPO, province_command
 
 pytestmark = pytest.mark.slow
@@ -65,6 +66,8 @@ class Process:
         self.name, self.argv, self.ready_file = name, argv, ready_file
         self.log_path = log_dir / f"{name}.log"
         self.proc: asyncio.subprocess.Process | None = None
+        if name.startswith(("gateway", "forward")):
+            log_scan.watch_file(self.log_path)  # the node's output must hold no full ID number or secret
 
     async def start(self) -> "Process":
         if self.ready_file and self.ready_file.exists():
@@ -166,6 +169,8 @@ async def test_province_holds_every_acknowledged_punch_once_through_faults_kill_
     terminals = [Terminal(DeviceCredentials(serial, secret, project))
                  for serial, secret, project in parse_credentials(devices_csv.read_text().splitlines(), str(devices_csv))]
     assert len(terminals) == DEVICES
+    for terminal in terminals:
+        log_scan.watch_secret(terminal.credentials.secret)
     store = await open_store(None, data_dir=data)
     invalid_serial = terminals[0].credentials.serial
     await store.store_punches([PunchIn(invalid_serial, n, "620102198503000010", time.time_ns() // 1_000_000,
@@ -179,11 +184,11 @@ async def test_province_holds_every_acknowledged_punch_once_through_faults_kill_
     chaos = ["--error-rate", "0.2", "--timeout-rate", "0.05", "--drop-rate", "0.05", "--hang-s", "30", "--seed", "20260101",
              "--down-after", str(OUTAGE_AFTER_S), "--down-for", str(OUTAGE_S)]
     serve_args = [LMG, "serve", "--tcp", f"{HOST}:0", "--ws", "", "--admin", f"{HOST}:0", "--data-dir", str(data),
-                  "--ready-file", str(tmp_path / "gateway.json"), "--shutdown-grace-s", "3"]
+                  "--ready-file", str(tmp_path / "gateway.json"), "--shutdown-grace-s", "3", "--log-level", "debug"]
     forward_args = [LMG, "forward", "run", "--data-dir", str(data), "--forward-url", url,
                     "--forward-app-key", APP_KEY, "--forward-app-secret", APP_SECRET, "--forward-timeout-s", "1",
                     "--forward-lease-s", "6", "--forward-batch-records", "50", "--forward-idle-poll-s", "0.2",
-                    "--forward-status-interval-s", "2"]
+                    "--forward-status-interval-s", "2", "--log-level", "debug"]
     processes: list[Process] = []
 
     def process(name, argv, ready=None) -> Process:

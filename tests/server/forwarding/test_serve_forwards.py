@@ -63,9 +63,9 @@ async def test_the_gateway_runs_the_forward_section_with_its_tuning_keys(store, 
     seen = []
     real = forwarder.run_forwarder
 
-    async def spy(store, config, stop):
+    async def spy(store, config, stop, **kwargs):  # kwargs: the gateway's ForwarderStats, for its metrics
         seen.append(config)
-        return await real(store, config, stop)
+        return await real(store, config, stop, **kwargs)
 
     monkeypatch.setattr(forwarder, "run_forwarder", spy)
     await punches_reach_the_province_through(Gateway(settings, store), store, sim, devices=2, per_device=3)

@@ -134,10 +134,15 @@ def test_presence_merges_heard_times_into_state_changes():
 
     class Link:
         peer_host = "127.0.0.1"
+        transport_name = "tcp"
 
         @staticmethod
         def deadline_ms():
             return 0
+
+        @staticmethod
+        def log_fields():
+            return {"serial": "AUTH-THEN-HEARD", "session": "00000000", "peer": "127.0.0.1:1"}
 
     clock = [1000]
     gateway = Gateway(Settings(), store=None, clock_ms=lambda: clock[0])
@@ -149,7 +154,8 @@ def test_presence_merges_heard_times_into_state_changes():
     gateway.presence.note("HEARD-THEN-GONE", 1400, False)
     batch = {p.serial: p for p in gateway.presence.take()}
     assert batch == {
-        "AUTH-THEN-HEARD": Presence("AUTH-THEN-HEARD", 1500, True, "fw-2", None),  # firmware kept, newest time
+        # firmware and address kept, newest time
+        "AUTH-THEN-HEARD": Presence("AUTH-THEN-HEARD", 1500, True, "fw-2", None, "127.0.0.1"),
         "HEARD-ONLY": Presence("HEARD-ONLY", 1300, True),
         "HEARD-THEN-GONE": Presence("HEARD-THEN-GONE", 1400, False),  # gone offline stays offline
     }
