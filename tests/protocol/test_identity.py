@@ -66,3 +66,19 @@ def test_masking_keeps_the_region_and_the_last_four():
     assert mask_id_number("62010219850312451X") == "620102********451X"
     assert mask_id_number("1234567890") == "**********"  # too short to be an ID: nothing shown
     assert mask_id_number("") == ""
+
+
+def test_posts_are_one_table_with_eight_key_posts():
+    from lmg.protocol import WorkerRole
+    from lmg.protocol.posts import KEY_POSTS, Post
+
+    assert len(KEY_POSTS) == 8 and Post.WORKER not in KEY_POSTS
+    assert {p.info.name_zh for p in KEY_POSTS} == {"项目经理", "技术负责人", "质量员", "安全员", "施工员",
+                                                   "总监理工程师", "总监代表", "专业监理工程师"}
+    assert Post.parse("项目经理") is Post.parse("project-manager") is Post.PROJECT_MANAGER
+    assert Post.parse("") is Post.WORKER and Post.WORKER.info.wire_role is WorkerRole.WORKER
+    assert Post.CHIEF_SUPERVISOR.info.wire_role is WorkerRole.MANAGER
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown post 'boss'"):
+        Post.parse("boss")
