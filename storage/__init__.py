@@ -1,5 +1,6 @@
-"""Storage layer of the 陇明公 gateway: durable punches, devices, photos, outbox, commands, audit,
-API tokens and the session-end signal.
+"""Storage layer of the 陇明公 gateway: durable punches, devices, photos, outbox, audit, API
+tokens, the downlink's projects, rosters, faces, operator commands and signals, and the
+supervision of key personnel's bid awards, leave, attendance aggregate and warnings.
 
 The server uses only what is exported here: `open_store(url, data_dir=...)` returns a
 `Store` (SQLite by default, PostgreSQL for `postgresql://` URLs); the record types and
@@ -8,18 +9,38 @@ the error tree come with it. See docs/storage.md for the contracts.
 
 from lmg.storage.api import (
     DUPLICATE,
+    FACE_MIN_BYTES,
+    MAX_ATTENDANCE_PAGE,
+    MAX_COMMAND_PAGE,
     MAX_PUNCH_PAGE,
+    MAX_ROSTER_PAGE,
+    MAX_WARNING_PAGE,
+    OPERATOR_COMMAND_TYPES,
     STORED,
     ApiToken,
+    ApplyResult,
+    ApprovedLeave,
+    AttendanceDay,
     AuditEntry,
+    BidAward,
     Command,
     CommandState,
+    Commitment,
+    Department,
     Device,
     Direction,
+    Disposition,
+    EvaluationScope,
+    ImportResult,
+    KeyPerson,
     Outcome,
     OutboxItem,
     OutboxStatus,
+    PauseDay,
+    PersonnelChange,
     Presence,
+    Project,
+    ProjectDay,
     Punch,
     PunchIn,
     PunchListing,
@@ -27,8 +48,19 @@ from lmg.storage.api import (
     RejectedPunch,
     SessionEnd,
     SessionEndReason,
+    Signal,
+    SignalKind,
+    StopWork,
     Store,
+    UpsertOutcome,
     VerifyMode,
+    WarningEvent,
+    WarningEventKind,
+    WarningFinding,
+    WarningRecord,
+    WarningState,
+    Worker,
+    WorkerIn,
     wall_clock_ms,
 )
 from lmg.storage.config import StoreConfig
@@ -38,6 +70,7 @@ from lmg.storage.errors import (
     PhotoHashMismatch,
     PhotoOffsetMismatch,
     PhotoTooLarge,
+    ProjectExists,
     SchemaTooNew,
     StoreClosed,
     StoreError,
@@ -46,15 +79,25 @@ from lmg.storage.errors import (
     StoreUrlError,
     TokenExists,
     UnknownDevice,
+    UnknownProject,
+    UnknownWarning,
+    WarningClosed,
 )
 from lmg.storage.url import open_store, parse_store_url
 
 __all__ = [
-    "DUPLICATE", "MAX_PUNCH_PAGE", "STORED", "ApiToken", "AuditEntry", "Command", "CommandState",
-    "Device", "DeviceExists", "Direction", "Outcome", "OutboxItem", "OutboxStatus", "PhotoError",
-    "PhotoHashMismatch", "PhotoOffsetMismatch", "PhotoTooLarge", "Presence", "Punch", "PunchIn",
-    "PunchListing", "PunchOutcome", "RejectedPunch", "SchemaTooNew", "SessionEnd",
-    "SessionEndReason", "Store", "StoreClosed", "StoreConfig", "StoreError", "StoreNotFound",
-    "StoreUnavailable", "StoreUrlError", "TokenExists", "UnknownDevice", "open_store",
-    "parse_store_url", "wall_clock_ms",
+    "DUPLICATE", "FACE_MIN_BYTES", "MAX_COMMAND_PAGE", "MAX_PUNCH_PAGE", "MAX_ROSTER_PAGE",
+    "OPERATOR_COMMAND_TYPES", "STORED", "ApiToken", "AuditEntry", "Command",
+    "CommandState", "Device", "DeviceExists", "Direction", "ImportResult", "Outcome", "OutboxItem",
+    "OutboxStatus", "PhotoError", "PhotoHashMismatch", "PhotoOffsetMismatch", "PhotoTooLarge",
+    "Presence", "Project", "ProjectExists", "Punch", "PunchIn", "PunchListing", "PunchOutcome",
+    "RejectedPunch", "SchemaTooNew", "SessionEnd", "SessionEndReason", "Signal", "SignalKind",
+    "Store", "StoreClosed", "StoreConfig", "StoreError", "StoreNotFound", "StoreUnavailable",
+    "StoreUrlError", "TokenExists", "UnknownDevice", "UnknownProject", "UpsertOutcome",
+    "VerifyMode", "Worker", "WorkerIn", "open_store", "parse_store_url", "wall_clock_ms",
+    # the supervision of key personnel
+    "MAX_ATTENDANCE_PAGE", "MAX_WARNING_PAGE", "ApplyResult", "ApprovedLeave", "AttendanceDay", "BidAward",
+    "Commitment", "Department", "Disposition", "EvaluationScope", "KeyPerson", "PauseDay", "PersonnelChange",
+    "ProjectDay", "StopWork", "UnknownWarning", "WarningClosed", "WarningEvent", "WarningEventKind",
+    "WarningFinding", "WarningRecord", "WarningState",
 ]

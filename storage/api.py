@@ -12,8 +12,13 @@ chosen by URL in `lmg.storage.open_store`. Rules every implementation keeps:
   never does.
 - Faults surface as `StoreUnavailable` (nothing committed, nack and let the device
   resend); the store keeps working once the fault clears.
+- Every change another gateway process must act on (a session to end, a command queued,
+  a roster changed) writes a `Signal` in the same transaction as the change.
+- A call that the contract calls one transaction checks all of its input first and
+  raises ValueError naming the field before anything is written.
 
-Times are Unix milliseconds (UTC) in ints named `*_ms`; sizes are bytes.
+Times are Unix milliseconds (UTC) in ints named `*_ms`; sizes are bytes. Roster dates are
+`datetime.date` values in China Standard Time, and "today" is always the caller's.
 """
 
 from __future__ import annotations
@@ -21,13 +26,20 @@ from __future__ import annotations
 import abc
 import asyncio
 import enum
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field
+from datetime import date
+from typing import Any, Literal, NamedTuple
 
 # The code tables live with the protocol; the store uses the same ones.
-from lmg.protocol.codes import Direction, VerifyMode  # noqa: F401 - re-exported by storage
+from lmg.protocol.codes import Direction, MessageType, VerifyMode  # noqa: F401 - re-exported by storage
+from lmg.protocol.identity import is_valid_id_number
+from lmg.protocol.posts import Post
+from lmg.protocol.regions import UnknownRegion
+from lmg.protocol.regions import is_known as is_known_region
+from lmg.protocol.schema import MAX_FRAME_SIZE
 
 U32_MAX = 0xFFFF_FFFF
 SECRET_BYTES = 32
@@ -104,6 +116,8 @@ def check_device_fields(serial: str, project_code: str, region_code: str) -> Non
         raise ValueError(
             f"region code {region_code!r}: use the 6-digit GB/T 2260 code (Gansu is 62xxxx)"
         )
+    if not is_known_region(region_code):
+        raise UnknownRegion(region_code)
 
 
 def check_limit(limit: int, maximum: int | None = None) -> None:
@@ -126,13 +140,248 @@ class SessionEndReason(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SessionEnd:
-    """One row of the session-end signal: every gateway holding an open session of
-    `device_serial` closes it. Ids grow in commit order and are never reused."""
+    """A session-end signal as the session-end API reads it: every gateway holding an open
+    session of `device_serial` closes it. `id` is the signal's id (they grow in commit
+    order and are never reused)."""
 
     id: int
     device_serial: str
     reason: SessionEndReason
     created_at_ms: int
+
+
+# --------------------------------------------------------------------------- signals
+
+
+class SignalKind(enum.StrEnum):
+    """What a signal tells the running gateways; `Signal.subject` and `detail` per kind."""
+
+    SESSION_END = "session_end"  # subject: the serial; detail: the SessionEndReason value
+    COMMAND = "command"  # subject: the serial; detail: the command id
+    ROSTER = "roster"  # subject: the project code; detail: its new roster version
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """A notice to every gateway process on every node. Ids grow in commit order and are
+    never reused: a reader that keeps the last id it handled misses none."""
+
+    id: int
+    kind: SignalKind
+    subject: str
+    detail: str
+    created_at_ms: int
+
+
+# -------------------------------------------------------------- projects and rosters
+
+PROJECT_CODE_CHARS = 64  # as a device's project_code
+# Names, enterprises and teams: the bound of the roster files (lmg.protocol.roster_file);
+# longer is a mistake in a file, not a person or a company.
+TEXT_CHARS = 128
+# A worker's name and card number travel as str8 in ROSTER_ADD / ROSTER_UPDATE (u8 length,
+# UTF-8): 255 bytes is all a frame can carry, 85 Chinese characters.
+STR8_BYTES = 255
+# GB 32100 unified social credit code: 18 characters, digits and capital letters but I, O,
+# S, V, Z. The check character is not verified (the register is the authority).
+_USCC = re.compile(r"[0-9A-HJ-NPQRTUWXY]{18}")
+UpsertOutcome = Literal["added", "updated", "unchanged"]
+# Rows per call of list_projects, list_workers and roster_changes: the largest sites have a
+# few thousand workers, so a roster is one or two pages; more is a request to page.
+MAX_ROSTER_PAGE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    """A construction project (工程项目) whose site runs terminals.
+
+    `roster_version` is the version of the last change to its roster; `roster_floor` the
+    lowest version a delta can start from (0 until tombstones are pruned): a terminal below
+    it, or above `roster_version`, gets a full resync.
+    """
+
+    code: str
+    name: str
+    region_code: str  # GB/T 2260, 6 digits
+    enterprise: str  # the construction enterprise (施工企业)
+    enterprise_uscc: str  # its unified social credit code, 18 characters, or ""
+    start_date: date | None
+    end_date: date | None
+    roster_version: int
+    created_at_ms: int
+    roster_floor: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerIn:
+    """One worker of a roster import, before it is stored.
+
+    `post` is a lmg.protocol.posts code or Chinese name ("" or "worker": an ordinary
+    worker); the store keeps the code. `face_sha256` names a face stored with
+    `Store.put_face`; None keeps the worker's stored face (a new worker has none), since a
+    terminal cannot be told to drop a face, only given another. Checked by
+    `import_workers`, which raises ValueError naming the worker and the field.
+    """
+
+    worker_id: str  # resident ID number (GB 11643), check digit verified
+    name: str
+    _: KW_ONLY
+    card_no: str = ""
+    enterprise: str = ""
+    team: str = ""
+    post: str = "worker"
+    entry_date: date
+    exit_date: date | None = None  # the first day off the site; None while the worker stays
+    face_sha256: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """A stored worker of a project: on its roster while `entry_date <= today < exit_date`.
+
+    `version` is the roster version of the row's last change terminals see (0 for a worker
+    never on the roster); `added_version` the version at which the worker last joined the
+    roster (0 if never); `face_version` the version at which terminals last had to fetch
+    the face (it changed on the roster, or the worker joined with it; 0 without a face).
+    A worker who left is kept with `on_roster` False (a tombstone) until pruned.
+    """
+
+    project_code: str
+    worker_id: str
+    name: str
+    card_no: str
+    enterprise: str
+    team: str
+    post: str  # lmg.protocol.posts code
+    entry_date: date
+    exit_date: date | None
+    face_sha256: bytes | None
+    on_roster: bool
+    version: int
+    added_version: int
+    face_version: int
+    updated_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """What one `import_workers` call did; `roster_version` is the project's after it."""
+
+    added: int
+    updated: int
+    unchanged: int
+    roster_version: int
+
+
+def _text(what: str, value: object, *, required: bool, wire: bool = False,
+          chars: int = TEXT_CHARS) -> str | None:
+    """What is wrong with a text field, or None."""
+    if type(value) is not str:
+        return f"{what}: must be a string, got {type(value).__name__}"
+    if required and not value.strip():
+        return f"{what}: must not be empty"
+    if len(value) > chars:
+        return f"{what}: {len(value)} characters; at most {chars}"
+    if not value.isprintable():
+        return f"{what} {value!r}: holds control characters"
+    if wire and len(value.encode()) > STR8_BYTES:
+        return f"{what}: {len(value.encode())} bytes in UTF-8; a terminal takes at most {STR8_BYTES}"
+    return None
+
+
+def _date_problem(what: str, value: object, *, optional: bool) -> str | None:
+    if value is None and optional:
+        return None
+    if type(value) is not date:  # a datetime is a date too, but not one day in China
+        return f"{what} {value!r}: must be a datetime.date" + (" or None" if optional else "")
+    return None
+
+
+def check_project_code(code: str) -> None:
+    if (type(code) is not str or not 1 <= len(code) <= PROJECT_CODE_CHARS or not code.isprintable()
+            or code != code.strip()):
+        raise ValueError(f"project code {code!r}: use 1-{PROJECT_CODE_CHARS} printable characters "
+                         f"without surrounding spaces")
+
+
+def check_project_fields(code: str, name: str, region_code: str, enterprise: str,
+                         enterprise_uscc: str, start_date: date | None, end_date: date | None) -> None:
+    """Raise ValueError naming the bad field; the same rules on every backend."""
+    check_project_code(code)
+    problem = (_text("project name", name, required=True)
+               or _text("enterprise", enterprise, required=False)
+               or _date_problem("start_date", start_date, optional=True)
+               or _date_problem("end_date", end_date, optional=True))
+    if problem:
+        raise ValueError(problem)
+    if not (type(region_code) is str and len(region_code) == 6 and region_code.isascii()
+            and region_code.isdigit()):
+        raise ValueError(
+            f"region code {region_code!r}: use the 6-digit GB/T 2260 code (Gansu is 62xxxx)")
+    if not is_known_region(region_code):
+        raise UnknownRegion(region_code)
+    if type(enterprise_uscc) is not str or (enterprise_uscc and not _USCC.fullmatch(enterprise_uscc)):
+        raise ValueError(f"enterprise_uscc {enterprise_uscc!r}: use the 18-character unified social "
+                         f"credit code (digits and capital letters but I, O, S, V, Z) or leave it empty")
+    if start_date is not None and end_date is not None and end_date < start_date:
+        raise ValueError(f"end_date {end_date} is before start_date {start_date}")
+
+
+def check_region_prefix(prefix: str) -> None:
+    if type(prefix) is not str or len(prefix) > 6 or (prefix and not (prefix.isascii() and prefix.isdigit())):
+        raise ValueError(f"region prefix {prefix!r}: use 0-6 digits of a GB/T 2260 code "
+                         f"(62 Gansu, 6201 Lanzhou, 620102 one district)")
+
+
+def check_worker(row: WorkerIn) -> WorkerIn:
+    """`row` with its post as the post's code; ValueError naming the worker and the field."""
+    if type(row) is not WorkerIn:
+        raise ValueError(f"import_workers takes WorkerIn rows, got {type(row).__name__}")
+    who = row.worker_id
+    if type(who) is not str or not is_valid_id_number(who):
+        raise ValueError(f"worker {who!r}: worker_id is not a valid resident ID number "
+                         f"(18 characters, GB 11643 check digit, capital X)")
+    problem = (_text("name", row.name, required=True, wire=True)
+               or _text("card_no", row.card_no, required=False, wire=True)
+               or _text("enterprise", row.enterprise, required=False)
+               or _text("team", row.team, required=False)
+               or _date_problem("entry_date", row.entry_date, optional=False)
+               or _date_problem("exit_date", row.exit_date, optional=True))
+    if problem is None and row.exit_date is not None and row.exit_date < row.entry_date:
+        problem = f"exit_date {row.exit_date} is before entry_date {row.entry_date}"
+    if problem is None and row.face_sha256 is not None and (
+            type(row.face_sha256) is not bytes or len(row.face_sha256) != SHA256_BYTES):
+        problem = f"face_sha256: must be the {SHA256_BYTES}-byte SHA-256 of a stored face, or None"
+    if problem is None and type(row.post) is not str:
+        problem = f"post {row.post!r}: must be a string (a lmg.protocol.posts code or Chinese name)"
+    if problem is not None:
+        raise ValueError(f"worker {who}: {problem}")
+    try:
+        post = Post.parse(row.post).code
+    except ValueError as exc:
+        raise ValueError(f"worker {who}: post: {exc}") from None
+    return row if post == row.post else WorkerIn(
+        row.worker_id, row.name, card_no=row.card_no, enterprise=row.enterprise, team=row.team,
+        post=post, entry_date=row.entry_date, exit_date=row.exit_date, face_sha256=row.face_sha256)
+
+
+def check_day(what: str, value: date) -> None:
+    problem = _date_problem(what, value, optional=False)
+    if problem:
+        raise ValueError(problem + " (the date in China)")
+
+
+def check_version(what: str, value: int) -> None:
+    if type(value) is not int or not 0 <= value <= U32_MAX:
+        raise ValueError(f"{what} {value!r}: must be a roster version, an int in 0..{U32_MAX}")
+
+
+# ------------------------------------------------------------------------------ faces
+
+# Smaller than 1 KiB is not a photo a terminal can enroll a face from (a 64x64 JPEG
+# thumbnail is about 2 KB); such a file is a placeholder or a broken export.
+FACE_MIN_BYTES = 1024
+FACE_FORMATS = {b"\xff\xd8\xff": "jpeg", b"\x89PNG\r\n\x1a\n": "png"}  # magic bytes -> format
 
 
 # ------------------------------------------------------------------------ API tokens
@@ -146,8 +395,11 @@ _CREATED_BY_CHARS = 256
 class ApiToken:
     """A named bearer token of the operations API, stored as the SHA-256 of the token.
 
-    `region_code` is reserved for region-scoped tokens (None: not limited to a region).
-    A revoked token is kept (its name stays taken) with `revoked_at_ms` set.
+    `region_code` (a node of lmg.protocol.regions) limits a supervisor's token to what that
+    region covers, and `department` says whose supervisor it is (住建 or 人社); both None
+    for an operator's token, which is not limited to a region. A department token always
+    has a region (620000 for the province). A revoked token is kept (its name stays taken)
+    with `revoked_at_ms` set.
     """
 
     name: str
@@ -157,6 +409,7 @@ class ApiToken:
     created_at_ms: int
     revoked_at_ms: int | None
     created_by: str
+    department: Department | None = None
 
     @property
     def active(self) -> bool:
@@ -184,8 +437,9 @@ def scopes_from_text(text: str) -> frozenset[str]:
 
 
 def check_api_token_fields(name: str, token_sha256: bytes, region_code: str | None,
-                           created_by: str) -> None:
-    """Raise ValueError naming the bad field; the same rules on every backend."""
+                           created_by: str, department: str | None = None) -> Department | None:
+    """Raise ValueError naming the bad field; the same rules on every backend. Returns the
+    department parsed (None for none)."""
     check_api_token_name(name)
     check_token_sha256(token_sha256)
     if region_code is not None and not (isinstance(region_code, str) and len(region_code) == 6
@@ -193,9 +447,18 @@ def check_api_token_fields(name: str, token_sha256: bytes, region_code: str | No
         raise ValueError(
             f"region code {region_code!r}: use the 6-digit GB/T 2260 code (Gansu is 62xxxx) or None"
         )
+    if region_code is not None and not is_known_region(region_code):
+        raise UnknownRegion(region_code)
     if not isinstance(created_by, str) or len(created_by) > _CREATED_BY_CHARS:
         raise ValueError(
             f"created_by {created_by!r}: use a string of at most {_CREATED_BY_CHARS} characters")
+    if department is None:
+        return None
+    parsed = Department.parse(department)
+    if region_code is None:
+        raise ValueError(f"department {parsed.value}: a department's token needs its region code "
+                         f"(620000 for the province)")
+    return parsed
 
 
 def check_api_token_name(name: str) -> None:
@@ -416,20 +679,47 @@ class OutboxStatus:
 
 
 class CommandState(enum.StrEnum):
+    """queued --sent--> sent --answer--> acked | failed; queued or sent --> expired | cancelled."""
+
     QUEUED = "queued"
-    SENT = "sent"
-    DONE = "done"
+    SENT = "sent"  # sent at least once, no answer yet; sent again in the device's next session
+    ACKED = "acked"  # ACK, CONFIG_REPLY or ROSTER_VERSION_REPLY
+    FAILED = "failed"  # NACK (the terminal's result code), or no answer after every send
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+
+    @property
+    def pending(self) -> bool:
+        """Still to be delivered or answered."""
+        return self in (CommandState.QUEUED, CommandState.SENT)
+
+
+# The operator commands of docs/downlink.md, by message. Roster messages (ROSTER_ADD,
+# UPDATE, REMOVE, FACE_CHUNK) are not queued: the gateway builds them from the roster.
+OPERATOR_COMMAND_TYPES = frozenset({
+    MessageType.SET_TIME, MessageType.CONFIG_GET, MessageType.CONFIG_SET, MessageType.REBOOT,
+    MessageType.DOOR_OPEN, MessageType.ROSTER_VERSION_QUERY,
+})
+# Arguments larger than a whole frame can never be sent (their binary form is smaller
+# than the JSON, so this only stops the absurd).
+COMMAND_PAYLOAD_MAX_BYTES = MAX_FRAME_SIZE
+COMMAND_ERROR_CHARS = 1024  # a reason a person reads, not a dump
+MAX_COMMAND_PAGE = 10_000  # list_commands rows per call, as list_punches
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A downlink command for one device, delivered in id order."""
+    """An operator command for one device, delivered in id order.
+
+    `payload` is the UTF-8 JSON of its arguments (the frame is built when it is sent);
+    `seq` the frame sequence number of its last send and `attempts` the sends so far;
+    `result_code` the terminal's answer (None for no answer); `reply` the UTF-8 JSON of
+    an answer that carries data (CONFIG_REPLY's values), else None.
+    """
 
     id: int
     device_serial: str
-    command_type: int
+    command_type: int  # MessageType
     payload: bytes
     state: CommandState
     seq: int | None
@@ -438,6 +728,10 @@ class Command:
     sent_at_ms: int | None
     completed_at_ms: int | None
     expires_at_ms: int | None
+    attempts: int = 0
+    error: str | None = None
+    created_by: str = ""
+    reply: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +742,311 @@ class AuditEntry:
     subject: str
     detail: dict[str, Any] = field(default_factory=dict)
     address: str | None = None
+
+
+# ------------------------------------------------- supervision of key personnel (issue 15)
+# The store's side of the supervision of key personnel (docs/storage.md, migration 6):
+# bid awards and their committed people, personnel changes, leave, stop-work and pause
+# days, the attendance aggregate, warnings and their history. The rules that judge
+# attendance are not here (server/supervision/); `lmg.storage.supervision` holds what both
+# backends share (checks, the commitment intervals, the warning state table and plan).
+# Days are `datetime.date` values in China (Asia/Shanghai, UTC+8 all year); times are
+# Unix ms (UTC). A day range (`first_day`, `last_day`) includes both ends.
+
+
+class Department(enum.StrEnum):
+    """The department a supervisor's token belongs to."""
+
+    CONSTRUCTION = "construction"  # 住建: 住房和城乡建设 (the housing and construction bureau)
+    LABOUR = "labour"  # 人社: 人力资源和社会保障 (human resources and social security)
+
+    @property
+    def name_zh(self) -> str:
+        return _DEPARTMENT_ZH[self][0]
+
+    @classmethod
+    def parse(cls, text: str) -> Department:
+        """A department from its code or Chinese name (住建, 人社, or the full names);
+        ValueError naming the accepted values otherwise."""
+        wanted = text.strip() if isinstance(text, str) else text
+        for department, names in _DEPARTMENT_ZH.items():
+            if wanted == department.value or wanted in names:
+                return department
+        accepted = ", ".join(f"{d.value} ({names[0]})" for d, names in _DEPARTMENT_ZH.items())
+        raise ValueError(f"department {text!r}: use {accepted}")
+
+
+_DEPARTMENT_ZH = {Department.CONSTRUCTION: ("住建", "住房和城乡建设"),
+                  Department.LABOUR: ("人社", "人力资源和社会保障")}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPerson:
+    """One person a bid award commits to a key post."""
+
+    post: str  # a key post's lmg.protocol.posts code (its Chinese name is accepted on import)
+    id_number: str  # resident ID number, GB 11643 check digit verified
+    name: str
+    certificate_no: str = ""  # e.g. the 注册建造师 certificate of a project manager
+
+
+@dataclass(frozen=True, slots=True)
+class BidAward:
+    """A bid award (中标通知书) and the key personnel it commits, as imported.
+
+    `personnel` is stored and returned ordered by (post, id_number); `imported_at_ms` is
+    set by the store (ignored on import). A project may have several awards (builder and
+    supervisor, or several sections)."""
+
+    notice_no: str  # 中标通知书编号, unique
+    project_code: str
+    enterprise: str  # the winning enterprise
+    enterprise_uscc: str  # its unified social credit code (GB 32100, 18 characters)
+    award_date: date
+    personnel: tuple[KeyPerson, ...]
+    imported_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PersonnelChange:
+    """An approved change (变更) of the person holding a key post of a project.
+
+    From `approved_on` the new person holds the commitment and the old one's ends; before
+    it the old person counts. `id` and `recorded_at_ms` are set by the store."""
+
+    project_code: str
+    post: str  # key post code
+    old_id_number: str
+    new_id_number: str
+    new_name: str
+    approved_on: date
+    approval_ref: str  # the approval's reference (文号)
+    new_certificate_no: str = ""
+    id: int = 0
+    recorded_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Commitment:
+    """Who holds a committed key post of a project, from when to when.
+
+    `to_date_exclusive` is the first day the person no longer holds it (the approval date
+    of the change that replaced them), None while they do. `notice_no` is the award that
+    named the person, `change_id` the change that brought them in (None: the award did)."""
+
+    project_code: str
+    post: str
+    id_number: str
+    name: str
+    certificate_no: str
+    from_date: date
+    to_date_exclusive: date | None
+    notice_no: str | None
+    change_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovedLeave:
+    """Approved leave of a person on a project, `first_day` to `last_day` inclusive."""
+
+    id: int
+    project_code: str
+    id_number: str
+    first_day: date
+    last_day: date
+    reference: str
+    recorded_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopWork:
+    """An approved stop-work period (停工) of a project, `first_day` to `last_day` inclusive."""
+
+    id: int
+    project_code: str
+    first_day: date
+    last_day: date
+    reference: str
+    recorded_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PauseDay:
+    """A province-wide day without construction (a public holiday, a pollution alert)."""
+
+    day: date
+    reason: str
+    recorded_at_ms: int
+
+
+class AttendanceDay(NamedTuple):
+    """The accepted punches of one person on one project's devices on one day in China.
+
+    An immutable tuple rather than a frozen dataclass, as `PunchIn`: a province's month is
+    millions of these, and building one cost 1.3 µs as a frozen dataclass against 0.3 µs
+    as a tuple (2026-12, this VM); 3.6 million rows, 3.6 s of the evaluation.
+    """
+
+    project_code: str
+    worker_id: str
+    day: date
+    punches: int
+    first_punch_ms: int
+    last_punch_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectDay:
+    project_code: str
+    day: date
+
+
+class WarningState(enum.StrEnum):
+    """open --condition clears--> resolved --found again--> open; open or resolved
+    --a supervisor's disposition--> closed (final). The whole table is
+    `lmg.storage.supervision.TRANSITIONS`."""
+
+    OPEN = "open"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+
+
+class WarningEventKind(enum.StrEnum):
+    OPENED = "opened"
+    FIGURES_CHANGED = "figures_changed"
+    ESCALATED = "escalated"
+    RESOLVED = "resolved"
+    REOPENED = "reopened"
+    CLOSED = "closed"
+
+
+class Disposition(enum.StrEnum):
+    """How a supervisor closes a warning."""
+
+    INTERVIEW = "interview"  # 约谈
+    RECTIFICATION = "rectification"  # 责令整改
+    PENALTY_POINTS = "penalty-points"  # 记分
+    PUBLIC_NOTICE = "public-notice"  # 通报
+    FALSE_ALARM = "false-alarm"  # 误报: needs a note saying why
+
+    @property
+    def name_zh(self) -> str:
+        return _DISPOSITION_ZH[self]
+
+    @classmethod
+    def parse(cls, text: str) -> Disposition:
+        """From the code or the Chinese name; ValueError naming the accepted values."""
+        wanted = text.strip() if isinstance(text, str) else text
+        for disposition, zh in _DISPOSITION_ZH.items():
+            if wanted in (disposition.value, zh):
+                return disposition
+        accepted = ", ".join(f"{d.value} ({zh})" for d, zh in _DISPOSITION_ZH.items())
+        raise ValueError(f"disposition {text!r}: use {accepted}")
+
+
+_DISPOSITION_ZH = {Disposition.INTERVIEW: "约谈", Disposition.RECTIFICATION: "责令整改",
+                   Disposition.PENALTY_POINTS: "记分", Disposition.PUBLIC_NOTICE: "通报",
+                   Disposition.FALSE_ALARM: "误报"}
+
+
+@dataclass(frozen=True, slots=True)
+class WarningFinding:
+    """One warning the evaluator finds, for `Store.apply_warnings`.
+
+    `period_start` names the period (a month's first day, the first day of an absence run)
+    and is part of the warning's key; `period_end` (inclusive) and `figures` may change
+    from one evaluation to the next (a run of absence that goes on). `figures` is a JSON
+    object of the numbers behind the warning: valid_days, construction_days, rate, ...
+    """
+
+    rule: str  # the rule's code: lower-case letters, digits and '-', 1-64
+    project_code: str
+    worker_id: str | None  # None for a rule about the project, not a person
+    post: str | None  # a key post code, or None
+    period_start: date
+    period_end: date
+    figures: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The natural key: rule, project, post, person and the period's start. Only the
+        project code may hold '|', and it is second: read from the right the key is
+        unambiguous."""
+        return (f"{self.rule}|{self.project_code}|{self.post or '-'}|{self.worker_id or '-'}|"
+                f"{self.period_start.isoformat()}")
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationScope:
+    """What one evaluation looked at: `apply_warnings` resolves the warnings in it that the
+    evaluation did not find. A warning is in the scope when its rule is one of `rules`, its
+    project one of `project_codes` (None: every project) and its period starts within
+    `first_day`..`last_day`."""
+
+    rules: frozenset[str]
+    first_day: date
+    last_day: date
+    project_codes: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    opened: int = 0
+    updated: int = 0  # figures or period end changed
+    reopened: int = 0  # resolved before, found again
+    resolved: int = 0
+    unchanged: int = 0  # found as stored, or closed (a closed warning stays closed)
+
+
+@dataclass(frozen=True, slots=True)
+class WarningRecord:
+    """A stored warning. Named so as not to shadow the builtin `Warning`.
+
+    `level` 1 county, 2 city, 3 province (lmg.protocol.regions.bureau_for names the owner);
+    `level_since_ms` is when it reached that level (escalation counts from it). `version`
+    grows with every change; the province has seen the warning when `forwarded_version`
+    equals it."""
+
+    id: int
+    key: str
+    rule: str
+    project_code: str
+    region_code: str  # the project's, when the warning opened
+    worker_id: str | None
+    post: str | None
+    period_start: date
+    period_end: date
+    figures: dict[str, Any]
+    level: int
+    state: WarningState
+    opened_at_ms: int
+    level_since_ms: int
+    updated_at_ms: int
+    resolved_at_ms: int | None
+    closed_at_ms: int | None
+    disposition: Disposition | None
+    note: str
+    closed_by: str
+    version: int
+    forwarded_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class WarningEvent:
+    """One entry of a warning's history: appended, never changed or deleted."""
+
+    id: int
+    warning_id: int
+    at_ms: int
+    kind: WarningEventKind
+    level: int  # the warning's level after the event
+    state: WarningState  # and its state
+    by: str  # "lmg" for the evaluation and escalation, else the supervisor (token name)
+    detail: dict[str, Any]
+
+
+MAX_WARNING_PAGE = 10_000  # list_warnings rows per call, as list_commands
+MAX_ATTENDANCE_PAGE = 10_000  # iter_attendance_days rows per page
 
 
 # ------------------------------------------------------------------------ the store
@@ -485,7 +1084,8 @@ class Store(abc.ABC):
     ) -> Device:
         """Provision a device, enabled, with `secret` or 32 fresh random bytes.
 
-        Raises DeviceExists, ValueError for malformed fields.
+        Raises DeviceExists, ValueError for malformed fields (UnknownRegion for a region
+        code that is not a node of lmg.protocol.regions).
         """
 
     @abc.abstractmethod
@@ -513,8 +1113,8 @@ class Store(abc.ABC):
     async def set_device_enabled(self, serial: str, enabled: bool) -> None:
         """Enable or disable a device. Raises UnknownDevice.
 
-        Disabling also adds a session end (DISABLED) in the same transaction, so every
-        gateway ends the device's open session; it does so on every call, even for a
+        Disabling also writes a SESSION_END signal (DISABLED) in the same transaction, so
+        every gateway ends the device's open session; it does so on every call, even for a
         device already disabled (harmless: ending no session).
         """
 
@@ -528,7 +1128,7 @@ class Store(abc.ABC):
     async def rotate_device_secret(self, serial: str, secret: bytes | None = None) -> bytes:
         """Replace the secret (32 fresh random bytes unless given); return it.
 
-        Adds a session end (SECRET_ROTATED) in the same transaction: a session
+        Writes a SESSION_END signal (SECRET_ROTATED) in the same transaction: a session
         authenticated with the old secret must not outlive it. Raises UnknownDevice.
         """
 
@@ -541,59 +1141,227 @@ class Store(abc.ABC):
         A Presence with an `address` stores it as the device's `last_address`.
         """
 
-    # the session-end signal ----------------------------------------------------------
-    # A row per "end this device's open session now", read by every gateway process on
-    # every node: ids grow in commit order and are never reused, so a reader that keeps
-    # the last id it handled and asks `session_ends_after(that id)` misses none.
+    @abc.abstractmethod
+    async def set_device_roster_version(self, serial: str, version: int) -> None:
+        """Record the roster version the device's terminal acknowledged (`Device.roster_version`).
+
+        Raises UnknownDevice, ValueError for a version outside 0..2**32-1 (the wire's u32).
+        """
+
+    @abc.abstractmethod
+    async def devices_of_project(self, project_code: str) -> list[str]:
+        """The serials of the project's devices, in serial order (an index read)."""
+
+    # signals -------------------------------------------------------------------------
+    # A row per notice to the running gateways (a session to end, a command queued, a
+    # roster changed), written in the same transaction as the change it announces and
+    # read by every gateway process on every node: ids grow in commit order and are never
+    # reused, so a reader that keeps the last id it handled and asks
+    # `signals_after(that id)` misses none.
+
+    @abc.abstractmethod
+    async def signals_after(self, after_id: int, limit: int = 1000) -> list[Signal]:
+        """Signals with id > after_id, ordered by id, at most `limit`. Signals of a kind
+        this lmg does not know (written by a newer one) are left out."""
+
+    @abc.abstractmethod
+    async def last_signal_id(self) -> int:
+        """The highest signal id stored (0 if none): where a starting gateway begins
+        reading, as what was signalled before it started is not its to act on."""
+
+    @abc.abstractmethod
+    async def prune_signals(self, older_than_ms: int) -> int:
+        """Delete signals created before `older_than_ms`; return how many. Keep them longer
+        than any gateway may go without reading (a poll interval and a restart)."""
+
+    @abc.abstractmethod
+    async def listen_signals(
+        self, callback: Callable[[int], None], *, on_lost: Callable[[], None] | None = None,
+    ) -> Callable[[], Awaitable[None]] | None:
+        """Call `callback(id)` in this event loop as soon as a signal commits anywhere.
+
+        PostgreSQL: opens a dedicated connection that LISTENs (only this store's schema is
+        heard) and returns an async `stop()` that stops listening and closes it (idempotent;
+        `close()` stops every listener). If that connection is lost, notifications stop and
+        `on_lost()` is called: read `signals_after` to catch up and listen again. The
+        callback gets the id only; read the rows with `signals_after`. Raises
+        StoreUnavailable if it cannot connect. SQLite: returns None; poll `signals_after`
+        (a read in WAL mode, it never waits for the writer).
+        """
+
+    # The session-end API of migration 4, kept on top of signals of kind SESSION_END until
+    # the gateway follows signals; the ids are the signals' ids.
 
     @abc.abstractmethod
     async def end_device_sessions(self, serial: str, reason: SessionEndReason) -> int:
-        """Signal that the device's open session must end; return the new row's id.
+        """Signal that the device's open session must end; return the signal's id.
 
         Raises UnknownDevice, ValueError for a reason that is not a SessionEndReason.
         """
 
     @abc.abstractmethod
     async def session_ends_after(self, after_id: int, limit: int = 1000) -> list[SessionEnd]:
-        """Session ends with id > after_id, ordered by id, at most `limit`."""
+        """Session-end signals with id > after_id, ordered by id, at most `limit`."""
 
     @abc.abstractmethod
     async def last_session_end_id(self) -> int:
-        """The highest session-end id stored (0 if none): where a starting gateway begins
-        reading, as sessions opened after its start are the only ones it can end."""
+        """The highest session-end signal id (0 if none)."""
 
     @abc.abstractmethod
     async def prune_session_ends(self, older_than_ms: int) -> int:
-        """Delete session ends created before `older_than_ms`; return how many. Keep them
-        longer than any gateway may go without reading (a poll interval and a restart)."""
+        """Delete session-end signals created before `older_than_ms`; return how many."""
 
     @abc.abstractmethod
     async def listen_session_ends(
         self, callback: Callable[[int], None], *, on_lost: Callable[[], None] | None = None,
     ) -> Callable[[], Awaitable[None]] | None:
-        """Call `callback(id)` in this event loop as soon as a session end commits anywhere.
+        """`listen_signals` heard for session ends only (callback(id) of each)."""
 
-        PostgreSQL: opens a dedicated connection that LISTENs (only this store's schema is
-        heard) and returns an async `stop()` that stops listening and closes it. If that
-        connection is lost, notifications stop and `on_lost()` is called: read
-        `session_ends_after` to catch up and listen again. The callback gets the id only;
-        read the rows with `session_ends_after`. Raises StoreUnavailable if it cannot
-        connect. SQLite: returns None; poll `session_ends_after` (a read in WAL mode, it
-        never waits for the writer).
+    # projects ------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_project(
+        self, code: str, *, name: str, region_code: str, enterprise: str = "",
+        enterprise_uscc: str = "", start_date: date | None = None, end_date: date | None = None,
+    ) -> Project:
+        """Add a project with an empty roster (version 0).
+
+        Raises ProjectExists; ValueError naming the field for a code that is not 1-64
+        printable characters, an empty or overlong name, a region that is not a node of
+        lmg.protocol.regions (UnknownRegion), a USCC that is not empty or 18 characters, or
+        an end date before the start date.
         """
+
+    @abc.abstractmethod
+    async def upsert_project(
+        self, code: str, *, name: str, region_code: str, enterprise: str = "",
+        enterprise_uscc: str = "", start_date: date | None = None, end_date: date | None = None,
+    ) -> tuple[Project, UpsertOutcome]:
+        """Add the project, or update it to these values: ("added" | "updated" |
+        "unchanged"), for an idempotent import. Its roster is not touched. ValueError as
+        `add_project`."""
+
+    @abc.abstractmethod
+    async def get_project(self, code: str) -> Project | None: ...
+
+    @abc.abstractmethod
+    async def list_projects(
+        self, *, after_code: str = "", limit: int = 1000, region_prefix: str = "",
+    ) -> list[Project]:
+        """Projects ordered by code after `after_code`, at most `limit` (0..10,000);
+        `region_prefix` keeps the regions that start with it ("62" Gansu, "6201" Lanzhou).
+        Raises ValueError for a bad limit or prefix."""
+
+    # the roster ----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def import_workers(self, project_code: str, rows: Sequence[WorkerIn], *,
+                             today: date) -> ImportResult:
+        """Add or update the project's workers from `rows`, in ONE transaction.
+
+        A row equal to the stored worker (and whose roster state `today` does not change)
+        is "unchanged". Each added or changed worker on the roster before or after the
+        change takes the project's next roster version, in the order of `rows`; a change
+        to a worker off the roster both before and after (not entered yet, or gone) is
+        stored without a version, as no terminal's roster changes. One ROSTER signal is
+        written if the roster version moved.
+
+        Filtering bad rows out is the caller's job: the store checks every row first and
+        raises ValueError naming the row's worker_id and the field (a malformed field, a
+        worker listed twice, a face not stored with `put_face`, more than
+        `roster_import_max_rows` rows), and then nothing of the call is written. Raises
+        UnknownProject.
+        """
+
+    @abc.abstractmethod
+    async def remove_worker(self, project_code: str, worker_id: str, *, exit_date: date,
+                            today: date) -> bool:
+        """Set the worker's exit date (the first day off the site): they leave the roster
+        (a tombstone, next version, ROSTER signal) if `exit_date <= today`, else they stay
+        until `apply_roster_dates` reaches it. False if the project has no such worker on
+        its roster (unknown, not entered yet, or gone). ValueError for an exit date before
+        the worker's entry date."""
+
+    @abc.abstractmethod
+    async def apply_roster_dates(self, today: date) -> list[str]:
+        """Put on or take off the roster every worker whose entry or exit date `today`
+        has reached, each with the next version of its project, in one transaction with a
+        ROSTER signal per changed project; return the changed projects' codes (sorted).
+        Cheap when nothing changed (one read): run it every few minutes and after midnight
+        in China."""
+
+    @abc.abstractmethod
+    async def roster_changes(self, project_code: str, *, after_version: int,
+                             limit: int = 1000) -> list[Worker]:
+        """The delta from `after_version`: workers with version > after_version, tombstones
+        included, ordered by version, at most `limit` (0..10,000). Page with the last
+        row's version."""
+
+    @abc.abstractmethod
+    async def list_workers(self, project_code: str, *, on_roster_only: bool = True,
+                           after_worker_id: str = "", limit: int = 1000) -> list[Worker]:
+        """The project's workers ordered by worker_id after `after_worker_id`, at most
+        `limit` (0..10,000); with `on_roster_only` False also those not entered yet and
+        those gone (until pruned)."""
+
+    @abc.abstractmethod
+    async def get_worker(self, project_code: str, worker_id: str) -> Worker | None: ...
+
+    @abc.abstractmethod
+    async def roster_floor(self, project_code: str) -> int:
+        """The lowest version a delta can start from (0 until tombstones are pruned, and
+        for an unknown project); also `Project.roster_floor`."""
+
+    @abc.abstractmethod
+    async def prune_roster_tombstones(self, older_than_ms: int, *, today: date) -> int:
+        """Delete the workers who left (exit date <= `today`) and whose rows have not
+        changed since `older_than_ms`, raising each project's roster floor to the highest
+        version deleted; return how many. A worker not entered yet is never pruned. Keep
+        tombstones longer than terminals stay offline (a terminal below the floor gets a
+        full resync)."""
+
+    # faces ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def put_face(self, data: bytes) -> bytes:
+        """Store a face photo once (by content) and return its SHA-256.
+
+        JPEG or PNG only, FACE_MIN_BYTES (1 KiB) to `face_max_bytes`; ValueError saying
+        which rule the bytes break. The bytes go to the blob store beside the punch photos.
+        """
+
+    @abc.abstractmethod
+    async def get_face(self, sha256: bytes) -> bytes | None: ...
+
+    @abc.abstractmethod
+    async def face_size(self, sha256: bytes) -> int | None:
+        """The stored face's size in bytes (a row read, not the blob), None if not stored."""
+
+    @abc.abstractmethod
+    async def face_progress(self, serial: str, sha256: bytes) -> int:
+        """Where sending that face to the device resumes: the offset recorded, 0 if none."""
+
+    @abc.abstractmethod
+    async def set_face_progress(self, serial: str, sha256: bytes, offset: int) -> None:
+        """Record the next offset of that face for the device. Each call is a committed
+        transaction (on SQLite a writer round trip and an fsync): record every few chunks
+        or at the end of a session, not every chunk."""
+
+    @abc.abstractmethod
+    async def clear_face_progress(self, serial: str, sha256: bytes) -> None:
+        """Forget the progress (the face was enrolled, or must start again)."""
 
     # API tokens ----------------------------------------------------------------------
     @abc.abstractmethod
     async def create_api_token(
         self, name: str, token_sha256: bytes, scopes: Iterable[str], *,
-        region_code: str | None = None, created_by: str = "",
+        region_code: str | None = None, created_by: str = "", department: str | None = None,
     ) -> ApiToken:
         """Store a new active token under `name` (the SHA-256 of the token, never the token).
 
-        Scopes are stored as given (their meaning is the API's), at least one. Raises
-        TokenExists if the name is taken, by an active or a revoked token; ValueError naming
-        the field for a malformed name (1-64 printable characters), hash (32 bytes), scope
-        set or region code, or for a hash another token already has.
+        Scopes are stored as given (their meaning is the API's), at least one. `region_code`
+        must be a node of lmg.protocol.regions; `department` a Department (its code or
+        Chinese name) and then with a region. Raises TokenExists if the name is taken, by an
+        active or a revoked token; ValueError naming the field for a malformed name (1-64
+        printable characters), hash (32 bytes), scope set, region code or department, or for
+        a hash another token already has.
         """
 
     @abc.abstractmethod
@@ -729,27 +1497,42 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def outbox_status(self, now_ms: int) -> OutboxStatus: ...
 
-    # downlink commands ---------------------------------------------------------------
+    # operator commands ---------------------------------------------------------------
     @abc.abstractmethod
     async def enqueue_command(
-        self, serial: str, command_type: int, payload: bytes, *, expires_at_ms: int | None = None
+        self, serial: str, command_type: int, payload: bytes, *, expires_at_ms: int | None = None,
+        created_by: str = "",
     ) -> int:
-        """Queue a command for a device; return its id (ids order a device's commands)."""
+        """Queue a command for a device; return its id (ids order a device's commands).
+
+        Writes a COMMAND signal in the same transaction, so the gateway holding the
+        device's session sends it at once. Raises UnknownDevice; ValueError for a type
+        that is not an operator command (OPERATOR_COMMAND_TYPES), a payload that is not
+        UTF-8 JSON of an object (at most COMMAND_PAYLOAD_MAX_BYTES), or a bad expiry.
+        """
 
     @abc.abstractmethod
     async def pending_commands(self, serial: str, limit: int = 16) -> list[Command]:
-        """Queued or sent-but-unanswered commands of a device, oldest first."""
+        """Queued or sent-but-unanswered commands of a device that have not expired (by the
+        store's clock), oldest first."""
 
     @abc.abstractmethod
-    async def mark_command_sent(self, command_id: int, seq: int) -> bool:
-        """Record the frame sequence number it went out with. False if not queued/sent."""
+    async def mark_command_sent(self, command_id: int, seq: int, now_ms: int) -> bool:
+        """It went out with frame sequence number `seq` at `now_ms`: state sent, attempts
+        + 1. False if it is not queued or sent any more (answered, expired, cancelled)."""
 
     @abc.abstractmethod
-    async def complete_command(self, command_id: int, result_code: int) -> bool:
-        """The device answered. False if the command was not pending any more."""
+    async def complete_command(
+        self, command_id: int, result_code: int | None, *, failed: bool = False,
+        error: str | None = None, reply: bytes | None = None,
+    ) -> bool:
+        """The device answered: acked, or failed with the terminal's result code (or None
+        and `error` "no answer" after the last send). `reply` is the UTF-8 JSON of an answer
+        that carries data (CONFIG_REPLY). False if the command was not pending any more."""
 
     @abc.abstractmethod
-    async def cancel_command(self, command_id: int) -> bool: ...
+    async def cancel_command(self, command_id: int) -> bool:
+        """Cancel a queued or sent command; False if it was not pending any more."""
 
     @abc.abstractmethod
     async def expire_commands(self, now_ms: int) -> int:
@@ -757,6 +1540,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_command(self, command_id: int) -> Command | None: ...
+
+    @abc.abstractmethod
+    async def list_commands(
+        self, *, device_serial: str | None = None, state: CommandState | None = None,
+        after_id: int = 0, limit: int = 100,
+    ) -> list[Command]:
+        """Commands with id > after_id in id order, at most `limit` (0..MAX_COMMAND_PAGE);
+        filters that are not None must match."""
+
+    @abc.abstractmethod
+    async def count_commands_by_state(self) -> dict[CommandState, int]:
+        """How many commands are in each state; every state is a key (0 if none)."""
 
     # audit ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -775,3 +1570,194 @@ class Store(abc.ABC):
         page to get the next. Filters that are not None must all match; `since_ms`
         (inclusive) and `until_ms` (exclusive) bound at_ms. Raises ValueError for a
         negative limit."""
+
+    # supervision of key personnel: bid awards and changes -------------------------
+    @abc.abstractmethod
+    async def import_bid_award(self, award: BidAward) -> tuple[BidAward, UpsertOutcome]:
+        """Store a bid award and its committed key personnel in ONE transaction.
+
+        Idempotent by `notice_no`: the same award again is "unchanged"; one with other
+        values replaces the stored award and its personnel ("updated": a correction of the
+        document as imported; a change of person after the award is a personnel change,
+        `record_personnel_change`). Posts are stored as codes. Every field is checked first:
+        ValueError naming the field (a post that is not a key post, an ID number that fails
+        GB 11643, a USCC that is not 18 characters of GB 32100, a person listed twice in one
+        post, no personnel); raises UnknownProject.
+        """
+
+    @abc.abstractmethod
+    async def get_bid_award(self, notice_no: str) -> BidAward | None: ...
+
+    @abc.abstractmethod
+    async def list_bid_awards(self, project_code: str) -> list[BidAward]:
+        """The project's awards, by award date then notice number."""
+
+    @abc.abstractmethod
+    async def record_personnel_change(
+            self, change: PersonnelChange) -> tuple[PersonnelChange, UpsertOutcome]:
+        """Record an approved change of a key post's person (its `id` and `recorded_at_ms`
+        are ignored). Idempotent by (project, post, old person, new person, approval date):
+        the same change again is "unchanged", with another name, certificate or reference
+        "updated". ValueError naming the field; raises UnknownProject."""
+
+    @abc.abstractmethod
+    async def list_personnel_changes(self, project_code: str) -> list[PersonnelChange]:
+        """The project's changes by approval date, then id."""
+
+    @abc.abstractmethod
+    async def key_personnel(self, project_codes: Collection[str] | None, first_day: date,
+                            last_day: date) -> list[Commitment]:
+        """The commitments of these projects (None: every project) that overlap
+        `first_day`..`last_day`, ordered by project, post, from_date, id_number.
+
+        An award's person holds the post from the award date; a change ends the old
+        person's commitment on its approval date (exclusive) and starts the new person's
+        there; changes of one post apply in approval-date order, so A -> B -> C chains. A
+        change whose old person did not hold the post then still starts the new one.
+        (lmg.storage.supervision.commitments holds the rule.)"""
+
+    # supervision: leave, stop-work, pause days --------------------------------------
+    @abc.abstractmethod
+    async def add_leave(self, project_code: str, id_number: str, first_day: date, last_day: date,
+                        reference: str) -> ApprovedLeave:
+        """Record approved leave (both days included). The same person, project and days
+        again keeps one row (its reference replaced). ValueError naming the field;
+        UnknownProject."""
+
+    @abc.abstractmethod
+    async def list_leave(self, *, first_day: date, last_day: date,
+                         project_codes: Collection[str] | None = None,
+                         id_number: str | None = None) -> list[ApprovedLeave]:
+        """Leave that overlaps the days, by project, person, first day."""
+
+    @abc.abstractmethod
+    async def delete_leave(self, leave_id: int) -> bool: ...
+
+    @abc.abstractmethod
+    async def add_stop_work(self, project_code: str, first_day: date, last_day: date,
+                            reference: str) -> StopWork:
+        """Record an approved stop-work period (both days included); idempotent as
+        `add_leave`. ValueError naming the field; UnknownProject."""
+
+    @abc.abstractmethod
+    async def list_stop_work(self, *, first_day: date, last_day: date,
+                             project_codes: Collection[str] | None = None) -> list[StopWork]:
+        """Stop-work periods that overlap the days, by project and first day."""
+
+    @abc.abstractmethod
+    async def delete_stop_work(self, stop_id: int) -> bool: ...
+
+    @abc.abstractmethod
+    async def set_pause_day(self, day: date, reason: str) -> PauseDay:
+        """Make `day` a province-wide pause day (or change its reason)."""
+
+    @abc.abstractmethod
+    async def list_pause_days(self, first_day: date, last_day: date) -> list[PauseDay]: ...
+
+    @abc.abstractmethod
+    async def delete_pause_day(self, day: date) -> bool: ...
+
+    # supervision: attendance ---------------------------------------------------------
+    @abc.abstractmethod
+    def iter_attendance_days(self, project_codes: Collection[str] | None, first_day: date,
+                             last_day: date) -> AsyncIterator[list[AttendanceDay]]:
+        """Per (project, person, day in China) within the days: the number of accepted
+        punches and the first and last punch time, in pages of at most MAX_ATTENDANCE_PAGE
+        rows ordered by (project_code, worker_id, day); one project may span pages.
+
+        A punch belongs to the project its device has now (devices.project_code); punches
+        of devices not provisioned are in no project. `project_codes` None means every
+        project. No index on punches serves this (docs/storage.md: each costs the write
+        path): a large set of projects reads the punches received since the first day (the
+        id order is the arrival order, so the first such id is found by a binary search on
+        the primary key), a small one reads its devices' punches through the
+        (device_serial, record_no) key; the store picks whichever reads fewer rows. Memory
+        stays at a page however many rows there are: stop early by leaving the loop."""
+
+    async def attendance_days(self, project_codes: Collection[str] | None, first_day: date,
+                              last_day: date) -> list[AttendanceDay]:
+        """`iter_attendance_days` as one list: for a few projects (a calendar), not a province."""
+        rows: list[AttendanceDay] = []
+        async for page in self.iter_attendance_days(project_codes, first_day, last_day):
+            rows += page
+        return rows
+
+    @abc.abstractmethod
+    async def days_with_punches_received(self, after_ms: int, *,
+                                         until_ms: int | None = None) -> list[ProjectDay]:
+        """The (project, day in China) pairs that got accepted punches received after
+        `after_ms` (and at or before `until_ms`), ordered: the days a late backlog touched,
+        to evaluate again. Pass the previous call's time minus a minute or so as the next
+        `after_ms`: a group commit stamps its punches before it commits (PostgreSQL:
+        several nodes, each with its own clock), so a punch can become visible a little
+        after its receive time."""
+
+    @abc.abstractmethod
+    async def list_key_post_workers(self, project_codes: Collection[str] | None = None) -> list[Worker]:
+        """Roster rows whose post is a key post (lmg.protocol.posts.KEY_POSTS), gone ones
+        included, ordered by project then worker: who punches under a key post."""
+
+    # supervision: warnings -----------------------------------------------------------
+    @abc.abstractmethod
+    async def apply_warnings(self, scope: EvaluationScope, findings: Sequence[WarningFinding],
+                             now_ms: int) -> ApplyResult:
+        """Apply one evaluation's findings in ONE transaction, idempotently.
+
+        A finding whose key is new opens a warning at level 1 (region: its project's); one
+        whose warning is open updates its period end and figures if they changed; one whose
+        warning was resolved reopens it (level kept, `level_since_ms` = now). An open
+        warning in `scope` that no finding names is resolved. A closed warning stays closed.
+        Each change appends its event to the history. Applying the same (scope, findings)
+        again changes nothing. Every finding must lie in the scope and keys must be unique
+        (ValueError, before anything is written); raises UnknownProject for a finding's
+        project. The transitions are the table lmg.storage.supervision.TRANSITIONS."""
+
+    @abc.abstractmethod
+    async def escalate_warnings(self, now_ms: int, *, level2_after_ms: int,
+                                level3_after_ms: int) -> int:
+        """Raise open warnings whose time at their level has run out: level 1 held for
+        `level2_after_ms` (inclusive: exactly N days escalates) goes to 2, level 2 held for
+        `level3_after_ms` to 3. The new level counts from when it fell due (its
+        `level_since_ms` is the old one plus the wait), so a late run gives the levels an
+        on-time run would have, a 1 -> 3 jump included. Returns how many level changes were
+        made, each an `escalated` event."""
+
+    @abc.abstractmethod
+    async def close_warning(self, warning_id: int, disposition: Disposition | str, *, note: str,
+                            by: str, now_ms: int) -> WarningRecord:
+        """A supervisor closes an open or resolved warning with a disposition; final.
+
+        A false alarm needs a note (the reason). Raises UnknownWarning, WarningClosed (closed
+        already), ValueError naming the field."""
+
+    @abc.abstractmethod
+    async def get_warning(self, warning_id: int) -> WarningRecord | None: ...
+
+    @abc.abstractmethod
+    async def warning_history(self, warning_id: int) -> list[WarningEvent]:
+        """The warning's events, oldest first ([] for an unknown id)."""
+
+    @abc.abstractmethod
+    async def list_warnings(
+        self, *, region_scope: str | None = None, project_code: str | None = None,
+        worker_id: str | None = None, rule: str | None = None, state: WarningState | str | None = None,
+        level: int | None = None, period_from: date | None = None, period_to: date | None = None,
+        after_id: int = 0, limit: int = 100,
+    ) -> list[WarningRecord]:
+        """Warnings with id > after_id in id order, at most `limit` (0..MAX_WARNING_PAGE).
+
+        `region_scope` keeps the warnings whose region that node covers
+        (lmg.protocol.regions.covers: a city sees its counties, 兰州新区 only itself; never a
+        code prefix); `period_from`/`period_to` keep the periods that overlap those days.
+        Filters that are not None must all match. ValueError for a bad filter (UnknownRegion
+        for a scope outside the tree)."""
+
+    @abc.abstractmethod
+    async def warnings_to_forward(self, limit: int = 100) -> list[WarningRecord]:
+        """Warnings changed since the province last confirmed them (version >
+        forwarded_version), in id order: the outbox of warnings."""
+
+    @abc.abstractmethod
+    async def mark_warnings_forwarded(self, versions: Sequence[tuple[int, int]]) -> int:
+        """Record that the province holds these (warning id, version) pairs; a warning
+        changed since stays due. Returns how many moved."""

@@ -1,33 +1,47 @@
-"""What the SQLite and PostgreSQL stores share: the group-commit front of `store_punches`
-and the photo upload flow. A backend supplies the SQL through the `_`-prefixed hooks.
+"""What the SQLite and PostgreSQL stores share: the group-commit front of `store_punches`,
+the photo upload flow, faces, the checks of every downlink call and the session-end API
+on top of signals. A backend supplies the SQL through the `_`-prefixed hooks.
 
 Rules kept here so both backends keep them identically:
 - `store_punches` checks its argument in the caller's task (a bad record raises there and
   never reaches a batch shared with other callers), then joins the group commit.
 - Photo bytes go through `PhotoUploads` and the `BlobStore`; the database only records
   that a verified blob exists (table `photos`), which is what links it to punches.
+- Faces use the same `BlobStore` (content-addressed, so a face is stored once however
+  often it is put); the `faces` row is written after the blob, so a row means the bytes
+  are on disk.
+- Every argument of a downlink call is checked here, in the caller's task, before the
+  backend opens a transaction: a ValueError names the field and nothing is written.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import hashlib
 import os
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from lmg.storage.api import (
-    MAX_PUNCH_PAGE, SECRET_BYTES, SHA256_BYTES, ApiToken, Punch, PunchIn, PunchListing, PunchOutcome,
-    SessionEnd, SessionEndReason, Store, check_api_token_fields, check_limit, scopes_from_text,
-    scopes_text, wall_clock_ms,
+    COMMAND_ERROR_CHARS, COMMAND_PAYLOAD_MAX_BYTES, FACE_FORMATS, FACE_MIN_BYTES, MAX_COMMAND_PAGE,
+    MAX_PUNCH_PAGE, MAX_ROSTER_PAGE, OPERATOR_COMMAND_TYPES, SECRET_BYTES, SHA256_BYTES, U32_MAX,
+    ApiToken, Command, CommandState, Department, MessageType, Project, Punch, PunchIn, PunchListing, PunchOutcome,
+    SessionEnd, SessionEndReason, Signal, SignalKind, Store, Worker, WorkerIn, check_api_token_fields,
+    check_limit, check_project_code, check_project_fields, check_region_prefix, check_worker,
+    scopes_from_text, scopes_text, wall_clock_ms,
 )
 from lmg.storage.blobs import BlobStore, FileBlobStore
 from lmg.storage.config import StoreConfig
 from lmg.storage.errors import StoreClosed
 from lmg.storage.group_commit import GroupCommit
 from lmg.storage.photos import PhotoUploads
+from lmg.storage.roster import WorkerFields, worker_fields
 
 
 class BackendStore(Store):
@@ -122,10 +136,115 @@ class BackendStore(Store):
     async def prune_partial_photos(self, now_ms: int) -> int:
         return await self.photos.prune(now_ms)
 
+    # faces --------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def _face_size(self, sha256: bytes) -> int | None:
+        """Size of the stored face with that hash, None if not stored."""
+
+    @abc.abstractmethod
+    async def _record_face(self, sha256: bytes, size: int, image_format: str) -> None:
+        """Note in the database that the face's blob is stored (idempotent)."""
+
+    async def put_face(self, data: bytes) -> bytes:
+        image_format = face_format(data, self.config.face_max_bytes)
+        sha256 = hashlib.sha256(data).digest()
+        if await self._face_size(sha256) is None:
+            await self.blobs.put(sha256.hex(), bytes(data))
+            await self._record_face(sha256, len(data), image_format)
+        return sha256
+
+    async def get_face(self, sha256: bytes) -> bytes | None:
+        check_face_sha(sha256)
+        if await self._face_size(sha256) is None:
+            return None
+        return await self.blobs.get(sha256.hex())
+
+    async def face_size(self, sha256: bytes) -> int | None:
+        check_face_sha(sha256)
+        return await self._face_size(sha256)
+
+    # signals and the session-end API on top of them ---------------------------------
+    @abc.abstractmethod
+    async def _signals_after(self, after_id: int, limit: int, kinds: tuple[str, ...]) -> list[Signal]:
+        """Signals of these kinds with id > after_id, in id order, at most `limit`."""
+
+    @abc.abstractmethod
+    async def _last_signal_id(self, kinds: tuple[str, ...]) -> int: ...
+
+    @abc.abstractmethod
+    async def _prune_signals(self, older_than_ms: int, kinds: tuple[str, ...]) -> int: ...
+
+    @abc.abstractmethod
+    async def _listen(self, heard: Callable[[int, str], None],
+                      on_lost: Callable[[], None] | None) -> Callable[[], Awaitable[None]] | None:
+        """Call heard(id, kind) for each signal committed anywhere; see Store.listen_signals."""
+
+    async def signals_after(self, after_id: int, limit: int = 1000) -> list[Signal]:
+        check_limit(limit)
+        check_int("after_id", after_id)
+        return await self._signals_after(after_id, limit, SIGNAL_KINDS)
+
+    async def last_signal_id(self) -> int:
+        return await self._last_signal_id(SIGNAL_KINDS)
+
+    async def prune_signals(self, older_than_ms: int) -> int:
+        check_int("older_than_ms", older_than_ms)
+        return await self._prune_signals(older_than_ms, SIGNAL_KINDS)
+
+    async def listen_signals(
+        self, callback: Callable[[int], None], *, on_lost: Callable[[], None] | None = None,
+    ) -> Callable[[], Awaitable[None]] | None:
+        return await self._listen(lambda signal_id, _kind: callback(signal_id), on_lost)
+
+    async def session_ends_after(self, after_id: int, limit: int = 1000) -> list[SessionEnd]:
+        check_limit(limit)
+        check_int("after_id", after_id)
+        return [SessionEnd(s.id, s.subject, SessionEndReason(s.detail), s.created_at_ms)
+                for s in await self._signals_after(after_id, limit, _SESSION_END)]
+
+    async def last_session_end_id(self) -> int:
+        return await self._last_signal_id(_SESSION_END)
+
+    async def prune_session_ends(self, older_than_ms: int) -> int:
+        check_int("older_than_ms", older_than_ms)
+        return await self._prune_signals(older_than_ms, _SESSION_END)
+
+    async def listen_session_ends(
+        self, callback: Callable[[int], None], *, on_lost: Callable[[], None] | None = None,
+    ) -> Callable[[], Awaitable[None]] | None:
+        def heard(signal_id: int, kind: str) -> None:
+            if kind == SignalKind.SESSION_END:
+                callback(signal_id)
+
+        return await self._listen(heard, on_lost)
+
 
 def _check_sha(sha256: bytes) -> None:
     if type(sha256) is not bytes or len(sha256) != SHA256_BYTES:
         raise ValueError(f"photo sha256 must be {SHA256_BYTES} bytes")
+
+
+def check_face_sha(sha256: bytes) -> None:
+    if type(sha256) is not bytes or len(sha256) != SHA256_BYTES:
+        raise ValueError(f"face sha256: must be the {SHA256_BYTES}-byte SHA-256 digest of the face")
+
+
+def face_format(data: bytes, max_bytes: int) -> str:
+    """"jpeg" or "png"; ValueError saying which rule `data` breaks."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValueError(f"face: pass the photo's bytes, not {type(data).__name__}")
+    size = len(data)
+    if size < FACE_MIN_BYTES:
+        raise ValueError(f"face: {size} bytes is too small for a face photo (at least {FACE_MIN_BYTES})")
+    if size > max_bytes:
+        raise ValueError(f"face: {size:,} bytes is larger than face_max_bytes ({max_bytes:,}); "
+                         f"send a smaller JPEG (640x480 is plenty)")
+    head = bytes(data[:8])
+    for magic, name in FACE_FORMATS.items():
+        if head.startswith(magic):
+            return name
+    raise ValueError(f"face: not a JPEG or PNG (the file starts {head[:4].hex(' ')}); "
+                     f"convert the photo to JPEG")
 
 
 PUNCH_COLUMNS = ("device_serial, record_no, worker_id, punch_time_ms, direction, verify_mode, "
@@ -141,11 +260,25 @@ DEVICE_COLUMNS = NEW_DEVICE_COLUMNS + ", last_address"
 PUNCH_LISTING_SELECT = (
     "SELECT p.id, " + ", ".join(f"p.{column.strip()}" for column in PUNCH_COLUMNS.split(","))
     + ", coalesce(d.project_code, '') FROM punches p LEFT JOIN devices d ON d.serial = p.device_serial")
-API_TOKEN_COLUMNS = "name, token_sha256, scopes, region_code, created_at_ms, revoked_at_ms, created_by"
-SESSION_END_COLUMNS = "id, device_serial, reason, created_at_ms"
+API_TOKEN_COLUMNS = ("name, token_sha256, scopes, region_code, created_at_ms, revoked_at_ms, created_by, "
+                     "department")
 AUDIT_COLUMNS = "id, at_ms, event, subject, detail, address"
 COMMAND_COLUMNS = ("id, device_serial, command_type, payload, state, seq, result_code, "
-                   "created_at_ms, sent_at_ms, completed_at_ms, expires_at_ms")
+                   "created_at_ms, sent_at_ms, completed_at_ms, expires_at_ms, attempts, error, "
+                   "created_by, reply")
+NEW_COMMAND_COLUMNS = "device_serial, command_type, payload, created_at_ms, expires_at_ms, created_by"
+SIGNAL_COLUMNS = "id, kind, subject, detail, created_at_ms"
+# Project's and Worker's fields, in order.
+PROJECT_COLUMNS = ("code, name, region_code, enterprise, enterprise_uscc, start_date, end_date, "
+                   "roster_version, created_at_ms, roster_floor")
+WORKER_COLUMNS = ("project_code, worker_id, name, card_no, enterprise, team, post, entry_date, "
+                  "exit_date, face_sha256, on_roster, version, added_version, face_version, updated_at_ms")
+# What an upsert of a worker row changes: everything but its key.
+WORKER_UPDATE = ", ".join(f"{c} = excluded.{c}" for c in (c.strip() for c in WORKER_COLUMNS.split(","))
+                          if c not in ("project_code", "worker_id"))
+SIGNAL_KINDS = tuple(kind.value for kind in SignalKind)
+_SESSION_END = (SignalKind.SESSION_END.value,)
+PENDING = "('queued', 'sent')"  # the pending command states, for SQL
 
 
 def new_secret(secret: bytes | None) -> bytes:
@@ -158,22 +291,176 @@ def new_secret(secret: bytes | None) -> bytes:
 
 
 def new_api_token(name: str, token_sha256: bytes, scopes: Iterable[str], region_code: str | None,
-                  created_by: str, now_ms: int) -> tuple[ApiToken, str]:
+                  created_by: str, now_ms: int, department: str | None = None) -> tuple[ApiToken, str]:
     """The token `create_api_token` stores, checked, and its scopes' stored text."""
-    check_api_token_fields(name, token_sha256, region_code, created_by)
+    parsed = check_api_token_fields(name, token_sha256, region_code, created_by, department)
     text = scopes_text(scopes)
     return ApiToken(name, token_sha256, scopes_from_text(text), region_code, now_ms, None,
-                    created_by), text
+                    created_by, parsed), text
+
+
+def api_token_row(token: ApiToken, scopes_stored: str) -> tuple[Any, ...]:
+    """The row of API_TOKEN_COLUMNS that stores a new token."""
+    return (token.name, token.token_sha256, scopes_stored, token.region_code, token.created_at_ms,
+            token.revoked_at_ms, token.created_by, None if token.department is None else token.department.value)
 
 
 def api_token(row: Sequence[Any]) -> ApiToken:
     """An ApiToken from a row of API_TOKEN_COLUMNS."""
-    return ApiToken(row[0], bytes(row[1]), scopes_from_text(row[2]), row[3], row[4], row[5], row[6])
+    return ApiToken(row[0], bytes(row[1]), scopes_from_text(row[2]), row[3], row[4], row[5], row[6],
+                    None if row[7] is None else Department(row[7]))
 
 
-def session_end(row: Sequence[Any]) -> SessionEnd:
-    """A SessionEnd from a row of SESSION_END_COLUMNS."""
-    return SessionEnd(row[0], row[1], SessionEndReason(row[2]), row[3])
+def signal(row: Sequence[Any]) -> Signal:
+    """A Signal from a row of SIGNAL_COLUMNS."""
+    return Signal(row[0], SignalKind(row[1]), row[2], row[3], row[4])
+
+
+def as_date(value: date | str | None) -> date | None:
+    """A stored date: PostgreSQL gives a date, SQLite the ISO text it was written as."""
+    return value if value is None or isinstance(value, date) else date.fromisoformat(value)
+
+
+def project(row: Sequence[Any]) -> Project:
+    """A Project from a row of PROJECT_COLUMNS."""
+    return Project(row[0], row[1], row[2], row[3], row[4], as_date(row[5]), as_date(row[6]), row[7],
+                   row[8], row[9])
+
+
+def worker(row: Sequence[Any]) -> Worker:
+    """A Worker from a row of WORKER_COLUMNS."""
+    entry = as_date(row[7])
+    assert entry is not None  # NOT NULL
+    return Worker(row[0], row[1], row[2], row[3], row[4], row[5], row[6], entry, as_date(row[8]),
+                  None if row[9] is None else bytes(row[9]), bool(row[10]), row[11], row[12], row[13],
+                  row[14])
+
+
+def command(row: Sequence[Any]) -> Command:
+    """A Command from a row of COMMAND_COLUMNS."""
+    return Command(row[0], row[1], row[2], bytes(row[3]), CommandState(row[4]), row[5], row[6], row[7],
+                   row[8], row[9], row[10], row[11], row[12], row[13],
+                   None if row[14] is None else bytes(row[14]))
+
+
+def checked_workers(rows: Sequence[WorkerIn], max_rows: int) -> list[WorkerFields]:
+    """The rows of an import, checked (posts as codes), as plain `worker_fields`; ValueError
+    naming the worker and the field, or the number of rows, before anything is written."""
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
+        raise ValueError("import_workers takes a sequence of WorkerIn rows")
+    if len(rows) > max_rows:
+        raise ValueError(f"{len(rows):,} workers in one import; at most roster_import_max_rows "
+                         f"({max_rows:,}): split the file")
+    checked = [worker_fields(check_worker(row)) for row in rows]
+    seen: set[str] = set()
+    for fields in checked:
+        if fields[0] in seen:
+            raise ValueError(f"worker {fields[0]}: listed twice in one import; keep one row")
+        seen.add(fields[0])
+    return checked
+
+
+def missing_face(rows: Sequence[WorkerFields], stored: set[bytes]) -> None:
+    """Raise ValueError naming the first worker whose face is not in `stored`."""
+    for fields in rows:
+        face = fields[8]
+        if face is not None and face not in stored:
+            raise ValueError(f"worker {fields[0]}: face_sha256 {face.hex()} is not a stored face; "
+                             f"store the photo with put_face first")
+
+
+def check_roster_page(project_code: str, limit: int) -> None:
+    check_project_code(project_code)
+    check_limit(limit, MAX_ROSTER_PAGE)
+
+
+def project_filters(after_code: str, limit: int, region_prefix: str) -> list[tuple[str, Any]]:
+    """The checked conditions of `list_projects` (a prefix of digits holds no LIKE wildcard)."""
+    check_limit(limit, MAX_ROSTER_PAGE)
+    check_region_prefix(region_prefix)
+    if type(after_code) is not str:
+        raise ValueError(f"after_code {after_code!r}: must be a project code, \"\" to start")
+    return [("code > {}", after_code), ("region_code LIKE {}", f"{region_prefix}%" if region_prefix else None)]
+
+
+def new_project(code: str, name: str, region_code: str, enterprise: str, enterprise_uscc: str,
+                start_date: date | None, end_date: date | None, now_ms: int) -> Project:
+    """The project `add_project` / `upsert_project` store, checked."""
+    check_project_fields(code, name, region_code, enterprise, enterprise_uscc, start_date, end_date)
+    return Project(code, name, region_code, enterprise, enterprise_uscc, start_date, end_date, 0, now_ms)
+
+
+def same_project(a: Project, b: Project) -> bool:
+    """Equal in what an import sets (not the roster or the creation time)."""
+    return (a.name, a.region_code, a.enterprise, a.enterprise_uscc, a.start_date, a.end_date) == (
+        b.name, b.region_code, b.enterprise, b.enterprise_uscc, b.start_date, b.end_date)
+
+
+def check_new_command(command_type: int, payload: bytes, expires_at_ms: int | None,
+                      created_by: str) -> None:
+    """Raise ValueError naming the bad argument of `enqueue_command`."""
+    if type(command_type) not in (int, MessageType) or command_type not in OPERATOR_COMMAND_TYPES:
+        names = ", ".join(sorted(MessageType(t).name for t in OPERATOR_COMMAND_TYPES))
+        raise ValueError(f"command_type {command_type!r}: queue one of {names} (roster messages come "
+                         f"from the roster)")
+    if type(payload) is not bytes or len(payload) > COMMAND_PAYLOAD_MAX_BYTES:
+        raise ValueError(f"payload: must be bytes, at most {COMMAND_PAYLOAD_MAX_BYTES:,}")
+    try:
+        arguments = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise ValueError("payload: must be the UTF-8 JSON of an object (the command's arguments), "
+                         f"got {payload[:40]!r}")
+    check_int("expires_at_ms", expires_at_ms, optional=True)
+    check_created_by(created_by)
+
+
+def check_created_by(created_by: str) -> None:
+    if type(created_by) is not str or len(created_by) > 256:
+        raise ValueError(f"created_by {created_by!r}: use a string of at most 256 characters")
+
+
+def check_completion(command_id: int, result_code: int | None, error: str | None,
+                     reply: bytes | None) -> None:
+    """Raise ValueError naming the bad argument of `complete_command`."""
+    check_int("command_id", command_id)
+    if result_code is not None and (type(result_code) is not int or not 0 <= result_code <= 0xFFFF):
+        raise ValueError(f"result_code {result_code!r}: the terminal's result code (u16), or None")
+    if error is not None and (type(error) is not str or len(error) > COMMAND_ERROR_CHARS):
+        raise ValueError(f"error: a string of at most {COMMAND_ERROR_CHARS} characters, or None")
+    if reply is not None:
+        if type(reply) is not bytes or len(reply) > COMMAND_PAYLOAD_MAX_BYTES:
+            raise ValueError(f"reply: bytes of UTF-8 JSON, at most {COMMAND_PAYLOAD_MAX_BYTES:,}, or None")
+        try:
+            orjson.loads(reply)
+        except orjson.JSONDecodeError:
+            raise ValueError(f"reply: not UTF-8 JSON ({reply[:40]!r})") from None
+
+
+def check_seq(seq: int) -> None:
+    if type(seq) is not int or not 0 <= seq <= U32_MAX:
+        raise ValueError(f"seq {seq!r}: the frame's sequence number, an int in 0..{U32_MAX}")
+
+
+def command_filters(device_serial: str | None, state: CommandState | None, after_id: int,
+                    limit: int) -> list[tuple[str, Any]]:
+    """The checked conditions of `list_commands`."""
+    check_limit(limit, MAX_COMMAND_PAGE)
+    check_int("after_id", after_id)
+    if state is not None:
+        try:
+            state = CommandState(state)
+        except ValueError:
+            raise ValueError(f"state {state!r}: use one of "
+                             f"{', '.join(s.value for s in CommandState)}") from None
+    return [("id > {}", after_id), ("device_serial = {}", device_serial),
+            ("state = {}", None if state is None else state.value)]
+
+
+def check_offset(offset: int) -> None:
+    if type(offset) is not int or not 0 <= offset <= U32_MAX:
+        raise ValueError(f"offset {offset!r}: a byte offset into the face, an int in 0..{U32_MAX}")
 
 
 def session_end_reason(reason: SessionEndReason | str) -> SessionEndReason:

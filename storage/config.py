@@ -73,6 +73,18 @@ class StoreConfig:
         24 * 3600 * 1000, "ms after which a partial photo upload nobody continued is deleted (devices retry within "
                           "minutes)")
 
+    face_max_bytes: int = key(
+        2 * MIB, "largest face photo accepted for the roster: terminals enroll from 640x480 JPEGs of 30-200 KB; "
+                 "2 MiB is ten times that and still only 128 FACE_CHUNKs of 16 KiB per terminal")
+    # An import is one transaction, and on SQLite it holds the database's one write lock:
+    # `lmg roster import` of 10,000 changed workers beside a gateway storing 20 terminals'
+    # punches (2-core shared VM, 2026-11-28) made punch commits wait up to 435 ms (3,000
+    # workers: 114 ms; p99 8-12 ms as without). PostgreSQL punches did not wait (max 38 ms).
+    # The largest sites have a few thousand workers; a bigger file is split.
+    roster_import_max_rows: int = key(
+        10_000, "workers per import_workers call (one transaction): on SQLite 10,000 changed workers held punch "
+                "commits up to 0.44 s; the largest sites have a few thousand")
+
     def __post_init__(self) -> None:
         if self.group_commit_max_records < 1:
             raise ValueError("group_commit_max_records must be at least 1")
@@ -88,6 +100,9 @@ class StoreConfig:
             raise ValueError("need at least 1 SQLite reader (sqlite_readers) and 2 PostgreSQL connections (pg_pool_max)")
         for name in ("group_commit_batches_in_flight_sqlite", "group_commit_batches_in_flight_postgres",
                      "enqueue_wait_ms", "pg_command_timeout_ms", "pg_connect_timeout_ms", "photo_max_bytes",
-                     "photo_partial_ttl_ms"):
+                     "photo_partial_ttl_ms", "roster_import_max_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.face_max_bytes < 1024:
+            raise ValueError(f"face_max_bytes must be at least 1024 (the smallest face accepted), "
+                             f"got {self.face_max_bytes}")

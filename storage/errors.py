@@ -7,8 +7,9 @@ tell "the store said no" from a bug. The split that matters to the server:
   written or reached (disk full, I/O error, read-only file, PostgreSQL down or cut off,
   store overloaded). Nothing in the failed batch was reported stored. The server answers
   the device with a nack so it resends; the store recovers by itself when the fault clears.
-- everything else: the request itself was wrong (unknown device, bad photo offset, hash
-  mismatch); retrying the same request gives the same answer.
+- everything else: the request itself was wrong (unknown device or project, bad photo
+  offset, hash mismatch); retrying the same request gives the same answer. Malformed
+  arguments raise ValueError naming the field, before anything is written.
 
 Messages are written for the operator who reads them in a log: what was wrong, what to do.
 Every error pickles to an equal one (`__reduce__` where the constructor takes fields, not
@@ -80,6 +81,29 @@ class DeviceExists(StoreError):
         return type(self), (self.serial,)
 
 
+class UnknownProject(StoreError, LookupError):
+    """No project with that code exists."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+        super().__init__(f"no project {code!r}; add it first (`lmg project add`)")
+
+    def __reduce__(self) -> tuple[type[UnknownProject], tuple[str]]:
+        return type(self), (self.code,)
+
+
+class ProjectExists(StoreError):
+    """A project with that code exists already."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+        super().__init__(f"a project with code {code!r} exists already; update it with "
+                         f"`lmg project import` instead of adding it again")
+
+    def __reduce__(self) -> tuple[type[ProjectExists], tuple[str]]:
+        return type(self), (self.code,)
+
+
 class TokenExists(StoreError):
     """An API token with that name exists (active or revoked: names are never reused)."""
 
@@ -148,3 +172,27 @@ class PhotoHashMismatch(PhotoError):
 
     def __reduce__(self):
         return type(self), (self.sha256_hex, self.actual_hex)
+
+
+class UnknownWarning(StoreError, LookupError):
+    """No warning (of the supervision of key personnel) has that id."""
+
+    def __init__(self, warning_id: int) -> None:
+        self.warning_id = warning_id
+        super().__init__(f"no warning with id {warning_id}; `lmg warnings list` shows them")
+
+    def __reduce__(self) -> tuple[type[UnknownWarning], tuple[int]]:
+        return type(self), (self.warning_id,)
+
+
+class WarningClosed(StoreError):
+    """The warning was closed already, with a disposition; a closure is final."""
+
+    def __init__(self, warning_id: int, disposition: str) -> None:
+        self.warning_id = warning_id
+        self.disposition = disposition
+        super().__init__(f"warning {warning_id} is closed already ({disposition}); a closure is final "
+                         f"and stays in its history")
+
+    def __reduce__(self) -> tuple[type[WarningClosed], tuple[int, str]]:
+        return type(self), (self.warning_id, self.disposition)

@@ -12,6 +12,10 @@ Several gateway nodes may share one database. What makes that safe:
   leading run of rows they locked, so a device's items never split between claimers.
 - Migrations run under a transaction-level advisory lock, so nodes starting together
   upgrade once.
+- A roster change locks its project's row first, so the project's versions are handed
+  out one transaction at a time; every writer of signals takes the signals table lock
+  last, so signal ids commit in id order and a reader following them by cursor misses
+  none (see _LOCK_SIGNALS).
 
 The `schema` URL parameter puts every table in that schema (created if missing); each
 pooled connection gets it as search_path. Network faults, a server that is down or
@@ -26,6 +30,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +38,30 @@ import asyncpg
 import orjson
 
 from lmg.storage.api import (
-    DUPLICATE, STORED, ApiToken, AuditEntry, Command, CommandState, Device, Outcome, OutboxItem,
-    OutboxStatus, Presence, Punch, PunchIn, PunchListing, PunchOutcome, RejectedPunch, SessionEnd,
-    SessionEndReason, check_api_token_name, check_device_fields, check_limit, check_token_sha256,
-    wall_clock_ms,
+    DUPLICATE, STORED, ApiToken, AuditEntry, Command, CommandState, Device, ImportResult, Outcome,
+    OutboxItem, OutboxStatus, Presence, Project, Punch, PunchIn, PunchListing, PunchOutcome,
+    RejectedPunch, SessionEndReason, Signal, SignalKind, UpsertOutcome, Worker, WorkerIn,
+    check_api_token_name, check_day, check_device_fields, check_limit, check_project_code,
+    check_token_sha256, check_version, wall_clock_ms,
 )
 from lmg.storage.backend import (
-    API_TOKEN_COLUMNS, COMMAND_COLUMNS, DEVICE_COLUMNS, NEW_DEVICE_COLUMNS, PUNCH_COLUMNS,
-    PUNCH_LISTING_SELECT, REJECTED_COLUMNS, SESSION_END_COLUMNS, BackendStore, api_token,
-    audit_filters, check_int, device_filters, new_api_token, new_secret, punch_filters,
-    punch_listing, session_end, session_end_reason, where,
+    API_TOKEN_COLUMNS, COMMAND_COLUMNS, DEVICE_COLUMNS, NEW_COMMAND_COLUMNS, NEW_DEVICE_COLUMNS,
+    PENDING, PROJECT_COLUMNS, PUNCH_COLUMNS, PUNCH_LISTING_SELECT, REJECTED_COLUMNS, SIGNAL_COLUMNS,
+    WORKER_COLUMNS, WORKER_UPDATE, BackendStore, api_token, api_token_row, audit_filters, check_completion,
+    check_face_sha, check_int, check_new_command, check_offset, check_roster_page, check_seq,
+    checked_workers, command, command_filters, device_filters, missing_face, new_api_token,
+    new_project, new_secret, project, project_filters, punch_filters, punch_listing, same_project,
+    session_end_reason, signal, where, worker,
 )
 from lmg.storage.blobs import BlobStore
 from lmg.storage.config import StoreConfig
-from lmg.storage.errors import DeviceExists, StoreClosed, StoreUnavailable, TokenExists, UnknownDevice
+from lmg.storage.errors import (
+    DeviceExists, ProjectExists, StoreClosed, StoreUnavailable, TokenExists, UnknownDevice,
+    UnknownProject,
+)
 from lmg.storage.migrations import POSTGRES_LEDGER, Migration, load_migrations, plan
+from lmg.storage.postgres_supervision import PostgresSupervision
+from lmg.storage.roster import RosterPlan, plan_dates, plan_import, plan_removal, prune_floor
 
 # Any number works as long as every lmg uses the same one: "LMG" "mig" in ASCII.
 _MIGRATION_LOCK = 0x4C4D47_6D6967
@@ -101,27 +115,36 @@ ORDER BY o.id LIMIT $2
 """
 
 
-SESSION_ENDS_CHANNEL = "lmg_session_ends"
+SIGNALS_CHANNEL = "lmg_signals"
 _CHANNEL_BYTES = 63  # PostgreSQL identifiers (and so channel names) are at most 63 bytes
-# Writers of session_ends take turns: SHARE ROW EXCLUSIVE conflicts with itself (and with
-# the DELETE of prune), not with readers. Held to the commit, it makes ids commit in id
-# order, so a reader's cursor never moves past an id whose transaction is still open.
-# Operators' actions are rare; the gateway's own writes never take it.
-_LOCK_SESSION_ENDS = "LOCK TABLE session_ends IN SHARE ROW EXCLUSIVE MODE"
+# Writers of signals take turns: SHARE ROW EXCLUSIVE conflicts with itself (and with the
+# DELETE of prune), not with readers. Held to the commit, it makes ids commit in id order,
+# so a reader's cursor never moves past an id whose transaction is still open. It is the
+# last lock a transaction takes (after any device or project row), so its holder never
+# waits for another lock and two writers cannot deadlock on it. Operators' actions and
+# roster changes are rare; the punch path never takes it.
+_LOCK_SIGNALS = "LOCK TABLE signals IN SHARE ROW EXCLUSIVE MODE"
+# Worker rows as the roster calls write them (upserts; executemany pipelines them).
+_UPSERT_WORKER = (f"INSERT INTO workers ({WORKER_COLUMNS}) VALUES "
+                  f"($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) "
+                  f"ON CONFLICT (project_code, worker_id) DO UPDATE SET {WORKER_UPDATE}")
+# Workers whose stored roster state $1 (today) contradicts.
+_DUE_FOR_DATES = ("(NOT on_roster AND entry_date <= $1 AND (exit_date IS NULL OR exit_date > $1))"
+                  " OR (on_roster AND (entry_date > $1 OR exit_date <= $1))")
 
 
-def session_ends_channel(schema: str | None) -> str:
-    """The NOTIFY channel of a store's session ends: one per schema, so stores in two
-    schemas of one database never hear each other. Without a schema (or in public), the
-    plain name; a name past 63 bytes keeps a prefix of the schema and a hash of all of it."""
+def signals_channel(schema: str | None) -> str:
+    """The NOTIFY channel of a store's signals: one per schema, so stores in two schemas of
+    one database never hear each other. Without a schema (or in public), the plain name; a
+    name past 63 bytes keeps a prefix of the schema and a hash of all of it."""
     if not schema or schema == "public":
-        return SESSION_ENDS_CHANNEL
-    name = f"{SESSION_ENDS_CHANNEL}_{schema}"
+        return SIGNALS_CHANNEL
+    name = f"{SIGNALS_CHANNEL}_{schema}"
     if len(name.encode()) <= _CHANNEL_BYTES:
         return name
     digest = hashlib.blake2b(schema.encode(), digest_size=8).hexdigest()
-    keep = _CHANNEL_BYTES - len(SESSION_ENDS_CHANNEL) - 2 - len(digest)
-    return f"{SESSION_ENDS_CHANNEL}_{schema[:keep]}_{digest}"
+    keep = _CHANNEL_BYTES - len(SIGNALS_CHANNEL) - 2 - len(digest)
+    return f"{SIGNALS_CHANNEL}_{schema[:keep]}_{digest}"
 
 
 def _is_unavailable(exc: BaseException) -> bool:
@@ -148,8 +171,13 @@ def _mark(n: int) -> str:
     return f"${n}"
 
 
-def _command(row: Any) -> Command:
-    return Command(row[0], row[1], row[2], bytes(row[3]), CommandState(row[4]), *row[5:])
+_INSERT_PROJECT = (f"INSERT INTO projects ({PROJECT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) "
+                   f"ON CONFLICT (code) DO NOTHING")
+
+
+def _project_row(p: Project) -> tuple[Any, ...]:
+    return (p.code, p.name, p.region_code, p.enterprise, p.enterprise_uscc, p.start_date, p.end_date,
+            p.roster_version, p.created_at_ms, p.roster_floor)
 
 
 def _count(status: str) -> int:
@@ -166,8 +194,9 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     connection of its own). 1000 sequential get_device calls: 275 -> 154 µs each."""
 
 
-class PostgresStore(BackendStore):
-    """The scale-out store. Open with `lmg.storage.open_store("postgresql://...")`."""
+class PostgresStore(PostgresSupervision, BackendStore):
+    """The scale-out store. Open with `lmg.storage.open_store("postgresql://...")`. The
+    supervision of key personnel's methods come from `PostgresSupervision`."""
 
     dialect = "postgres"
 
@@ -178,7 +207,7 @@ class PostgresStore(BackendStore):
         self.location = location
         self.url = location.display
         self.schema = location.pg_schema
-        self.session_ends_channel = session_ends_channel(self.schema)
+        self.signals_channel = signals_channel(self.schema)
         self._pool: asyncpg.Pool | None = None
         self._listeners: set[Callable[[], Awaitable[None]]] = set()  # their stop(), run at close
 
@@ -427,23 +456,27 @@ class PostgresStore(BackendStore):
 
     async def _end_sessions(self, serial: str, reason: SessionEndReason, change: str | None,
                             *args: Any) -> int:
-        """One transaction: `change` (an UPDATE of the device, $1 its serial) if given, the
-        session end, and its NOTIFY (sent at the commit, so never for a rolled-back end).
-        Raises UnknownDevice, rolling back, if there is no such device."""
+        """One transaction: `change` (an UPDATE of the device, $1 its serial) if given, and
+        the SESSION_END signal with its NOTIFY (sent at the commit, so never for a
+        rolled-back end); the signal's id. Raises UnknownDevice, rolling back, if there is
+        no such device."""
         async with self._connection() as conn:
             async with conn.transaction():
-                await conn.execute(_LOCK_SESSION_ENDS)
                 if change is not None:
                     if _count(await conn.execute(change, *args)) == 0:
                         raise UnknownDevice(serial)
-                end_id = await conn.fetchval(
-                    "INSERT INTO session_ends (device_serial, reason, created_at_ms) "
-                    "SELECT serial, $2, $3 FROM devices WHERE serial = $1 RETURNING id",
-                    serial, reason.value, self.clock_ms())
-                if end_id is None:
+                elif await conn.fetchval("SELECT 1 FROM devices WHERE serial = $1 FOR SHARE", serial) is None:
                     raise UnknownDevice(serial)
-                await conn.execute("SELECT pg_notify($1, $2)", self.session_ends_channel, str(end_id))
-        return end_id
+                return await self._signal(conn, SignalKind.SESSION_END, serial, reason.value)
+
+    async def _signal(self, conn: asyncpg.Connection, kind: SignalKind, subject: str, detail: str) -> int:
+        """Add a signal and its NOTIFY inside the caller's transaction, as its last lock; the id."""
+        await conn.execute(_LOCK_SIGNALS)
+        signal_id: int = await conn.fetchval(
+            "INSERT INTO signals (kind, subject, detail, created_at_ms) VALUES ($1, $2, $3, $4) RETURNING id",
+            kind.value, subject, detail, self.clock_ms())
+        await conn.execute("SELECT pg_notify($1, $2)", self.signals_channel, f"{signal_id}:{kind.value}")
+        return signal_id
 
     async def update_presence(self, updates: Sequence[Presence]) -> int:
         latest = {u.serial: u for u in updates}  # one row per device: the last heartbeat wins
@@ -473,31 +506,40 @@ class PostgresStore(BackendStore):
                     [u.address for u in values])
         return _count(status)
 
-    # the session-end signal ---------------------------------------------------------
+    async def set_device_roster_version(self, serial: str, version: int) -> None:
+        check_version("roster version", version)
+        if _count(await self._execute("UPDATE devices SET roster_version = $2 WHERE serial = $1",
+                                      serial, version)) == 0:
+            raise UnknownDevice(serial)
+
+    async def devices_of_project(self, project_code: str) -> list[str]:
+        rows = await self._fetch("SELECT serial FROM devices WHERE project_code = $1 ORDER BY serial",
+                                 project_code)
+        return [row[0] for row in rows]
+
+    # signals ------------------------------------------------------------------------
     async def end_device_sessions(self, serial: str, reason: SessionEndReason) -> int:
         return await self._end_sessions(serial, session_end_reason(reason), None)
 
-    async def session_ends_after(self, after_id: int, limit: int = 1000) -> list[SessionEnd]:
-        check_limit(limit)
-        check_int("after_id", after_id)
-        rows = await self._fetch(f"SELECT {SESSION_END_COLUMNS} FROM session_ends WHERE id > $1 "
-                                 f"ORDER BY id LIMIT $2", after_id, limit)
-        return [session_end(row) for row in rows]
+    async def _signals_after(self, after_id: int, limit: int, kinds: tuple[str, ...]) -> list[Signal]:
+        rows = await self._fetch(f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE id > $1 "
+                                 f"AND kind = ANY($2::text[]) ORDER BY id LIMIT $3", after_id, list(kinds), limit)
+        return [signal(row) for row in rows]
 
-    async def last_session_end_id(self) -> int:
-        return (await self._fetch("SELECT coalesce(max(id), 0) FROM session_ends"))[0][0]
+    async def _last_signal_id(self, kinds: tuple[str, ...]) -> int:
+        rows = await self._fetch("SELECT coalesce(max(id), 0) FROM signals WHERE kind = ANY($1::text[])",
+                                 list(kinds))
+        return rows[0][0]
 
-    async def prune_session_ends(self, older_than_ms: int) -> int:
-        check_int("older_than_ms", older_than_ms)
-        return _count(await self._execute("DELETE FROM session_ends WHERE created_at_ms < $1",
-                                          older_than_ms))
+    async def _prune_signals(self, older_than_ms: int, kinds: tuple[str, ...]) -> int:
+        return _count(await self._execute("DELETE FROM signals WHERE created_at_ms < $1 "
+                                          "AND kind = ANY($2::text[])", older_than_ms, list(kinds)))
 
-    async def listen_session_ends(
-        self, callback: Callable[[int], None], *, on_lost: Callable[[], None] | None = None,
-    ) -> Callable[[], Awaitable[None]] | None:
+    async def _listen(self, on_signal: Callable[[int, str], None],
+                      on_lost: Callable[[], None] | None) -> Callable[[], Awaitable[None]] | None:
         if self._pool is None:
             raise StoreClosed("the store is closed")
-        channel = self.session_ends_channel
+        channel = self.signals_channel
         try:
             conn = await asyncpg.connect(self.location.pg_dsn,
                                          timeout=self.config.pg_connect_timeout_ms / 1000)
@@ -507,11 +549,12 @@ class PostgresStore(BackendStore):
             raise
 
         def heard(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            signal_id, _, kind = payload.partition(":")
             try:
-                end_id = int(payload)
+                number = int(signal_id)
             except ValueError:
-                return  # not sent by a store: nothing to end
-            callback(end_id)
+                return  # not sent by a store: nothing to act on
+            on_signal(number, kind)
 
         def lost(_conn: Any) -> None:
             self._listeners.discard(stop)
@@ -540,19 +583,222 @@ class PostgresStore(BackendStore):
         self._listeners.add(stop)
         return stop
 
+    # projects and the roster --------------------------------------------------------
+    # Every roster change locks its project's row first (FOR UPDATE), so a project's
+    # versions are handed out one transaction at a time and commit in order; calls that
+    # change several projects lock them in code order, so two never deadlock.
+
+    async def add_project(
+        self, code: str, *, name: str, region_code: str, enterprise: str = "",
+        enterprise_uscc: str = "", start_date: date | None = None, end_date: date | None = None,
+    ) -> Project:
+        made = new_project(code, name, region_code, enterprise, enterprise_uscc, start_date, end_date,
+                           self.clock_ms())
+        if _count(await self._execute(_INSERT_PROJECT, *_project_row(made))) == 0:
+            raise ProjectExists(code)
+        return made
+
+    async def upsert_project(
+        self, code: str, *, name: str, region_code: str, enterprise: str = "",
+        enterprise_uscc: str = "", start_date: date | None = None, end_date: date | None = None,
+    ) -> tuple[Project, UpsertOutcome]:
+        made = new_project(code, name, region_code, enterprise, enterprise_uscc, start_date, end_date,
+                           self.clock_ms())
+        async with self._connection() as conn:
+            async with conn.transaction():
+                if _count(await conn.execute(_INSERT_PROJECT, *_project_row(made))) == 1:
+                    return made, "added"
+                stored = project(await conn.fetchrow(
+                    f"SELECT {PROJECT_COLUMNS} FROM projects WHERE code = $1 FOR UPDATE", code))
+                if same_project(stored, made):
+                    return stored, "unchanged"
+                row = await conn.fetchrow(
+                    f"UPDATE projects SET name = $2, region_code = $3, enterprise = $4, enterprise_uscc = $5, "
+                    f"start_date = $6, end_date = $7 WHERE code = $1 RETURNING {PROJECT_COLUMNS}",
+                    code, name, region_code, enterprise, enterprise_uscc, start_date, end_date)
+                return project(row), "updated"
+
+    async def get_project(self, code: str) -> Project | None:
+        rows = await self._fetch(f"SELECT {PROJECT_COLUMNS} FROM projects WHERE code = $1", code)
+        return project(rows[0]) if rows else None
+
+    async def list_projects(self, *, after_code: str = "", limit: int = 1000,
+                            region_prefix: str = "") -> list[Project]:
+        clause, params = where(project_filters(after_code, limit, region_prefix), _mark)
+        rows = await self._fetch(f"SELECT {PROJECT_COLUMNS} FROM projects{clause} ORDER BY code "
+                                 f"LIMIT ${len(params) + 1}", *params, limit)
+        return [project(row) for row in rows]
+
+    async def _roster_version(self, conn: asyncpg.Connection, project_code: str) -> int:
+        """The project's version, its row locked to the end of the transaction."""
+        version = await conn.fetchval("SELECT roster_version FROM projects WHERE code = $1 FOR UPDATE",
+                                      project_code)
+        if version is None:
+            raise UnknownProject(project_code)
+        return int(version)
+
+    async def _write_plan(self, conn: asyncpg.Connection, project_code: str, before: int,
+                          roster: RosterPlan) -> None:
+        """Write the plan's rows; then the project's new version (its row is locked) and, as
+        the last lock of the transaction, its ROSTER signal if it moved."""
+        if roster.writes:
+            await conn.executemany(_UPSERT_WORKER, [
+                (w.project_code, w.worker_id, w.name, w.card_no, w.enterprise, w.team, w.post, w.entry_date,
+                 w.exit_date, w.face_sha256, w.on_roster, w.version, w.added_version, w.face_version,
+                 w.updated_at_ms) for w in roster.writes])
+        if roster.version != before:
+            await conn.execute("UPDATE projects SET roster_version = $2 WHERE code = $1", project_code,
+                               roster.version)
+
+    async def import_workers(self, project_code: str, rows: Sequence[WorkerIn], *,
+                             today: date) -> ImportResult:
+        check_project_code(project_code)
+        check_day("today", today)
+        checked = checked_workers(rows, self.config.roster_import_max_rows)
+        faces = list({fields[8] for fields in checked if fields[8] is not None})
+        async with self._connection() as conn:
+            async with conn.transaction():
+                version = await self._roster_version(conn, project_code)
+                found = await conn.fetch("SELECT sha256 FROM faces WHERE sha256 = ANY($1::bytea[])", faces)
+                missing_face(checked, {bytes(row[0]) for row in found})
+                stored = {w.worker_id: w for w in map(worker, await conn.fetch(
+                    f"SELECT {WORKER_COLUMNS} FROM workers WHERE project_code = $1 "
+                    f"AND worker_id = ANY($2::text[])", project_code, [fields[0] for fields in checked]))}
+                roster = plan_import(project_code, version, stored, checked, today, self.clock_ms())
+                await self._write_plan(conn, project_code, version, roster)
+                if roster.version != version:
+                    await self._signal(conn, SignalKind.ROSTER, project_code, str(roster.version))
+        return roster.result()
+
+    async def remove_worker(self, project_code: str, worker_id: str, *, exit_date: date,
+                            today: date) -> bool:
+        check_day("exit_date", exit_date)
+        check_day("today", today)
+        async with self._connection() as conn:
+            async with conn.transaction():
+                version = await conn.fetchval(
+                    "SELECT roster_version FROM projects WHERE code = $1 FOR UPDATE", project_code)
+                row = await conn.fetchrow(f"SELECT {WORKER_COLUMNS} FROM workers WHERE project_code = $1 "
+                                          f"AND worker_id = $2", project_code, worker_id)
+                if version is None or row is None or not row[10]:  # on_roster
+                    return False
+                roster = plan_removal(version, worker(row), exit_date, today, self.clock_ms())
+                await self._write_plan(conn, project_code, version, roster)
+                if roster.version != version:
+                    await self._signal(conn, SignalKind.ROSTER, project_code, str(roster.version))
+        return True
+
+    async def apply_roster_dates(self, today: date) -> list[str]:
+        check_day("today", today)
+        # Read first, outside a transaction: on most calls nothing is due.
+        if not await self._fetch(f"SELECT 1 FROM workers WHERE {_DUE_FOR_DATES} LIMIT 1", today):
+            return []
+        now = self.clock_ms()
+        async with self._connection() as conn:
+            async with conn.transaction():
+                projects = [row[0] for row in await conn.fetch(
+                    f"SELECT DISTINCT project_code FROM workers WHERE {_DUE_FOR_DATES} ORDER BY 1", today)]
+                changed: dict[str, int] = {}
+                for project_code in projects:  # locked in code order
+                    version = await self._roster_version(conn, project_code)
+                    due = map(worker, await conn.fetch(
+                        f"SELECT {WORKER_COLUMNS} FROM workers WHERE project_code = $2 AND ({_DUE_FOR_DATES}) "
+                        f"ORDER BY worker_id", today, project_code))
+                    roster = plan_dates(version, due, today, now)
+                    await self._write_plan(conn, project_code, version, roster)
+                    if roster.version != version:
+                        changed[project_code] = roster.version
+                for project_code, version in changed.items():
+                    await self._signal(conn, SignalKind.ROSTER, project_code, str(version))
+        return sorted(changed)
+
+    async def roster_changes(self, project_code: str, *, after_version: int,
+                             limit: int = 1000) -> list[Worker]:
+        check_roster_page(project_code, limit)
+        check_version("after_version", after_version)
+        # `version > 0` names the condition of the workers_version index, so the planner can use it.
+        rows = await self._fetch(
+            f"SELECT {WORKER_COLUMNS} FROM workers WHERE project_code = $1 AND version > $2 "
+            f"AND version > 0 ORDER BY version LIMIT $3", project_code, after_version, limit)
+        return [worker(row) for row in rows]
+
+    async def list_workers(self, project_code: str, *, on_roster_only: bool = True,
+                           after_worker_id: str = "", limit: int = 1000) -> list[Worker]:
+        check_roster_page(project_code, limit)
+        only = " AND on_roster" if on_roster_only else ""
+        rows = await self._fetch(
+            f"SELECT {WORKER_COLUMNS} FROM workers WHERE project_code = $1 AND worker_id > $2{only} "
+            f"ORDER BY worker_id LIMIT $3", project_code, after_worker_id, limit)
+        return [worker(row) for row in rows]
+
+    async def get_worker(self, project_code: str, worker_id: str) -> Worker | None:
+        rows = await self._fetch(f"SELECT {WORKER_COLUMNS} FROM workers WHERE project_code = $1 "
+                                 f"AND worker_id = $2", project_code, worker_id)
+        return worker(rows[0]) if rows else None
+
+    async def roster_floor(self, project_code: str) -> int:
+        rows = await self._fetch("SELECT roster_floor FROM projects WHERE code = $1", project_code)
+        return rows[0][0] if rows else 0
+
+    async def prune_roster_tombstones(self, older_than_ms: int, *, today: date) -> int:
+        check_int("older_than_ms", older_than_ms)
+        check_day("today", today)
+        async with self._connection() as conn:
+            async with conn.transaction():
+                rows = await conn.fetch(
+                    "DELETE FROM workers WHERE NOT on_roster AND exit_date IS NOT NULL AND exit_date <= $1 "
+                    "AND updated_at_ms < $2 RETURNING project_code, version", today, older_than_ms)
+                pruned: dict[str, list[int]] = {}
+                for project_code, version in rows:
+                    pruned.setdefault(project_code, []).append(version)
+                for project_code in sorted(pruned):
+                    floor = await conn.fetchval("SELECT roster_floor FROM projects WHERE code = $1 FOR UPDATE",
+                                                project_code)
+                    if floor is not None:
+                        await conn.execute("UPDATE projects SET roster_floor = $2 WHERE code = $1", project_code,
+                                           prune_floor(floor, pruned[project_code]))
+        return len(rows)
+
+    # faces --------------------------------------------------------------------------
+    async def _face_size(self, sha256: bytes) -> int | None:
+        rows = await self._fetch("SELECT size FROM faces WHERE sha256 = $1", sha256)
+        return rows[0][0] if rows else None
+
+    async def _record_face(self, sha256: bytes, size: int, image_format: str) -> None:
+        await self._execute("INSERT INTO faces (sha256, size, format, stored_at_ms) VALUES ($1, $2, $3, $4) "
+                            "ON CONFLICT DO NOTHING", sha256, size, image_format, self.clock_ms())
+
+    async def face_progress(self, serial: str, sha256: bytes) -> int:
+        check_face_sha(sha256)
+        rows = await self._fetch("SELECT next_offset FROM device_faces WHERE device_serial = $1 "
+                                 "AND face_sha256 = $2", serial, sha256)
+        return rows[0][0] if rows else 0
+
+    async def set_face_progress(self, serial: str, sha256: bytes, offset: int) -> None:
+        check_face_sha(sha256)
+        check_offset(offset)
+        await self._execute(
+            "INSERT INTO device_faces (device_serial, face_sha256, next_offset, updated_at_ms) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (device_serial, face_sha256) DO UPDATE SET "
+            "next_offset = excluded.next_offset, updated_at_ms = excluded.updated_at_ms",
+            serial, sha256, offset, self.clock_ms())
+
+    async def clear_face_progress(self, serial: str, sha256: bytes) -> None:
+        check_face_sha(sha256)
+        await self._execute("DELETE FROM device_faces WHERE device_serial = $1 AND face_sha256 = $2",
+                            serial, sha256)
+
     # API tokens ---------------------------------------------------------------------
     async def create_api_token(
         self, name: str, token_sha256: bytes, scopes: Iterable[str], *,
-        region_code: str | None = None, created_by: str = "",
+        region_code: str | None = None, created_by: str = "", department: str | None = None,
     ) -> ApiToken:
         token, scopes_stored = new_api_token(name, token_sha256, scopes, region_code, created_by,
-                                             self.clock_ms())
+                                             self.clock_ms(), department)
         try:
             status = await self._execute(
-                f"INSERT INTO api_tokens ({API_TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, NULL, $6) "
-                f"ON CONFLICT (name) DO NOTHING",
-                token.name, token.token_sha256, scopes_stored, token.region_code, token.created_at_ms,
-                token.created_by)
+                f"INSERT INTO api_tokens ({API_TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+                f"ON CONFLICT (name) DO NOTHING", *api_token_row(token, scopes_stored))
         except asyncpg.UniqueViolationError as exc:  # the other unique key: the hash
             raise ValueError("token_sha256: another token has this hash; generate a new token") from exc
         if _count(status) == 0:
@@ -684,45 +930,74 @@ class PostgresStore(BackendStore):
         age = max(0.0, (now_ms - oldest) / 1000.0) if oldest is not None else 0.0
         return OutboxStatus(pending=pending, oldest_age_s=age, dead_letters=dead)
 
-    # downlink commands ---------------------------------------------------------------
+    # operator commands --------------------------------------------------------------
     async def enqueue_command(self, serial: str, command_type: int, payload: bytes, *,
-                              expires_at_ms: int | None = None) -> int:
-        rows = await self._fetch(
-            "INSERT INTO commands (device_serial, command_type, payload, created_at_ms, expires_at_ms) "
-            "VALUES ($1, $2, $3, $4, $5) RETURNING id",
-            serial, command_type, bytes(payload), self.clock_ms(), expires_at_ms)
-        return rows[0][0]
+                              expires_at_ms: int | None = None, created_by: str = "") -> int:
+        check_new_command(command_type, payload, expires_at_ms, created_by)
+        async with self._connection() as conn:
+            async with conn.transaction():
+                command_id = await conn.fetchval(
+                    f"INSERT INTO commands ({NEW_COMMAND_COLUMNS}) SELECT serial, $2, $3, $4, $5, $6 "
+                    f"FROM devices WHERE serial = $1 RETURNING id",
+                    serial, int(command_type), payload, self.clock_ms(), expires_at_ms, created_by)
+                if command_id is None:
+                    raise UnknownDevice(serial)
+                await self._signal(conn, SignalKind.COMMAND, serial, str(command_id))
+        return int(command_id)
 
     async def pending_commands(self, serial: str, limit: int = 16) -> list[Command]:
+        check_limit(limit)
         rows = await self._fetch(
-            f"SELECT {COMMAND_COLUMNS} FROM commands WHERE device_serial = $1 "
-            f"AND state IN ('queued', 'sent') ORDER BY id LIMIT $2", serial, limit)
-        return [_command(row) for row in rows]
+            f"SELECT {COMMAND_COLUMNS} FROM commands WHERE device_serial = $1 AND state IN {PENDING} "
+            f"AND (expires_at_ms IS NULL OR expires_at_ms > $2) ORDER BY id LIMIT $3",
+            serial, self.clock_ms(), limit)
+        return [command(row) for row in rows]
 
     async def get_command(self, command_id: int) -> Command | None:
         rows = await self._fetch(f"SELECT {COMMAND_COLUMNS} FROM commands WHERE id = $1", command_id)
-        return _command(rows[0]) if rows else None
+        return command(rows[0]) if rows else None
 
-    async def mark_command_sent(self, command_id: int, seq: int) -> bool:
-        return _count(await self._execute(
-            "UPDATE commands SET state = 'sent', seq = $2, sent_at_ms = $3 "
-            "WHERE id = $1 AND state IN ('queued', 'sent')", command_id, seq, self.clock_ms())) > 0
+    async def list_commands(self, *, device_serial: str | None = None, state: CommandState | None = None,
+                            after_id: int = 0, limit: int = 100) -> list[Command]:
+        clause, params = where(command_filters(device_serial, state, after_id, limit), _mark)
+        rows = await self._fetch(f"SELECT {COMMAND_COLUMNS} FROM commands{clause} ORDER BY id "
+                                 f"LIMIT ${len(params) + 1}", *params, limit)
+        return [command(row) for row in rows]
 
-    async def complete_command(self, command_id: int, result_code: int) -> bool:
+    async def count_commands_by_state(self) -> dict[CommandState, int]:
+        rows = await self._fetch("SELECT state, count(*) FROM commands GROUP BY state")
+        counts = dict.fromkeys(CommandState, 0)
+        counts.update((CommandState(state), n) for state, n in rows)
+        return counts
+
+    async def mark_command_sent(self, command_id: int, seq: int, now_ms: int) -> bool:
+        check_int("command_id", command_id)
+        check_seq(seq)
+        check_int("now_ms", now_ms)
         return _count(await self._execute(
-            "UPDATE commands SET state = 'done', result_code = $2, completed_at_ms = $3 "
-            "WHERE id = $1 AND state IN ('queued', 'sent')", command_id, result_code,
+            f"UPDATE commands SET state = 'sent', seq = $2, sent_at_ms = $3, attempts = attempts + 1 "
+            f"WHERE id = $1 AND state IN {PENDING}", command_id, seq, now_ms)) > 0
+
+    async def complete_command(self, command_id: int, result_code: int | None, *, failed: bool = False,
+                               error: str | None = None, reply: bytes | None = None) -> bool:
+        check_completion(command_id, result_code, error, reply)
+        state = CommandState.FAILED if failed else CommandState.ACKED
+        return _count(await self._execute(
+            f"UPDATE commands SET state = $2, result_code = $3, error = $4, reply = $5, completed_at_ms = $6 "
+            f"WHERE id = $1 AND state IN {PENDING}", command_id, state.value, result_code, error, reply,
             self.clock_ms())) > 0
 
     async def cancel_command(self, command_id: int) -> bool:
+        check_int("command_id", command_id)
         return _count(await self._execute(
-            "UPDATE commands SET state = 'cancelled', completed_at_ms = $2 "
-            "WHERE id = $1 AND state IN ('queued', 'sent')", command_id, self.clock_ms())) > 0
+            f"UPDATE commands SET state = 'cancelled', completed_at_ms = $2 "
+            f"WHERE id = $1 AND state IN {PENDING}", command_id, self.clock_ms())) > 0
 
     async def expire_commands(self, now_ms: int) -> int:
+        check_int("now_ms", now_ms)
         return _count(await self._execute(
-            "UPDATE commands SET state = 'expired', completed_at_ms = $1 "
-            "WHERE state IN ('queued', 'sent') AND expires_at_ms <= $1", now_ms))
+            f"UPDATE commands SET state = 'expired', completed_at_ms = $1 "
+            f"WHERE state IN {PENDING} AND expires_at_ms <= $1", now_ms))
 
     # audit --------------------------------------------------------------------------
     async def audit(self, event: str, subject: str, detail: dict[str, Any] | None = None,

@@ -22,7 +22,11 @@ once the fault clears. `WriterFaults` lets tests inject such errors at COMMIT or
 the writer read-only (URI mode=ro).
 
 One process writes a database file at a time; a second gateway on the same file is not
-supported (use PostgreSQL to scale out).
+supported (use PostgreSQL to scale out). The one writer also orders what PostgreSQL needs
+locks for: a project's roster versions and the signals' ids are handed out and committed
+one transaction at a time. A command such as `lmg roster import` opens its own store, and
+so its own writer, beside the gateway's: its transaction waits for the write lock
+(`sqlite_busy_timeout_ms`) and punch commits wait for it in turn.
 """
 
 from __future__ import annotations
@@ -33,29 +37,37 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from lmg.storage.api import (
-    DUPLICATE, STORED, ApiToken, AuditEntry, Command, CommandState, Device, Outcome,
-    OutboxItem, OutboxStatus, Presence, Punch, PunchIn, PunchListing, PunchOutcome, RejectedPunch,
-    SessionEnd, SessionEndReason, check_api_token_name, check_device_fields, check_limit,
-    check_token_sha256, wall_clock_ms,
+    DUPLICATE, STORED, ApiToken, AuditEntry, Command, CommandState, Device, ImportResult, Outcome,
+    OutboxItem, OutboxStatus, Presence, Project, Punch, PunchIn, PunchListing, PunchOutcome,
+    RejectedPunch, SessionEndReason, Signal, SignalKind, UpsertOutcome, Worker, WorkerIn,
+    check_api_token_name, check_day, check_device_fields, check_limit, check_project_code,
+    check_token_sha256, check_version, wall_clock_ms,
 )
 from lmg.storage.backend import (
-    API_TOKEN_COLUMNS, AUDIT_COLUMNS, COMMAND_COLUMNS, DEVICE_COLUMNS, NEW_DEVICE_COLUMNS,
-    PUNCH_COLUMNS, PUNCH_LISTING_SELECT, REJECTED_COLUMNS, SESSION_END_COLUMNS, BackendStore,
-    api_token, audit_filters, check_int, device_filters, new_api_token, new_secret, punch_filters,
-    punch_listing, session_end, session_end_reason, where,
+    API_TOKEN_COLUMNS, AUDIT_COLUMNS, COMMAND_COLUMNS, DEVICE_COLUMNS, NEW_COMMAND_COLUMNS,
+    NEW_DEVICE_COLUMNS, PENDING, PROJECT_COLUMNS, PUNCH_COLUMNS, PUNCH_LISTING_SELECT, REJECTED_COLUMNS,
+    SIGNAL_COLUMNS, WORKER_COLUMNS, WORKER_UPDATE, BackendStore, api_token, api_token_row, audit_filters,
+    check_completion, check_face_sha, check_int, check_new_command, check_offset,
+    check_roster_page, check_seq, checked_workers, command, command_filters, device_filters,
+    missing_face, new_api_token, new_project, new_secret, project, project_filters, punch_filters,
+    punch_listing, same_project, session_end_reason, signal, where, worker,
 )
 from lmg.storage.blobs import BlobStore
 from lmg.storage.config import StoreConfig
 from lmg.storage.errors import (
-    DeviceExists, StoreClosed, StoreNotFound, StoreUnavailable, TokenExists, UnknownDevice,
+    DeviceExists, ProjectExists, StoreClosed, StoreNotFound, StoreUnavailable, TokenExists,
+    UnknownDevice, UnknownProject,
 )
 from lmg.storage.migrations import SQLITE_LEDGER, Migration, load_migrations, plan
+from lmg.storage.roster import RosterPlan, WorkerFields, plan_dates, plan_import, plan_removal, prune_floor
+from lmg.storage.sqlite_supervision import SqliteSupervision
 from lmg.storage.sqlite_writer import ROWS_PER_STATEMENT, WriterFaults, WriterProcess, is_environmental, unavailable
 
 _INSERT_REJECTED = (f"INSERT OR IGNORE INTO rejected_punches ({REJECTED_COLUMNS}) "
@@ -249,26 +261,151 @@ def _insert_device(conn: sqlite3.Connection, row: tuple) -> None:
         raise DeviceExists(row[0]) from exc
 
 
-_INSERT_SESSION_END = ("INSERT INTO session_ends (device_serial, reason, created_at_ms) "
-                       "VALUES (?, ?, ?) RETURNING id")
+def _signal(conn: sqlite3.Connection, kind: SignalKind, subject: str, detail: str, now_ms: int) -> int:
+    """Add a signal inside the writer's transaction; its id (the one writer commits ids in order)."""
+    return conn.execute("INSERT INTO signals (kind, subject, detail, created_at_ms) VALUES (?, ?, ?, ?) "
+                        "RETURNING id", (kind.value, subject, detail, now_ms)).fetchone()[0]
 
 
 def _change_device_ending_sessions(conn: sqlite3.Connection, sql: str, params: Sequence[Any],
                                    serial: str, reason: str, now_ms: int) -> int:
-    """Change a device and add its session end, in the writer's one transaction; the id.
-    Raises UnknownDevice (rolling back) if `sql` changed no row."""
+    """Change a device and signal its session end, in the writer's one transaction; the
+    signal's id. Raises UnknownDevice (rolling back) if `sql` changed no row."""
     if not conn.execute(sql, params).rowcount:
         raise UnknownDevice(serial)
-    return conn.execute(_INSERT_SESSION_END, (serial, reason, now_ms)).fetchone()[0]
+    return _signal(conn, SignalKind.SESSION_END, serial, reason, now_ms)
 
 
 def _end_sessions(conn: sqlite3.Connection, serial: str, reason: str, now_ms: int) -> int:
-    row = conn.execute("INSERT INTO session_ends (device_serial, reason, created_at_ms) "
-                       "SELECT serial, ?, ? FROM devices WHERE serial = ? RETURNING id",
-                       (reason, now_ms, serial)).fetchone()
-    if row is None:
+    if conn.execute("SELECT 1 FROM devices WHERE serial = ?", (serial,)).fetchone() is None:
         raise UnknownDevice(serial)
+    return _signal(conn, SignalKind.SESSION_END, serial, reason, now_ms)
+
+
+def _enqueue_command(conn: sqlite3.Connection, row: tuple) -> int:
+    """Queue a command (row: NEW_COMMAND_COLUMNS) and signal it; its id."""
+    found = conn.execute(f"INSERT INTO commands ({NEW_COMMAND_COLUMNS}) SELECT serial, ?, ?, ?, ?, ? "
+                         f"FROM devices WHERE serial = ? RETURNING id", (*row[1:], row[0])).fetchone()
+    if found is None:
+        raise UnknownDevice(row[0])
+    _signal(conn, SignalKind.COMMAND, row[0], str(found[0]), row[3])
+    return found[0]
+
+
+# The roster: every call is one transaction of the writer, which also makes the project's
+# versions consecutive and committed in order (one writer).
+
+def _iso(day: date | None) -> str | None:
+    return None if day is None else day.isoformat()
+
+
+def _project_row(p: Project) -> tuple:
+    return (p.code, p.name, p.region_code, p.enterprise, p.enterprise_uscc, _iso(p.start_date),
+            _iso(p.end_date), p.roster_version, p.created_at_ms, p.roster_floor)
+
+
+def _insert_project(conn: sqlite3.Connection, p: Project) -> None:
+    try:
+        conn.execute(f"INSERT INTO projects ({PROJECT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                     _project_row(p))
+    except sqlite3.IntegrityError as exc:
+        raise ProjectExists(p.code) from exc
+
+
+def _upsert_project(conn: sqlite3.Connection, p: Project) -> tuple[Project, UpsertOutcome]:
+    row = conn.execute(f"SELECT {PROJECT_COLUMNS} FROM projects WHERE code = ?", (p.code,)).fetchone()
+    if row is None:
+        _insert_project(conn, p)
+        return p, "added"
+    stored = project(row)
+    if same_project(stored, p):
+        return stored, "unchanged"
+    conn.execute("UPDATE projects SET name = ?, region_code = ?, enterprise = ?, enterprise_uscc = ?, "
+                 "start_date = ?, end_date = ? WHERE code = ?",
+                 (p.name, p.region_code, p.enterprise, p.enterprise_uscc, _iso(p.start_date),
+                  _iso(p.end_date), p.code))
+    return project(conn.execute(f"SELECT {PROJECT_COLUMNS} FROM projects WHERE code = ?",
+                                (p.code,)).fetchone()), "updated"
+
+
+def _roster_version(conn: sqlite3.Connection, project_code: str) -> int:
+    row = conn.execute("SELECT roster_version FROM projects WHERE code = ?", (project_code,)).fetchone()
+    if row is None:
+        raise UnknownProject(project_code)
     return row[0]
+
+
+def _write_plan(conn: sqlite3.Connection, project_code: str, before: int, roster: RosterPlan,
+                now_ms: int) -> None:
+    """Write the plan's rows, the project's new version and its ROSTER signal if it moved."""
+    conn.executemany(
+        f"INSERT INTO workers ({WORKER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+        f"ON CONFLICT (project_code, worker_id) DO UPDATE SET {WORKER_UPDATE}",
+        [(w.project_code, w.worker_id, w.name, w.card_no, w.enterprise, w.team, w.post,
+          _iso(w.entry_date), _iso(w.exit_date), w.face_sha256, int(w.on_roster), w.version,
+          w.added_version, w.face_version, w.updated_at_ms) for w in roster.writes])
+    if roster.version != before:
+        conn.execute("UPDATE projects SET roster_version = ? WHERE code = ?", (roster.version, project_code))
+        _signal(conn, SignalKind.ROSTER, project_code, str(roster.version), now_ms)
+
+
+def _import_workers(conn: sqlite3.Connection, project_code: str, rows: list[WorkerFields], today: date,
+                    now_ms: int) -> ImportResult:
+    version = _roster_version(conn, project_code)
+    faces = {fields[8] for fields in rows if fields[8] is not None}
+    missing_face(rows, {sha for sha in faces
+                        if conn.execute("SELECT 1 FROM faces WHERE sha256 = ?", (sha,)).fetchone()})
+    ids = orjson.dumps([fields[0] for fields in rows]).decode()
+    stored = {w.worker_id: w for w in map(worker, conn.execute(
+        f"SELECT {WORKER_COLUMNS} FROM workers WHERE project_code = ? "
+        f"AND worker_id IN (SELECT value FROM json_each(?))", (project_code, ids)))}
+    roster = plan_import(project_code, version, stored, rows, today, now_ms)
+    _write_plan(conn, project_code, version, roster, now_ms)
+    return roster.result()
+
+
+def _remove_worker(conn: sqlite3.Connection, project_code: str, worker_id: str, exit_date: date,
+                   today: date, now_ms: int) -> bool:
+    row = conn.execute(f"SELECT {WORKER_COLUMNS} FROM workers WHERE project_code = ? AND worker_id = ?",
+                       (project_code, worker_id)).fetchone()
+    if row is None or not row[10]:  # on_roster
+        return False
+    version = _roster_version(conn, project_code)
+    _write_plan(conn, project_code, version, plan_removal(version, worker(row), exit_date, today, now_ms),
+                now_ms)
+    return True
+
+
+# Workers whose stored roster state `:today` contradicts (ISO dates compare as text).
+_DUE_FOR_DATES = (
+    "(on_roster = 0 AND entry_date <= :today AND (exit_date IS NULL OR exit_date > :today))"
+    " OR (on_roster = 1 AND (entry_date > :today OR exit_date <= :today))"
+)
+
+
+def _apply_roster_dates(conn: sqlite3.Connection, today: date, now_ms: int) -> list[str]:
+    due: dict[str, list[Worker]] = {}
+    for row in conn.execute(f"SELECT {WORKER_COLUMNS} FROM workers WHERE {_DUE_FOR_DATES} "
+                            f"ORDER BY project_code, worker_id", {"today": today.isoformat()}):
+        due.setdefault(row[0], []).append(worker(row))
+    for project_code, workers in due.items():
+        version = _roster_version(conn, project_code)
+        _write_plan(conn, project_code, version, plan_dates(version, workers, today, now_ms), now_ms)
+    return sorted(due)
+
+
+def _prune_tombstones(conn: sqlite3.Connection, older_than_ms: int, today: date) -> int:
+    pruned: dict[str, list[int]] = {}
+    for project_code, version in conn.execute(
+            "DELETE FROM workers WHERE on_roster = 0 AND exit_date IS NOT NULL AND exit_date <= ? "
+            "AND updated_at_ms < ? RETURNING project_code, version", (today.isoformat(), older_than_ms)):
+        pruned.setdefault(project_code, []).append(version)
+    for project_code, versions in pruned.items():
+        floor = conn.execute("SELECT roster_floor FROM projects WHERE code = ?", (project_code,)).fetchone()
+        if floor is not None:
+            conn.execute("UPDATE projects SET roster_floor = ? WHERE code = ?",
+                         (prune_floor(floor[0], versions), project_code))
+    return sum(len(versions) for versions in pruned.values())
 
 
 def _insert_api_token(conn: sqlite3.Connection, row: tuple) -> None:
@@ -276,7 +413,7 @@ def _insert_api_token(conn: sqlite3.Connection, row: tuple) -> None:
     if conn.execute("SELECT 1 FROM api_tokens WHERE name = ?", (row[0],)).fetchone() is not None:
         raise TokenExists(row[0])
     try:
-        conn.execute(f"INSERT INTO api_tokens ({API_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?)", row)
+        conn.execute(f"INSERT INTO api_tokens ({API_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", row)
     except sqlite3.IntegrityError as exc:
         raise ValueError("token_sha256: another token has this hash; generate a new token") from exc
 
@@ -320,8 +457,8 @@ def _mark(_: int) -> str:
     return "?"
 
 
-def _command(row: tuple) -> Command:
-    return Command(row[0], row[1], row[2], row[3], CommandState(row[4]), *row[5:])
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" * len(values))
 
 
 def _outbox_item(row: tuple) -> OutboxItem:
@@ -329,8 +466,9 @@ def _outbox_item(row: tuple) -> OutboxItem:
                       created_at_ms=row[4], dead=row[5] == "dead", punch=Punch(*row[6:]))
 
 
-class SqliteStore(BackendStore):
-    """The embedded store. Open with `await SqliteStore.open(path, data_dir=...)`."""
+class SqliteStore(SqliteSupervision, BackendStore):
+    """The embedded store. Open with `await SqliteStore.open(path, data_dir=...)`. The
+    supervision of key personnel's methods come from `SqliteSupervision`."""
 
     dialect = "sqlite"
 
@@ -540,42 +678,163 @@ class SqliteStore(BackendStore):
             "roster_version = coalesce(?, roster_version), last_address = coalesce(?, last_address) "
             "WHERE serial = ?", rows)
 
-    # the session-end signal ---------------------------------------------------------
+    async def set_device_roster_version(self, serial: str, version: int) -> None:
+        check_version("roster version", version)
+        if not await self._write(_rowcount, "UPDATE devices SET roster_version = ? WHERE serial = ?",
+                                 (version, serial)):
+            raise UnknownDevice(serial)
+
+    async def devices_of_project(self, project_code: str) -> list[str]:
+        rows = await self._query("SELECT serial FROM devices WHERE project_code = ? ORDER BY serial",
+                                 (project_code,))
+        return [row[0] for row in rows]
+
+    # signals ------------------------------------------------------------------------
     async def end_device_sessions(self, serial: str, reason: SessionEndReason) -> int:
         reason = session_end_reason(reason)
         return await self._write(_end_sessions, serial, reason.value, self.clock_ms())
 
-    async def session_ends_after(self, after_id: int, limit: int = 1000) -> list[SessionEnd]:
-        check_limit(limit)
-        check_int("after_id", after_id)
-        rows = await self._query(f"SELECT {SESSION_END_COLUMNS} FROM session_ends WHERE id > ? "
-                                 f"ORDER BY id LIMIT ?", (after_id, limit))
-        return [session_end(row) for row in rows]
+    async def _signals_after(self, after_id: int, limit: int, kinds: tuple[str, ...]) -> list[Signal]:
+        rows = await self._query(
+            f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE id > ? AND kind IN ({_marks(kinds)}) "
+            f"ORDER BY id LIMIT ?", (after_id, *kinds, limit))
+        return [signal(row) for row in rows]
 
-    async def last_session_end_id(self) -> int:
-        rows = await self._query("SELECT coalesce(max(id), 0) FROM session_ends")
+    async def _last_signal_id(self, kinds: tuple[str, ...]) -> int:
+        rows = await self._query(f"SELECT coalesce(max(id), 0) FROM signals WHERE kind IN ({_marks(kinds)})",
+                                 kinds)
         return rows[0][0]
 
-    async def prune_session_ends(self, older_than_ms: int) -> int:
-        check_int("older_than_ms", older_than_ms)
-        return await self._write(_rowcount, "DELETE FROM session_ends WHERE created_at_ms < ?",
-                                 (older_than_ms,))
+    async def _prune_signals(self, older_than_ms: int, kinds: tuple[str, ...]) -> int:
+        return await self._write(_rowcount, f"DELETE FROM signals WHERE created_at_ms < ? "
+                                 f"AND kind IN ({_marks(kinds)})", (older_than_ms, *kinds))
 
-    async def listen_session_ends(
-        self, callback: Callable[[int], None], *, on_lost: Callable[[], None] | None = None,
-    ) -> Callable[[], Awaitable[None]] | None:
-        return None  # one writer, no channel to other processes: readers poll session_ends_after
+    async def _listen(self, heard: Callable[[int, str], None],
+                      on_lost: Callable[[], None] | None) -> Callable[[], Awaitable[None]] | None:
+        return None  # one writer, no channel to other processes: readers poll signals_after
+
+    # projects and the roster --------------------------------------------------------
+    async def add_project(
+        self, code: str, *, name: str, region_code: str, enterprise: str = "",
+        enterprise_uscc: str = "", start_date: date | None = None, end_date: date | None = None,
+    ) -> Project:
+        made = new_project(code, name, region_code, enterprise, enterprise_uscc, start_date, end_date,
+                           self.clock_ms())
+        await self._write(_insert_project, made)
+        return made
+
+    async def upsert_project(
+        self, code: str, *, name: str, region_code: str, enterprise: str = "",
+        enterprise_uscc: str = "", start_date: date | None = None, end_date: date | None = None,
+    ) -> tuple[Project, UpsertOutcome]:
+        made = new_project(code, name, region_code, enterprise, enterprise_uscc, start_date, end_date,
+                           self.clock_ms())
+        return await self._write(_upsert_project, made)
+
+    async def get_project(self, code: str) -> Project | None:
+        rows = await self._query(f"SELECT {PROJECT_COLUMNS} FROM projects WHERE code = ?", (code,))
+        return project(rows[0]) if rows else None
+
+    async def list_projects(self, *, after_code: str = "", limit: int = 1000,
+                            region_prefix: str = "") -> list[Project]:
+        clause, params = where(project_filters(after_code, limit, region_prefix), _mark)
+        rows = await self._query(f"SELECT {PROJECT_COLUMNS} FROM projects{clause} ORDER BY code LIMIT ?",
+                                 (*params, limit))
+        return [project(row) for row in rows]
+
+    async def import_workers(self, project_code: str, rows: Sequence[WorkerIn], *,
+                             today: date) -> ImportResult:
+        check_project_code(project_code)
+        check_day("today", today)
+        checked = checked_workers(rows, self.config.roster_import_max_rows)
+        return await self._write(_import_workers, project_code, checked, today, self.clock_ms())
+
+    async def remove_worker(self, project_code: str, worker_id: str, *, exit_date: date,
+                            today: date) -> bool:
+        check_day("exit_date", exit_date)
+        check_day("today", today)
+        return await self._write(_remove_worker, project_code, worker_id, exit_date, today,
+                                 self.clock_ms())
+
+    async def apply_roster_dates(self, today: date) -> list[str]:
+        check_day("today", today)
+        # Read first, on a reader: on most calls nothing is due, and the writer stays free.
+        due = await self._query(f"SELECT 1 FROM workers WHERE {_DUE_FOR_DATES} LIMIT 1",
+                                {"today": today.isoformat()})
+        if not due:
+            return []
+        return await self._write(_apply_roster_dates, today, self.clock_ms())
+
+    async def roster_changes(self, project_code: str, *, after_version: int,
+                             limit: int = 1000) -> list[Worker]:
+        check_roster_page(project_code, limit)
+        check_version("after_version", after_version)
+        # `version > 0` names the condition of the workers_version index, so SQLite uses it.
+        rows = await self._query(
+            f"SELECT {WORKER_COLUMNS} FROM workers WHERE project_code = ? AND version > ? "
+            f"AND version > 0 ORDER BY version LIMIT ?", (project_code, after_version, limit))
+        return [worker(row) for row in rows]
+
+    async def list_workers(self, project_code: str, *, on_roster_only: bool = True,
+                           after_worker_id: str = "", limit: int = 1000) -> list[Worker]:
+        check_roster_page(project_code, limit)
+        only = " AND on_roster = 1" if on_roster_only else ""
+        rows = await self._query(
+            f"SELECT {WORKER_COLUMNS} FROM workers WHERE project_code = ? AND worker_id > ?{only} "
+            f"ORDER BY worker_id LIMIT ?", (project_code, after_worker_id, limit))
+        return [worker(row) for row in rows]
+
+    async def get_worker(self, project_code: str, worker_id: str) -> Worker | None:
+        rows = await self._query(f"SELECT {WORKER_COLUMNS} FROM workers WHERE project_code = ? "
+                                 f"AND worker_id = ?", (project_code, worker_id))
+        return worker(rows[0]) if rows else None
+
+    async def roster_floor(self, project_code: str) -> int:
+        rows = await self._query("SELECT roster_floor FROM projects WHERE code = ?", (project_code,))
+        return rows[0][0] if rows else 0
+
+    async def prune_roster_tombstones(self, older_than_ms: int, *, today: date) -> int:
+        check_int("older_than_ms", older_than_ms)
+        check_day("today", today)
+        return await self._write(_prune_tombstones, older_than_ms, today)
+
+    # faces --------------------------------------------------------------------------
+    async def _face_size(self, sha256: bytes) -> int | None:
+        rows = await self._query("SELECT size FROM faces WHERE sha256 = ?", (sha256,))
+        return rows[0][0] if rows else None
+
+    async def _record_face(self, sha256: bytes, size: int, image_format: str) -> None:
+        await self._write(_rowcount, "INSERT OR IGNORE INTO faces (sha256, size, format, stored_at_ms) "
+                          "VALUES (?, ?, ?, ?)", (sha256, size, image_format, self.clock_ms()))
+
+    async def face_progress(self, serial: str, sha256: bytes) -> int:
+        check_face_sha(sha256)
+        rows = await self._query("SELECT next_offset FROM device_faces WHERE device_serial = ? "
+                                 "AND face_sha256 = ?", (serial, sha256))
+        return rows[0][0] if rows else 0
+
+    async def set_face_progress(self, serial: str, sha256: bytes, offset: int) -> None:
+        check_face_sha(sha256)
+        check_offset(offset)
+        await self._write(
+            _rowcount, "INSERT INTO device_faces (device_serial, face_sha256, next_offset, updated_at_ms) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (device_serial, face_sha256) DO UPDATE SET "
+            "next_offset = excluded.next_offset, updated_at_ms = excluded.updated_at_ms",
+            (serial, sha256, offset, self.clock_ms()))
+
+    async def clear_face_progress(self, serial: str, sha256: bytes) -> None:
+        check_face_sha(sha256)
+        await self._write(_rowcount, "DELETE FROM device_faces WHERE device_serial = ? AND face_sha256 = ?",
+                          (serial, sha256))
 
     # API tokens ---------------------------------------------------------------------
     async def create_api_token(
         self, name: str, token_sha256: bytes, scopes: Iterable[str], *,
-        region_code: str | None = None, created_by: str = "",
+        region_code: str | None = None, created_by: str = "", department: str | None = None,
     ) -> ApiToken:
         token, scopes_stored = new_api_token(name, token_sha256, scopes, region_code, created_by,
-                                             self.clock_ms())
-        await self._write(_insert_api_token, (token.name, token.token_sha256, scopes_stored,
-                                              token.region_code, token.created_at_ms, None,
-                                              token.created_by))
+                                             self.clock_ms(), department)
+        await self._write(_insert_api_token, api_token_row(token, scopes_stored))
         return token
 
     async def get_api_token_by_hash(self, token_sha256: bytes) -> ApiToken | None:
@@ -675,45 +934,68 @@ class SqliteStore(BackendStore):
 
         return await self._read(status)
 
-    # downlink commands ---------------------------------------------------------------
+    # operator commands --------------------------------------------------------------
     async def enqueue_command(self, serial: str, command_type: int, payload: bytes, *,
-                              expires_at_ms: int | None = None) -> int:
-        now = self.clock_ms()
-        return await self._write(
-            _lastrowid, "INSERT INTO commands (device_serial, command_type, payload, created_at_ms, expires_at_ms) "
-            "VALUES (?, ?, ?, ?, ?)", (serial, command_type, bytes(payload), now, expires_at_ms))
+                              expires_at_ms: int | None = None, created_by: str = "") -> int:
+        check_new_command(command_type, payload, expires_at_ms, created_by)
+        return await self._write(_enqueue_command, (serial, int(command_type), payload, self.clock_ms(),
+                                                    expires_at_ms, created_by))
 
     async def pending_commands(self, serial: str, limit: int = 16) -> list[Command]:
+        check_limit(limit)
         rows = await self._query(
-            f"SELECT {COMMAND_COLUMNS} FROM commands WHERE device_serial = ? "
-            f"AND state IN ('queued', 'sent') ORDER BY id LIMIT ?", (serial, limit))
-        return [_command(row) for row in rows]
+            f"SELECT {COMMAND_COLUMNS} FROM commands WHERE device_serial = ? AND state IN {PENDING} "
+            f"AND (expires_at_ms IS NULL OR expires_at_ms > ?) ORDER BY id LIMIT ?",
+            (serial, self.clock_ms(), limit))
+        return [command(row) for row in rows]
 
     async def get_command(self, command_id: int) -> Command | None:
         rows = await self._query(f"SELECT {COMMAND_COLUMNS} FROM commands WHERE id = ?", (command_id,))
-        return _command(rows[0]) if rows else None
+        return command(rows[0]) if rows else None
+
+    async def list_commands(self, *, device_serial: str | None = None, state: CommandState | None = None,
+                            after_id: int = 0, limit: int = 100) -> list[Command]:
+        clause, params = where(command_filters(device_serial, state, after_id, limit), _mark)
+        rows = await self._query(f"SELECT {COMMAND_COLUMNS} FROM commands{clause} ORDER BY id LIMIT ?",
+                                 (*params, limit))
+        return [command(row) for row in rows]
+
+    async def count_commands_by_state(self) -> dict[CommandState, int]:
+        rows = await self._query("SELECT state, count(*) FROM commands GROUP BY state")
+        counts = dict.fromkeys(CommandState, 0)
+        counts.update((CommandState(state), n) for state, n in rows)
+        return counts
 
     async def _update_command(self, sql: str, params: tuple) -> bool:
         return bool(await self._write(_rowcount, sql, params))
 
-    async def mark_command_sent(self, command_id: int, seq: int) -> bool:
+    async def mark_command_sent(self, command_id: int, seq: int, now_ms: int) -> bool:
+        check_int("command_id", command_id)
+        check_seq(seq)
+        check_int("now_ms", now_ms)
         return await self._update_command(
-            "UPDATE commands SET state = 'sent', seq = ?, sent_at_ms = ? "
-            "WHERE id = ? AND state IN ('queued', 'sent')", (seq, self.clock_ms(), command_id))
+            f"UPDATE commands SET state = 'sent', seq = ?, sent_at_ms = ?, attempts = attempts + 1 "
+            f"WHERE id = ? AND state IN {PENDING}", (seq, now_ms, command_id))
 
-    async def complete_command(self, command_id: int, result_code: int) -> bool:
+    async def complete_command(self, command_id: int, result_code: int | None, *, failed: bool = False,
+                               error: str | None = None, reply: bytes | None = None) -> bool:
+        check_completion(command_id, result_code, error, reply)
+        state = CommandState.FAILED if failed else CommandState.ACKED
         return await self._update_command(
-            "UPDATE commands SET state = 'done', result_code = ?, completed_at_ms = ? "
-            "WHERE id = ? AND state IN ('queued', 'sent')", (result_code, self.clock_ms(), command_id))
+            f"UPDATE commands SET state = ?, result_code = ?, error = ?, reply = ?, completed_at_ms = ? "
+            f"WHERE id = ? AND state IN {PENDING}",
+            (state.value, result_code, error, reply, self.clock_ms(), command_id))
 
     async def cancel_command(self, command_id: int) -> bool:
+        check_int("command_id", command_id)
         return await self._update_command(
-            "UPDATE commands SET state = 'cancelled', completed_at_ms = ? "
-            "WHERE id = ? AND state IN ('queued', 'sent')", (self.clock_ms(), command_id))
+            f"UPDATE commands SET state = 'cancelled', completed_at_ms = ? "
+            f"WHERE id = ? AND state IN {PENDING}", (self.clock_ms(), command_id))
 
     async def expire_commands(self, now_ms: int) -> int:
-        return await self._write(_rowcount, "UPDATE commands SET state = 'expired', completed_at_ms = ? "
-                                 "WHERE state IN ('queued', 'sent') AND expires_at_ms <= ?", (now_ms, now_ms))
+        check_int("now_ms", now_ms)
+        return await self._write(_rowcount, f"UPDATE commands SET state = 'expired', completed_at_ms = ? "
+                                 f"WHERE state IN {PENDING} AND expires_at_ms <= ?", (now_ms, now_ms))
 
     # audit --------------------------------------------------------------------------
     async def audit(self, event: str, subject: str, detail: dict[str, Any] | None = None,

@@ -7,9 +7,7 @@ import hashlib
 
 import pytest
 
-from lmg.storage import (
-    DUPLICATE, STORED, CommandState, DeviceExists, Outcome, Presence, PunchIn, UnknownDevice,
-)
+from lmg.storage import DUPLICATE, STORED, DeviceExists, Outcome, Presence, PunchIn, UnknownDevice
 
 T0 = 1_700_000_000_000
 
@@ -279,35 +277,8 @@ async def test_outbox_status_reports_the_age_of_the_oldest_pending(backend):
     assert (status.pending, status.oldest_age_s, status.dead_letters) == (2, 30.0, 0)
 
 
-# ------------------------------------------------------------------ commands and audit
-
-
-async def test_downlink_commands_in_order_per_device(store):
-    first = await store.enqueue_command("LMG1", 0x31, b"\x01\x02")
-    second = await store.enqueue_command("LMG1", 0x32, b"")
-    other = await store.enqueue_command("LMG2", 0x31, b"x")
-    pending = await store.pending_commands("LMG1")
-    assert [(c.id, c.command_type, c.payload, c.state) for c in pending] == [
-        (first, 0x31, b"\x01\x02", CommandState.QUEUED), (second, 0x32, b"", CommandState.QUEUED)]
-    assert await store.mark_command_sent(first, seq=77)
-    sent = await store.get_command(first)
-    assert (sent.state, sent.seq) == (CommandState.SENT, 77) and sent.sent_at_ms
-    assert [c.id for c in await store.pending_commands("LMG1")] == [first, second]  # resent on reconnect
-    assert await store.complete_command(first, result_code=0)
-    assert not await store.complete_command(first, result_code=0)
-    assert await store.cancel_command(second)
-    assert await store.pending_commands("LMG1") == []
-    assert [c.id for c in await store.pending_commands("LMG2")] == [other]
-    done = await store.get_command(first)
-    assert (done.state, done.result_code) == (CommandState.DONE, 0)
-
-
-async def test_commands_expire(store):
-    soon = await store.enqueue_command("LMG1", 1, b"a", expires_at_ms=T0 + 10)
-    never = await store.enqueue_command("LMG1", 2, b"b")
-    assert await store.expire_commands(T0 + 10) == 1
-    assert (await store.get_command(soon)).state is CommandState.EXPIRED
-    assert [c.id for c in await store.pending_commands("LMG1")] == [never]
+# ------------------------------------------------------------------------------ audit
+# (operator commands: test_store_downlink.py)
 
 
 async def test_audit_log_newest_first_and_by_event(store):

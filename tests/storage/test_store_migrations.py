@@ -9,12 +9,14 @@ import sqlite3
 import asyncpg
 import pytest
 
-from lmg.storage import SchemaTooNew
+from lmg.protocol import MessageType
+from lmg.storage import CommandState, SchemaTooNew
 from lmg.storage.migrations import load_migrations
 from lmg.storage.postgres import PostgresStore
 from lmg.storage.sqlite import SqliteStore
 from lmg.storage.url import parse_store_url
 from test_store_contract import punch
+from test_store_operations import raw_sql
 
 # As in conftest.py; not imported from there, as other test folders have a conftest too.
 PG_DSN = os.environ.get("LMG_TEST_PG_DSN", "postgresql://127.0.0.1:5432/test")
@@ -43,7 +45,7 @@ async def test_version_1_database_upgrades_in_place_and_keeps_its_data(backend):
     assert await new.schema_version() == full[-1].version
     assert await new.count_punches() == 5
     assert (await new.get_device("LMG0001")).region_code == "620102"
-    assert await new.enqueue_command("LMG0001", 1, b"") > 0  # a table from migration 2
+    assert await new.enqueue_command("LMG0001", MessageType.REBOOT, b'{"delay_s": 0}') > 0  # migration 2
 
 
 async def test_photos_stored_before_version_3_count_as_forwarded(backend):
@@ -77,7 +79,7 @@ async def test_version_3_devices_upgrade_with_no_address_and_nothing_to_end(back
 
     new = await backend.open()
     backend.opened.append(new)
-    assert await new.schema_version() == 4
+    assert await new.schema_version() == full[-1].version
     device = await new.get_device("LMG0001")
     assert device.last_address is None and device.enabled
     assert await new.last_session_end_id() == 0 and await new.list_api_tokens() == []
@@ -85,6 +87,46 @@ async def test_version_3_devices_upgrade_with_no_address_and_nothing_to_end(back
     assert [e.event for e in await new.list_audit(subject="LMG0001")] == ["device_added"]
     await new.disable_device("LMG0001")
     assert len(await new.session_ends_after(0)) == 1
+
+
+async def test_version_4_commands_and_session_ends_upgrade_to_signals_and_new_states(backend):
+    """Migration 5 rebuilds commands (new states and columns; 'done' becomes 'acked'; on
+    SQLite the AUTOINCREMENT counter moves with the table) and replaces session_ends by
+    signals."""
+    dialect = "sqlite" if backend.name == "sqlite" else "postgres"
+    full = load_migrations(dialect)
+    assert [m.name for m in full][4] == "downlink"
+    old = await _open_with(backend, full[:4])
+    await old.add_device("LMG0001", project_code="P", region_code="620102")
+    await old.close()
+    # rows as lmg of version 4 wrote them (this code writes signals); session_ends never
+    # shipped and is dropped
+    columns = "device_serial, command_type, payload, state, seq, result_code, created_at_ms, sent_at_ms"
+    await raw_sql(
+        backend,
+        "INSERT INTO session_ends (device_serial, reason, created_at_ms) VALUES ('LMG0001', 'disabled', 1); "
+        f"INSERT INTO commands ({columns}) VALUES ('LMG0001', 523, X'7B7D', 'done', 7, 0, 1, 2), "
+        f"('LMG0001', 523, X'7B7D', 'queued', NULL, NULL, 1, NULL), "
+        f"('LMG0001', 523, X'7B7D', 'sent', 8, NULL, 1, 2), ('LMG0001', 523, X'7B7D', 'queued', NULL, NULL, 1, NULL); "
+        f"DELETE FROM commands WHERE id = 4;",
+        'INSERT INTO "{schema}".session_ends (device_serial, reason, created_at_ms) '
+        "VALUES ('LMG0001', 'disabled', 1); "
+        f'INSERT INTO "{{schema}}".commands ({columns}) VALUES '
+        f"('LMG0001', 523, '\\x7b7d', 'done', 7, 0, 1, 2), ('LMG0001', 523, '\\x7b7d', 'queued', NULL, NULL, 1, NULL), "
+        f"('LMG0001', 523, '\\x7b7d', 'sent', 8, NULL, 1, 2), ('LMG0001', 523, '\\x7b7d', 'queued', NULL, NULL, 1, NULL); "
+        f'DELETE FROM "{{schema}}".commands WHERE id = 4;')
+
+    new = await backend.open()
+    backend.opened.append(new)
+    assert await new.schema_version() == full[-1].version
+    done, queued, sent = [await new.get_command(n) for n in (1, 2, 3)]
+    assert (done.state, done.result_code, done.attempts, done.created_by, done.reply) == (
+        CommandState.ACKED, 0, 1, "", None)
+    assert (queued.state, queued.attempts, sent.state, sent.seq, sent.attempts) == (
+        CommandState.QUEUED, 0, CommandState.SENT, 8, 1)
+    assert await new.enqueue_command("LMG0001", MessageType.REBOOT, b"{}") == 5  # 4 is never handed out again
+    assert await new.last_session_end_id() == 0 and [s.kind for s in await new.signals_after(0)] == ["command"]
+    assert await new.list_projects() == [] and await new.devices_of_project("P") == ["LMG0001"]
 
 
 async def test_database_newer_than_the_code_is_refused(backend):

@@ -1,5 +1,6 @@
 """The Store contract of the operations API (migration 4), on every backend: API tokens,
-the session-end signal, devices' last address, and the operators' listings."""
+the session-end signal (signals of kind session_end since migration 5), devices' last
+address, and the operators' listings."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from lmg.storage import (
     MAX_PUNCH_PAGE, ApiToken, Device, Presence, SessionEndReason, StoreNotFound, TokenExists,
     UnknownDevice, open_store,
 )
-from lmg.storage.postgres import session_ends_channel
+from lmg.storage.postgres import signals_channel
 from lmg.storage.url import parse_store_url
 from test_store_contract import punch
 
@@ -161,10 +162,10 @@ async def test_a_session_end_commits_with_its_change_or_neither_does(backend):
     device = await store.add_device("LMG1", project_code="P", region_code="620100")
     await raw_sql(
         backend,
-        "CREATE TRIGGER refuse BEFORE INSERT ON session_ends BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        "CREATE TRIGGER refuse BEFORE INSERT ON signals BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
         'CREATE FUNCTION "{schema}".refuse() RETURNS trigger LANGUAGE plpgsql AS '
         "$$BEGIN RAISE EXCEPTION 'refused by the test'; END$$; "
-        'CREATE TRIGGER refuse BEFORE INSERT ON "{schema}".session_ends '
+        'CREATE TRIGGER refuse BEFORE INSERT ON "{schema}".signals '
         'FOR EACH ROW EXECUTE FUNCTION "{schema}".refuse();')
     with pytest.raises(Exception, match="refused by the test"):
         await store.disable_device("LMG1")
@@ -172,7 +173,7 @@ async def test_a_session_end_commits_with_its_change_or_neither_does(backend):
         await store.rotate_device_secret("LMG1")
     kept = await store.get_device("LMG1")
     assert kept.enabled and kept.secret == device.secret
-    await raw_sql(backend, "DROP TRIGGER refuse;", 'DROP TRIGGER refuse ON "{schema}".session_ends;')
+    await raw_sql(backend, "DROP TRIGGER refuse;", 'DROP TRIGGER refuse ON "{schema}".signals;')
     await store.disable_device("LMG1")  # the store was not harmed
     assert not (await store.get_device("LMG1")).enabled
     assert [e.reason for e in await store.session_ends_after(0)] == [SessionEndReason.DISABLED]
@@ -259,7 +260,7 @@ async def test_postgres_listener_reports_a_lost_connection(pg_urls, tmp_path):
         try:
             killed = await conn.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query = $1",
-                f'LISTEN "{store.session_ends_channel}"')
+                f'LISTEN "{store.signals_channel}"')
         finally:
             await conn.close()
         assert killed == 1
@@ -269,11 +270,11 @@ async def test_postgres_listener_reports_a_lost_connection(pg_urls, tmp_path):
         await store.close()
 
 
-def test_session_end_channels_are_per_schema_and_valid_names():
-    assert session_ends_channel(None) == session_ends_channel("public") == "lmg_session_ends"
-    assert session_ends_channel("site_7") == "lmg_session_ends_site_7"
+def test_signal_channels_are_per_schema_and_valid_names():
+    assert signals_channel(None) == signals_channel("public") == "lmg_signals"
+    assert signals_channel("site_7") == "lmg_signals_site_7"
     long_a, long_b = "a" * 62 + "x", "a" * 62 + "y"
-    channels = {session_ends_channel(long_a), session_ends_channel(long_b)}
+    channels = {signals_channel(long_a), signals_channel(long_b)}
     assert len(channels) == 2 and all(len(c) <= 63 for c in channels)
 
 
