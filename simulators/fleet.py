@@ -15,6 +15,14 @@ or after a GOODBYE's `reconnect_after_s`. Connections are asyncio Protocols fed 
 loop; the only task per terminal is its connect/reconnect loop, and heartbeats, pacing and
 answer timeouts are three process-wide tickers, not a timer per terminal.
 
+Commands from the server (§6.7: roster pushes with faces, SET_TIME, CONFIG_GET, ...) are
+carried out on a `TerminalDevice` per terminal (simulators/device.py) and answered at once,
+so a benchmark can push a roster to the fleet while it punches. The device is made at the
+first command (a storm of 20,000 terminals that get none pays nothing), lives across the
+terminal's connections, and keeps faces as hashes only (no bytes). The punch path pays
+nothing for it: ACK and NACK are matched first, and only other frames are looked up in
+COMMAND_TYPES, one set lookup. The summary gives the spread of roster versions and sizes.
+
 Dialects, so one fleet drives each server of the load benchmark with the same behaviour:
 `lmg` (the gateway), `bare` (the baseline server: no handshake, answers matched in order,
 which the protocol guarantees, section 6.2) and `mqtt` (QoS 1 PUBLISH of the same punch
@@ -52,6 +60,7 @@ from lmg.protocol import (
     Goodbye,
     Heartbeat,
     Hello,
+    MessageType,
     Nack,
     ProtocolError,
     Punch,
@@ -64,6 +73,7 @@ from lmg.protocol import (
 from lmg.protocol.auth import auth_mac
 from lmg.protocol.codes import Capability
 from lmg.simulators import mqtt
+from lmg.simulators.device import COMMAND_TYPES, TerminalDevice
 from lmg.simulators.terminal import worker_id_for
 
 if TYPE_CHECKING:
@@ -81,6 +91,8 @@ CHAOS_KINDS = ("garbage", "oversize", "silent", "deaf")
 # Per-terminal cap on records generated for closed-loop load, so a fleet is bounded even if
 # the server acknowledges faster than expected: 2^31 record numbers are far away.
 RECORD_NO_LIMIT = (1 << 31) - 1
+# The counter each command type adds to, named once rather than formatted per frame.
+COMMAND_COUNTERS = {kind: f"command_{MessageType(kind).name.lower()}" for kind in COMMAND_TYPES}
 
 
 def fleet_secret(serial: str, seed: str = "lmg-fleet") -> bytes:
@@ -309,6 +321,14 @@ class Terminal:
         self.sessions = 0
         self.heartbeat_s = 30.0
         self.worker_ids = fleet.worker_ids
+        self._device: TerminalDevice | None = None  # made by the first command; see `device`
+
+    @property
+    def device(self) -> TerminalDevice:
+        """The terminal's roster, faces and settings: made on first use, kept across connections."""
+        if self._device is None:
+            self._device = TerminalDevice(keep_faces=False, history_limit=0)
+        return self._device
 
     # -- records ---------------------------------------------------------------------------
     def new_record(self) -> PunchRecord:
@@ -376,6 +396,8 @@ class Terminal:
     def on_frame(self, item) -> None:
         if isinstance(item, ProtocolError):
             self.fleet.stats["bad_frames"] += 1
+            if self.fleet.spec.dialect == "lmg":
+                self._command(item)  # NACK of its code when its seq could be read (section 6.9)
             return
         if isinstance(item, (Ack, Nack)):
             if self.fleet.spec.dialect == "bare":
@@ -397,6 +419,8 @@ class Terminal:
             else:
                 self.fleet.answered(records, [row.result for row in item.results], sent_at)
             self.pump()
+        elif item.msg_type in COMMAND_TYPES:
+            self._command(item)
         elif isinstance(item, Challenge):
             if self.state == "handshake":
                 auth = Auth(auth_mac(self.secret, item.nonce, self.serial, FIRMWARE, 1), self._next_seq())
@@ -412,6 +436,22 @@ class Terminal:
             self.fleet.stats["goodbyes"] += 1
             self.fleet.stats[f"goodbye_{_code_name(item.reason).lower()}"] += 1
             self.reconnect_after_s = item.reconnect_after_s
+
+    def _command(self, item) -> None:
+        """Carry out a command (or answer an undecodable frame) and write the answers at once."""
+        if self.wire is None or self.state == "offline":
+            return
+        stats = self.fleet.stats
+        if not isinstance(item, ProtocolError):
+            stats["commands"] += 1
+            stats[COMMAND_COUNTERS[item.msg_type]] += 1
+        for reply in self.device.handle(item, time.time_ns() // 1_000_000):
+            if isinstance(reply, Nack):
+                stats["command_nacks"] += 1
+            try:
+                self.wire.write(encode(reply._replace(seq=self._next_seq())))
+            except (RuntimeError, OSError):  # the transport is closing: the server sends it again
+                return
 
     def on_mqtt(self, kind: int, body: bytes) -> None:
         if kind == mqtt.CONNACK:
@@ -818,6 +858,15 @@ class Fleet:
         if self.storm_last is None:
             self.stats["storm_incomplete"] += 1
 
+    def roster_spread(self) -> dict:
+        """Lowest and highest roster version and size over the terminals (0 for one that got
+        no command)."""
+        devices = [t._device for t in self.terminals]
+        versions = [d.roster_version if d is not None else 0 for d in devices]
+        sizes = [d.worker_count if d is not None else 0 for d in devices]
+        return {"version_min": min(versions, default=0), "version_max": max(versions, default=0),
+                "workers_min": min(sizes, default=0), "workers_max": max(sizes, default=0)}
+
     def summary(self, connect_s: float | None, wall_started: float) -> dict:
         measured_s = max(self.measure_ended - self.measure_started, 1e-9)
         return {
@@ -828,7 +877,7 @@ class Fleet:
             "latency": self.latency.to_json(), "auth_latency": self.auth_latency.to_json(),
             "storm_t0": self.storm_t0, "storm_last": self.storm_last, "backlog_s": self.backlog_done_s,
             "records_backlog": len(self.terminals) * self.spec.backlog_records if self.spec.scenario == "backlog" else 0,
-            "wall_started": wall_started,
+            "wall_started": wall_started, "roster": self.roster_spread(),
         }
 
 
@@ -859,6 +908,13 @@ def merge_summaries(parts: list[dict], spec: FleetSpec, processes: int) -> dict:
         "acks_per_s": round(counters["measured_records"] / measured_s, 1) if measured_s else None,
         "latency_ms": latency.summary(), "auth_latency_ms": auth.summary(),
         "connect_s": max((p["connect_s"] for p in parts if p["connect_s"] is not None), default=None),
+        "commands": counters["commands"], "command_nacks": counters["command_nacks"],
+        "roster": {
+            "version_min": min((p["roster"]["version_min"] for p in parts), default=0),
+            "version_max": max((p["roster"]["version_max"] for p in parts), default=0),
+            "workers_min": min((p["roster"]["workers_min"] for p in parts), default=0),
+            "workers_max": max((p["roster"]["workers_max"] for p in parts), default=0),
+        },
         "counters": dict(sorted(counters.items())),
     }
     if spec.scenario == "storm":

@@ -4,6 +4,15 @@ Used by the tests, by `lmg sim terminals`, and by vendors who want to see a conf
 peer. It behaves as the spec asks of real firmware: HELLO/CHALLENGE/AUTH, heartbeats,
 punches kept until an ACK row answers them, resend of unanswered records (same
 record_no) after a reconnect, a bounded window of frames in flight.
+
+Commands from the server (§6.7) are answered at any time, also while the terminal's own
+requests wait: the reader hands every command frame (and every frame it cannot decode) to
+`connection.device`, a `TerminalDevice` (simulators/device.py), and writes its answers at
+once, numbered in the connection's own sequence. Answers from the server are matched to
+requests by `ref_seq` as before; the terminal's own answers take sequence numbers too, which
+the server never names in a `ref_seq` of its own answers, so the two never mix. The device
+outlives the connection: pass it to the next one (`TerminalConnection(..., device=old.device)`)
+to reconnect with the same roster, as a terminal's flash would.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import asyncio
 import hashlib
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -19,6 +29,7 @@ from lmg.protocol import (
     Auth,
     AuthResult,
     Challenge,
+    DeviceStatus,
     FrameDecoder,
     Heartbeat,
     Hello,
@@ -38,6 +49,7 @@ from lmg.protocol import (
 from lmg.protocol.auth import auth_mac
 from lmg.protocol.codes import Capability
 from lmg.protocol.identity import check_digit
+from lmg.simulators.device import COMMAND_TYPES, TerminalDevice
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
@@ -70,11 +82,14 @@ def make_punch(record_no: int, worker: int, now_ms: int, photo: bytes | None = N
 
 
 class TerminalConnection:
-    """One connection of a simulated terminal; `request` sends a frame and awaits its answer."""
+    """One connection of a simulated terminal; `request` sends a frame and awaits its answer.
+
+    `device` is the terminal's downlink state (a new, empty `TerminalDevice` when None);
+    every command the server sends goes to it and its answers go out at once."""
 
     def __init__(self, credentials: DeviceCredentials, host: str, port: int, *, transport: str = "tcp",
                  tls: ssl.SSLContext | None = None, firmware: str = "sim-1.0", timeout_s: float = 15.0,
-                 local_addr: str | None = None):
+                 local_addr: str | None = None, device: TerminalDevice | None = None):
         self.credentials = credentials
         self.host, self.port = host, port
         self.transport = transport
@@ -92,6 +107,9 @@ class TerminalConnection:
         self._writer: asyncio.StreamWriter | None = None  # tcp
         self._ws: ClientConnection | None = None  # ws
         self._ws_sends: set[asyncio.Task] = set()
+        self.device = device if device is not None else TerminalDevice()
+        # (predicate on the device, future) of each `wait_until`; checked after every command
+        self._device_waiters: list[tuple[Callable[[TerminalDevice], bool], asyncio.Future[None]]] = []
 
     # -- wire --------------------------------------------------------------------------
     async def open(self) -> None:
@@ -169,8 +187,12 @@ class TerminalConnection:
 
     def _dispatch(self, item) -> None:
         if isinstance(item, ProtocolError):
+            self._answer(item)  # NACK of its code when its seq could be read (section 6.9)
             return
         kind = item.msg_type
+        if kind in COMMAND_TYPES:
+            self._answer(item)
+            return
         if kind in (MessageType.ACK, MessageType.NACK):
             future = self.pending.pop(item.ref_seq, None)
         elif kind is MessageType.PHOTO_STATUS:
@@ -186,8 +208,20 @@ class TerminalConnection:
         elif future is None:
             self.unsolicited.put_nowait(item)
 
+    def _answer(self, item) -> None:
+        """Carry out a command on the device and write its answers; wake the device waiters."""
+        for reply in self.device.handle(item, time.time_ns() // 1_000_000):
+            try:
+                self.send(reply)
+            except TerminalError:
+                break  # closing: the server sends the command again in the next session
+        for predicate, future in self._device_waiters:
+            if not future.done() and predicate(self.device):
+                future.set_result(None)
+
     def _fail_all(self, why: str) -> None:
-        for future in list(self.pending.values()) + list(self.photo_waiters.values()):
+        waiting = [future for _, future in self._device_waiters]
+        for future in list(self.pending.values()) + list(self.photo_waiters.values()) + waiting:
             if not future.done():
                 future.set_exception(TerminalError(why, self.closed_reason))
         self.pending.clear()
@@ -211,6 +245,45 @@ class TerminalConnection:
             return await asyncio.wait_for(future, self.timeout_s)
         finally:
             self.pending.pop(seq, None)
+
+    # -- the device side ----------------------------------------------------------------
+    async def wait_until(self, predicate: Callable[[TerminalDevice], bool], *, timeout_s: float | None = None,
+                         what: str = "a device condition") -> None:
+        """Return once `predicate(self.device)` holds, checked now and after every command this
+        connection carries out. Raises TimeoutError naming `what` after `timeout_s` (default
+        the connection's `timeout_s`), TerminalError if the connection ends first."""
+        if predicate(self.device):
+            return
+        if self._reader_task is not None and self._reader_task.done():
+            raise TerminalError("connection closed", self.closed_reason)
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        entry = (predicate, asyncio.get_running_loop().create_future())
+        self._device_waiters.append(entry)
+        try:
+            await asyncio.wait_for(entry[1], timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"{what} not reached within {timeout} s (roster version "
+                               f"{self.device.roster_version}, {self.device.worker_count} workers)") from None
+        finally:
+            self._device_waiters.remove(entry)
+
+    async def wait_for_roster_version(self, version: int, *, exact: bool = False,
+                                      timeout_s: float | None = None) -> int:
+        """Wait until the device holds roster `version` (or a later one, unless `exact`: a full
+        resync may lower it); returns the version held. Bounded as `wait_until`."""
+        if exact:
+            await self.wait_until(lambda d: d.roster_version == version, timeout_s=timeout_s,
+                                  what=f"roster version {version}")
+        else:
+            await self.wait_until(lambda d: d.roster_version >= version, timeout_s=timeout_s,
+                                  what=f"roster version {version} or later")
+        return self.device.roster_version
+
+    async def report_status(self, *, uptime_s: int = 0, pending_records: int = 0):
+        """DEVICE_STATUS with the device's roster version and size; returns the server's answer."""
+        device = self.device
+        return await self.request(DeviceStatus(uptime_s, 1 << 20, pending_records, 0, device.roster_version,
+                                               device.worker_count, 0, 0, 250))
 
     # -- the protocol ------------------------------------------------------------------
     async def authenticate(self) -> AuthResult:
