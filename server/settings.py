@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from lmg.server.downlink.roster import FACE_CHUNK_OVERHEAD, MAX_FACE_CHUNK_BYTES
 from lmg.server.forwarding.config import PREFIX as FORWARD_PREFIX
 from lmg.server.forwarding.config import ForwarderConfig
 from lmg.server.gateway.session import SessionLimits
@@ -88,10 +89,59 @@ class GatewaySettings:
     partial_photo_sweep_s: float = key(3600.0, "seconds between deletions of partial photo uploads older than "
                                                "photo_partial_ttl_ms")
     shutdown_grace_s: float = key(10.0, "seconds SIGTERM gives in-flight commits, their ACKs and the GOODBYEs")
-    # Another process (`lmg device disable`, another worker or node) records a session end
-    # in the store; PostgreSQL also notifies at once, SQLite has only this poll.
-    session_end_poll_s: float = key(1.0, "seconds between checks for devices disabled, rotated or closed by another "
-                                         "process; their open sessions end within this")
+    # Another process (`lmg device disable`, `lmg command send`, a roster import, another
+    # worker or node) writes a signal in the store; PostgreSQL also notifies at once,
+    # SQLite has only this poll (one indexed read).
+    signal_poll_s: float = key(1.0, "seconds between reads of the store's signals (sessions to end, commands "
+                                    "queued, rosters changed) made by another process; they take effect within this")
+    # --- the downlink (docs/downlink.md) ---
+    # docs/protocol.md 6.7 promises terminals at most 4 unanswered commands; a terminal
+    # processes them in order, so a deeper window only queues more on its side.
+    downlink_window: int = key(4, "commands and roster frames unanswered per terminal at once (docs/protocol.md "
+                                  "6.7 promises terminals at most 4)")
+    command_timeout_s: float = key(30.0, "seconds without an answer before a command or roster frame is sent again "
+                                         "(docs/protocol.md 6.7)")
+    # Three sends over 90 s outlast a terminal's reconnect (back-off up to 60 s); a command
+    # that makes a terminal drop the connection every time fails instead of looping, as the
+    # sends count across sessions.
+    command_max_sends: int = key(3, "sends of a command before it fails with no answer, counted across sessions; "
+                                    "a roster sync stops after as many")
+    command_ttl_s: float = key(86_400.0, "seconds a queued command waits for its device before it expires, unless "
+                                         "the operator gives another expiry (a day: a site offline overnight still "
+                                         "gets it)")
+    command_expiry_sweep_s: float = key(60.0, "seconds between marking commands past their expiry as expired in "
+                                              "the store (one indexed update)")
+    # 16 KiB: a 30 KB face is two chunks, and a chunk in flight delays a punch answer
+    # behind it by 16 KiB of link time (0.8 s at 20 KB/s on 2G, 3 ms at 5 MB/s).
+    face_chunk_bytes: int = key(16_384, "bytes of face photo per FACE_CHUNK (at most 65,535, and the frame must "
+                                        "fit max_frame_size)")
+    # Punches first: a FACE_CHUNK is written only while less than this is queued unsent on
+    # the connection, so a punch answer never waits behind more than this and one chunk.
+    downlink_max_unsent_bytes: int = key(65_536, "bytes of unsent output on a connection above which no FACE_CHUNK "
+                                                 "is written (punch answers go ahead of faces)")
+    # Punches first, across connections: downlink frames are written in turns of their own,
+    # one per event-loop iteration, each at most this many bytes over all connections; a
+    # punch arriving meanwhile waits behind one turn (64 KiB: ~0.5 ms of encoding and
+    # writing on the 2-core VM of the benchmarks), not behind a whole roster push.
+    downlink_turn_bytes: int = key(65_536, "bytes of downlink frames (faces, roster changes, commands) written per "
+                                           "event-loop turn over all connections; punches are read and answered "
+                                           "between turns")
+    # A push costs the gateway ~17 ms of CPU per MB on the 2-core benchmark VM (construct
+    # encoding, CRC, loopback writes) and the terminals as much to take in. 20 terminals
+    # taking 500 faces of 30 KB while punching 200/s (`lmg bench downlink`, docs/downlink.md):
+    # unlimited, 74 MB/s and the punch p99 3.6x the same run's baseline; 16 MiB/s, 550
+    # faces/s (the push in 18 s) and 1.8x; 8 MiB/s, 277 faces/s and 1.2x.
+    downlink_bytes_per_s: int = key(16 << 20, "bytes of downlink frames per second this process writes at most over "
+                                              "all connections (0: no limit); caps the CPU a roster push takes from "
+                                              "punches")
+    # All terminals of a project are sent the same faces: one read of each serves them all.
+    # 32 MiB holds 1,000 faces of 30 KB, a large site's whole roster.
+    face_cache_bytes: int = key(32 << 20, "bytes of face photos kept in memory while being pushed to terminals "
+                                          "(least recently used out); 0 reads every face from the store")
+    # Entry and exit dates are days in China Standard Time: a worker joins or leaves the
+    # roster within this after midnight (UTC+8). One indexed read when nothing changed.
+    roster_dates_sweep_s: float = key(300.0, "seconds between checks of workers' entry and exit dates against "
+                                             "today (China Standard Time)")
     # The largest body the API takes is a requeue of 10,000 ids (~70 KB); 1 MiB leaves room
     # and bounds what one request can make the node buffer.
     api_max_body_bytes: int = key(1024 * 1024, "largest request body the admin API reads, bytes")
@@ -110,9 +160,19 @@ class GatewaySettings:
             raise ValueError("tls_cert and tls_key go together: give both paths (PEM) or neither")
         for name in ("max_connections", "max_connections_per_address", "accept_rate", "accept_burst",
                      "max_unsent_bytes", "held_frames", "store_calls_per_connection", "presence_flush_s",
-                     "partial_photo_sweep_s", "shutdown_grace_s", "session_end_poll_s", "api_max_body_bytes"):
+                     "partial_photo_sweep_s", "shutdown_grace_s", "signal_poll_s", "api_max_body_bytes",
+                     "downlink_window", "command_timeout_s", "command_max_sends", "command_ttl_s",
+                     "command_expiry_sweep_s", "face_chunk_bytes", "downlink_max_unsent_bytes", "roster_dates_sweep_s",
+                     "downlink_turn_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
+        if self.face_chunk_bytes > MAX_FACE_CHUNK_BYTES:
+            raise ValueError(f"face_chunk_bytes must be at most {MAX_FACE_CHUNK_BYTES} (a FACE_CHUNK's data length is "
+                             f"a u16), got {self.face_chunk_bytes}")
+        if self.downlink_bytes_per_s < 0:
+            raise ValueError(f"downlink_bytes_per_s must not be negative (0: no limit), got {self.downlink_bytes_per_s}")
+        if self.face_cache_bytes < 0:
+            raise ValueError(f"face_cache_bytes must not be negative, got {self.face_cache_bytes}")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(f"log_level must be {', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}, "
                              f"got {self.log_level!r}")
@@ -128,6 +188,13 @@ class Settings:
     session: SessionLimits = field(default_factory=SessionLimits)
     store: StoreConfig = field(default_factory=StoreConfig)
     forward: ForwarderConfig = field(default_factory=ForwarderConfig)
+
+    def __post_init__(self) -> None:
+        frame = self.gateway.face_chunk_bytes + FACE_CHUNK_OVERHEAD
+        if frame > self.session.max_frame_size:
+            raise ValueError(f"face_chunk_bytes = {self.gateway.face_chunk_bytes} makes {frame}-byte FACE_CHUNK frames, "
+                             f"above max_frame_size = {self.session.max_frame_size}: lower face_chunk_bytes to at "
+                             f"most {self.session.max_frame_size - FACE_CHUNK_OVERHEAD}")
 
     @classmethod
     def from_keys(cls, values: Mapping[str, Any]) -> Settings:
@@ -145,7 +212,10 @@ class Settings:
                 built[section.name] = section.cls(**by_section[section.name])
             except (TypeError, ValueError) as exc:
                 raise SettingsError(str(exc)) from None
-        return cls(**built)
+        try:
+            return cls(**built)
+        except ValueError as exc:  # a rule across sections
+            raise SettingsError(str(exc)) from None
 
     def store_url(self) -> str:
         return self.gateway.store or f"sqlite:///{Path(self.gateway.data_dir).resolve() / DEFAULT_SQLITE_NAME}"

@@ -81,6 +81,34 @@ class Page(Output, Generic[T]):
     next: str | None = Field(description="cursor of the following page (pass it as `after`), null at the end")
 
 
+_SEAL_KEY: list[Any] = []
+
+
+def seal(text: str) -> str:
+    """An opaque cursor for `text` that a client cannot read (a resident ID number the token
+    may not see); valid for this process's life. The key is made on first use."""
+    from cryptography.fernet import Fernet
+
+    if not _SEAL_KEY:
+        _SEAL_KEY.append(Fernet(Fernet.generate_key()))
+    return str(_SEAL_KEY[0].encrypt(text.encode()).decode())
+
+
+def unseal(cursor: str | None) -> str:
+    """The text of a `seal`ed cursor ("" for none); 400 if it is not one of this process's."""
+    if not cursor:
+        return ""
+    from cryptography.fernet import Fernet, InvalidToken
+
+    if not _SEAL_KEY:
+        _SEAL_KEY.append(Fernet(Fernet.generate_key()))
+    try:
+        return str(_SEAL_KEY[0].decrypt(cursor.encode()).decode())
+    except (InvalidToken, ValueError):
+        raise ApiError(400, "bad_request", "after: not a cursor this gateway gave (cursors last until it "
+                                           "restarts); start from the first page") from None
+
+
 def cursor_value(after: str | None) -> int:
     """The id an `after` cursor stands for (0: the first page); 400 if it is not one of ours."""
     if after is None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 
-from lmg.server.admin import devices, forwarding, punches, tokens
+from lmg.server.admin import devices, forwarding, projects, punches, tokens
 from lmg.server.admin.api import ApiError, ApiRequest, ApiRoutes, Output, Route, error_response, parse, render
 from lmg.server.admin.openapi import document
 
@@ -89,7 +89,8 @@ async def metrics(request: ApiRequest) -> web.Response:
 
 def all_routes() -> list[Route]:
     """Every route of the listener, in the order the document lists them."""
-    return [*health.routes, *devices.routes.routes, *punches.routes.routes, *forwarding.routes.routes]
+    return [*health.routes, *devices.routes.routes, *projects.routes.routes, *punches.routes.routes,
+            *forwarding.routes.routes]
 
 
 def _handler(route: Route, gateway: Gateway) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

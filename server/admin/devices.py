@@ -3,15 +3,16 @@
 Disabling a device, rotating its secret or closing its session ends its open session at
 once, on this node and every other one: the store records a session end with the change
 (in the same transaction) and every gateway process acts on it (server/gateway/
-session_ends.py); this process also acts on it directly, without waiting for its poll.
+signals.py); this process also acts on it directly, without waiting for its poll.
 The device gets GOODBYE DEVICE_DISABLED, CREDENTIALS_CHANGED or CLOSED_BY_OPERATOR.
 Secrets are shown once, when made; every change is audited with the token's name.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, JsonValue
 
+from lmg.protocol.regions import all_regions
 from lmg.server.admin.api import ApiError, ApiRequest, ApiRoutes, Output, Page, PageQuery, Strict
 from lmg.storage import Device, DeviceExists, SessionEndReason, UnknownDevice
 
@@ -19,7 +20,10 @@ routes = ApiRoutes()
 TAG = "devices"
 
 SERIAL = Field(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$", description="device serial")
-REGION = Field(pattern=r"^\d{6}$", description="GB/T 2260 region code (Gansu: 62xxxx)")
+# The schema lists the codes (lmg.protocol.regions, 103 nodes) so a client sees which are
+# taken; the store checks them again.
+REGION = Field(pattern=r"^\d{6}$", description="GB/T 2260 region code of Gansu (lmg.protocol.regions)",
+               json_schema_extra={"enum": list[JsonValue](sorted(r.code for r in all_regions()))})
 
 
 class DevicePath(Strict):

@@ -48,6 +48,9 @@ COMMANDS = {
     "forward": "lmg.server.cli.forward",
     "token": "lmg.server.cli.token",
     "config": "lmg.server.cli.config",
+    "project": "lmg.server.cli.project",
+    "roster": "lmg.server.cli.roster",
+    "command": "lmg.server.cli.command",
     "sim": "lmg.simulators.cli",
     "bench": "lmg.bench.cli",
 }
@@ -61,6 +64,16 @@ class UsageError(Exception):
 class CommandFailed(Exception):
     """The command was right but its work failed (exit 1): the store could not be reached
     or failed, a write was refused. The message says what failed and what to check."""
+
+
+def actor() -> str:
+    """Who runs the command, for the audit log: the operating-system user."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def _command_in(argv: list[str]) -> str | None:

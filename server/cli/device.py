@@ -12,13 +12,12 @@ missing (provisioning the first devices of a new node); `list`, `disable`, `enab
 from __future__ import annotations
 
 import csv
-import getpass
 import os
 
 import orjson
 
 from lmg.protocol.credentials import CredentialsError, format_credentials, parse_credentials
-from lmg.server.cli import CommandFailed, UsageError, add_store_options, run_on_store
+from lmg.server.cli import CommandFailed, UsageError, actor, add_store_options, run_on_store
 
 
 def register(subparsers) -> None:
@@ -60,12 +59,6 @@ def register(subparsers) -> None:
         sub.set_defaults(handler=lambda a: run_on_store(_change, a, create=False))
 
 
-def _actor() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
 
 async def _add(store, args) -> int:
     from lmg.storage import DeviceExists
@@ -76,7 +69,7 @@ async def _add(store, args) -> int:
         raise UsageError(f"device {args.serial} already exists; use `lmg device rotate-secret {args.serial}` for a new secret") from None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    await store.audit("device_added", device.serial, {"project": args.project, "by": _actor()})
+    await store.audit("device_added", device.serial, {"project": args.project, "by": actor()})
     if args.json:
         print(orjson.dumps({"serial": device.serial, "secret": device.secret.hex(), "project": device.project_code,
                             "region": device.region_code}).decode())
@@ -108,7 +101,7 @@ async def _generate(store, args) -> int:
                 raise CommandFailed(f"cannot write {args.out}: {exc.strerror}; {len(rows)} devices were "
                                     "provisioned and their secrets are lost: rotate them with "
                                     "`lmg device rotate-secret SERIAL`") from None
-    await store.audit("devices_generated", args.prefix, {"count": len(rows), "project": args.project, "by": _actor()})
+    await store.audit("devices_generated", args.prefix, {"count": len(rows), "project": args.project, "by": actor()})
     print(f"provisioned {len(rows)} devices; credentials in {args.out}")
     return 0
 
@@ -141,7 +134,7 @@ async def _import(store, args) -> int:
             skipped += 1
         except ValueError as exc:
             raise UsageError(f"{args.file}: {exc}") from None
-    await store.audit("devices_imported", args.file, {"added": added, "skipped": skipped, "by": _actor()})
+    await store.audit("devices_imported", args.file, {"added": added, "skipped": skipped, "by": actor()})
     print(f"imported {added} devices ({skipped} already present, left unchanged)")
     return 0
 
@@ -181,7 +174,7 @@ async def _change(store, args) -> int:
             result = {"serial": args.serial, "secret": secret.hex()}
     except UnknownDevice:
         raise UsageError(f"no device {args.serial}; see `lmg device list`") from None
-    await store.audit(f"device_{action.replace('-', '_')}", args.serial, {"by": _actor()})
+    await store.audit(f"device_{action.replace('-', '_')}", args.serial, {"by": actor()})
     if args.json:
         print(orjson.dumps(result).decode())
     elif action == "rotate-secret":

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import getpass
 import os
 import re
 import sys
@@ -47,7 +46,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from lmg.server.cli import CommandFailed, UsageError, add_store_options, open_store_from, run_on_store
+from lmg.server.cli import CommandFailed, UsageError, actor, add_store_options, open_store_from, run_on_store
 
 if TYPE_CHECKING:
     from lmg.storage import PunchListing, Store
@@ -280,12 +279,6 @@ WRITERS: dict[str, Callable[[IO[str]], RowWriter]] = {
     "csv": CsvWriter, "json": JsonArrayWriter, "jsonl": JsonLinesWriter, "table": TableWriter}
 
 
-def _actor() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
 
 async def _audit_pii(store: Store, command: str, filters: Filters, target: str, output: str) -> None:
     """Record a disclosure of full ID numbers before it happens (`target`: "stdout" or the
@@ -294,7 +287,7 @@ async def _audit_pii(store: Store, command: str, filters: Filters, target: str, 
     from lmg.storage import StoreError
 
     try:
-        await store.audit("punches_exported", target, {"by": _actor(), "command": command, "format": output,
+        await store.audit("punches_exported", target, {"by": actor(), "command": command, "format": output,
                                                        "filters": filters.for_audit()})
     except StoreError as exc:
         raise CommandFailed(f"nothing was shown: the audit log, which records every --pii read, could not be "

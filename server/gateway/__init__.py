@@ -13,6 +13,7 @@ Modules, and the rule each keeps:
 | `devices` | device lookups of concurrent HELLOs shared in one store read |
 | `deadlines` | coarse deadline buckets: one timer for all sessions |
 | `presence` | online state and last-seen times, written in batches |
+| `signals` | following the store's signals (sessions to end, commands queued, rosters changed): LISTEN/NOTIFY and a poll |
 | `collector` | garbage-collector thresholds for busy processes |
 
 Public entry points (the simulators and benchmarks use these and nothing else of the

@@ -4,8 +4,11 @@
 connection, see link.py) call back into it, and it asks them (never their sessions) to
 time out, hand over or say goodbye. Its parts, each in a module of its own:
 admission (connection limits, accept rate), the lockout guard, the device lookup, the
-deadline wheel and the presence book. Timers are loop-wide tasks (deadline wheel,
-presence flush, partial-photo sweep, the metrics fold), not one per connection.
+deadline wheel and the presence book; the store's signals are followed by `signals`, and
+the downlink (rosters, faces, operator commands) is `downlink`, a `DownlinkService`
+(server/downlink). Timers are loop-wide tasks (deadline wheel, presence flush,
+partial-photo sweep, the signal poll, the downlink's timer and sweeps, the metrics fold),
+not one per connection.
 
 Observability (server/metrics, server/logs.py): events are counted in plain Python
 (`count` into `counters`, `connections` by transport and state, and with metrics on the
@@ -35,13 +38,14 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from lmg.protocol import DeviceStatus, Goodbye, ResultCode, encode
+from lmg.server.downlink.service import DownlinkService
 from lmg.server.gateway.admission import AcceptRate, Admission
 from lmg.server.gateway.deadlines import DeadlineWheel
 from lmg.server.gateway.devices import DeviceLookup
 from lmg.server.gateway.lockout import AuthGuard
 from lmg.server.gateway.presence import PresenceBook
 from lmg.server.gateway.session import Authenticated, AuthFailed
-from lmg.server.gateway.session_ends import GOODBYE_REASONS, SessionEnds
+from lmg.server.gateway.signals import GOODBYE_REASONS, SignalFollower, SignalHandlers
 from lmg.server.logs import RepeatedWarnings
 from lmg.server.settings import Settings, parse_host_port
 from lmg.storage import Device, SessionEndReason, Store, StoreError, open_store
@@ -107,7 +111,8 @@ class Gateway:
         self._unsettled: set[TerminalLink] = set()  # links shutdown waits for
         self._settled: asyncio.Future[None] | None = None
         self._background: list[asyncio.Task[Any]] = []
-        self.session_ends: SessionEnds | None = None
+        self.signals: SignalFollower | None = None
+        self.downlink = DownlinkService(self)
         self._forwarder: asyncio.Task[Any] | None = None
         self._forward_stop = asyncio.Event()
         self.reuse_port = False  # SO_REUSEPORT: several `lmg serve --workers` processes share the ports
@@ -148,6 +153,7 @@ class Gateway:
             self.connections[(link.transport_name, AUTHENTICATED)] -= 1
         else:
             self.connections[(link.transport_name, UNAUTHENTICATED)] -= 1
+        self.downlink.session_ended(link)
         self.link_settled(link)
 
     def link_settled(self, link: TerminalLink) -> None:
@@ -172,11 +178,12 @@ class Gateway:
         self.count("authenticated")
         if session_log.isEnabledFor(logging.INFO):
             session_log.info("authenticated", extra={**link.log_fields(), "result": "ok", "firmware": action.firmware})
+        self.downlink.session_started(link)
 
     def end_device_session(self, serial: str, reason: SessionEndReason, before_ms: int | None = None) -> bool:
         """End the local session of `serial` that connected before `before_ms` (default: now)
         with the GOODBYE for `reason`; True if there was one. Called for the store's session
-        ends (session_ends.py) and directly by the admin API."""
+        end signals (signals.py) and directly by the admin API."""
         link = self.sessions.get(serial)
         if link is None or link.closed:
             return False
@@ -203,8 +210,11 @@ class Gateway:
         self.presence.seen(serial, now_ms)
 
     def status_reported(self, serial: str | None, status: DeviceStatus) -> None:
+        """A DEVICE_STATUS. Its `roster_version` is not recorded: the device's row holds the
+        version of the terminal's last complete roster sync, which the downlink's deltas are
+        decided against (docs/downlink.md), and a terminal mid-sync reports a later one."""
         if serial is not None:
-            self.presence.note(serial, self.now_ms(), True, roster_version=status.roster_version)
+            self.presence.note(serial, self.now_ms(), True)
 
     def submit_punches(self, records: list[Any]) -> asyncio.Future[Any]:
         """Join the store's group commit; a future of one outcome per record (or the
@@ -348,10 +358,13 @@ class Gateway:
             admin_server = await start_admin(self, admin[0], admin[1])
             self.servers.append(admin_server)
             self.listening["admin"] = admin_server.sockets[0].getsockname()[:2]
-        self.session_ends = SessionEnds(self.store, self.end_device_session, settings.session_end_poll_s)
-        await self.session_ends.start()
+        handlers = SignalHandlers(self.end_device_session, self.downlink.command_signal, self.downlink.roster_signal)
+        self.signals = SignalFollower(self.store, handlers, settings.signal_poll_s)
+        await self.signals.start()  # first: where the signals stand, then what is pending (no gap)
+        await self.downlink.start()
         self._background = [
-            loop.create_task(self.session_ends.run()),
+            loop.create_task(self.signals.run()),
+            *self.downlink.tasks(loop),
             loop.create_task(self._deadline_loop()),
             loop.create_task(self._every(settings.presence_flush_s, self.flush_presence)),
             loop.create_task(self._every(settings.partial_photo_sweep_s, self.prune_partial_photos)),
@@ -419,8 +432,13 @@ class Gateway:
             task.cancel()
         if self.metrics is not None:
             self.metrics.close()
-        if self.session_ends is not None:
-            await self.session_ends.close()
+        if self.signals is not None:
+            await self.signals.close()
+        try:
+            await self.downlink.close(remaining())
+        except asyncio.TimeoutError:
+            log.warning("downlink writes (command outcomes, roster versions) did not finish before the shutdown "
+                        "deadline")
         try:
             await asyncio.wait_for(self.flush_presence(), remaining())
         except asyncio.TimeoutError:

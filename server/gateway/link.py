@@ -27,6 +27,13 @@ resume reading) and the unsent-output size. Rules kept here:
   read: it is closed.
 - While the gateway stops, a link tells it (`Gateway.link_settled`) when its last store
   call was answered and nothing awaits, so shutdown waits on that, not on a poll.
+- Downlink (server/downlink): the terminal's answers to commands go to the gateway's
+  `DownlinkService` (the session's `DeviceAnswer`). At the end of a pass, if the link's
+  downlink machine (`downlink`, None without downlink work: one attribute check per pass)
+  has frames to send and no store call of the connection is in flight, the link asks the
+  service for a turn (`request_turn`); the service writes them in a later event-loop turn
+  (`write_pending`), so they never go ahead of a punch answer about to be written, and
+  FACE_CHUNKs only while the unsent output is under `downlink_max_unsent_bytes`.
 - Observability in plain Python only (server/metrics): with metrics on, each frame in and
   out adds one to `Gateway.frames_in` / `frames_out` under its message class, and each
   store call's time from submission to its answers being written goes into the
@@ -53,6 +60,7 @@ from lmg.server.gateway.session import (
     Authenticated,
     AuthFailed,
     Close,
+    DeviceAnswer,
     DeviceView,
     LoadDevice,
     QueryPhoto,
@@ -74,6 +82,7 @@ from lmg.storage import (
 )
 
 if TYPE_CHECKING:
+    from lmg.server.downlink.device import DeviceDownlink
     from lmg.server.gateway.gateway import Gateway
 
 log = logging.getLogger("lmg.link")
@@ -133,6 +142,10 @@ class TerminalLink(abc.ABC):
 
     _paused = False  # reading is paused; kept by the subclasses' pause_reading/resume_reading
     transport_name = ""  # "tcp", "ws": the label of this transport in metrics and logs
+    # Class defaults: a connection without downlink work stores nothing for them.
+    project_code: str | None = None  # the device's project, once its lookup answered
+    roster_synced = 0  # the version of the terminal's last complete roster sync (Device.roster_version)
+    downlink: DeviceDownlink | None = None  # its downlink machine while it has work (server/downlink)
 
     def __init__(self, gateway: Gateway, peer_host: str, peer: str):
         self.gateway = gateway
@@ -333,6 +346,8 @@ class TerminalLink(abc.ABC):
                 self._start(self._query_photo(action))
             elif isinstance(action, StatusReported):
                 self.gateway.status_reported(self.session.serial, action.status)
+            elif isinstance(action, DeviceAnswer):
+                self.gateway.downlink.answer(self, action.answer)
             elif isinstance(action, StorePunches):
                 # Only items `records_to_store` counts make these, and _pump groups them
                 # itself; one here means the two disagree, a bug.
@@ -347,6 +362,25 @@ class TerminalLink(abc.ABC):
             self._execute(actions)
             self._flush()
 
+    def queue_frame(self, message: Any) -> None:
+        """Queue a message (numbered by the session) to be written with this pass's frames."""
+        self._send(message)
+
+    def pending_bytes(self) -> int:
+        """Bytes of the frames this pass produced, not written yet."""
+        out = self.out
+        return sum(map(len, out)) if out else 0
+
+    def flush_downlink(self) -> None:
+        """Outside a pass (a store read answered, a signal, a timer): ask for a downlink turn if
+        the machine has frames to send, and write what is queued."""
+        if not self.closed:
+            self._flush()
+
+    def write_pending(self) -> None:
+        """Write the queued frames now (the downlink's turn), without asking for another turn."""
+        self._write_out()
+
     def _send(self, message: Any) -> None:
         if self.closed:
             return
@@ -360,7 +394,22 @@ class TerminalLink(abc.ABC):
             self.out.append(frame)
 
     def _flush(self) -> None:
-        """Write the frames the current pass produced; close a peer that does not read."""
+        """Write the frames the current pass produced; if the downlink has frames to send and no
+        punches are at the store, ask for a downlink turn (a later event-loop turn writes them,
+        after this pass's answers). Close a peer that does not read."""
+        downlink = self.downlink
+        if downlink is not None and downlink.ready and not self.groups and not self.closed:
+            self.gateway.downlink.request_turn(self)
+        frames = self.out  # the body of _write_out, inline: this runs on every pass
+        if frames is None or self.closed:
+            return
+        self.out = None
+        self.write_frames(frames)
+        if self.unsent_bytes() > self.gateway.max_unsent_bytes:
+            self.gateway.count("slow_reader_closed")
+            self._execute(self.session.too_slow_reader())
+
+    def _write_out(self) -> None:
         frames = self.out
         if frames is None or self.closed:
             return
@@ -415,6 +464,8 @@ class TerminalLink(abc.ABC):
                 return self.session.abort(ResultCode.STORE_UNAVAILABLE, "device lookup failed")
             if stored is not None:
                 device = DeviceView(stored.serial, stored.secret, stored.enabled)
+                self.project_code = stored.project_code or None
+                self.roster_synced = stored.roster_version
         return self.session.device_loaded(device, locked, gateway.now_ms())
 
     def _group_stored(self, entry: StoreGroup, future: asyncio.Future[Any]) -> None:

@@ -17,6 +17,12 @@ A message that is valid but not in the table for the current state is handled in
 place (`_unexpected`): NACK AUTH_REQUIRED before authentication, NACK UNEXPECTED_MESSAGE
 after. While an action that needs an answer is outstanding (device lookup, store, photo),
 the glue holds further frames back, so answers go out in the order frames came in.
+
+The downlink (server/downlink) sends commands through the session too: `send_command`
+numbers a server-initiated message in the session's one outgoing sequence (only once
+authenticated), and the terminal's answers to them (ACK, NACK, ROSTER_VERSION_REPLY,
+CONFIG_REPLY) come back from `receive` as `DeviceAnswer` actions, which the glue hands to
+the downlink: the session itself never answers an answer.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from lmg.protocol import (
     Auth,
     AuthResult,
     Challenge,
+    ConfigReply,
     DeviceStatus,
     Goodbye,
     Heartbeat,
@@ -46,6 +53,7 @@ from lmg.protocol import (
     PunchRecord,
     RecordResult,
     ResultCode,
+    RosterVersionReply,
     TimeSyncReply,
     TimeSyncRequest,
     encode,
@@ -189,10 +197,17 @@ class StatusReported(NamedTuple):
     status: DeviceStatus
 
 
+class DeviceAnswer(NamedTuple):
+    """The terminal answered a command (ACK, NACK, ROSTER_VERSION_REPLY, CONFIG_REPLY): for the
+    downlink, which matches it to the command by `ref_seq`."""
+
+    answer: Ack | Nack | RosterVersionReply | ConfigReply
+
+
 # The closed set of actions: the glue handles each kind and a type checker proves it
 # (server/gateway/link.py ends its dispatch with assert_never).
 Action = Union[Send, Close, LoadDevice, AuthFailed, Authenticated, StorePunches, AppendPhoto, QueryPhoto,
-               StatusReported]
+               StatusReported, DeviceAnswer]
 
 
 class DeviceView(NamedTuple):
@@ -342,6 +357,15 @@ class Session:
     def photo_result(self, sha256: bytes, result: ResultCode, next_offset: int) -> list[Action]:
         return [self._send(PhotoStatus(sha256, int(result), next_offset))]
 
+    def send_command(self, message: Any) -> tuple[Send, int]:
+        """Number a server-initiated command (a §4.5 message, seq 0) in this session's outgoing
+        sequence: its Send action and the seq it goes out with, which its answer's `ref_seq`
+        names. Only an authenticated session takes commands: RuntimeError otherwise (the glue
+        checks `state` first; a command for a closed session stays in the store)."""
+        if self.state is not State.AUTHENTICATED:
+            raise RuntimeError(f"a command for a session in state {self.state.value}")
+        return self._send(message), self.out_seq
+
     def taken_over(self) -> list[Action]:
         """A newer session of the same device authenticated: this one ends."""
         return self._goodbye(ResultCode.TAKEOVER, "a newer session of this device authenticated")
@@ -422,8 +446,8 @@ class Session:
     def _on_status(self, status: DeviceStatus, now_ms: int) -> list[Action]:
         return [StatusReported(status), self._send(Ack(status.seq, MessageType.DEVICE_STATUS, now_ms, ()))]
 
-    def _on_device_answer(self, answer: Any, now_ms: int) -> list[Action]:
-        return []  # answers to downlink commands; command delivery is not part of this server yet
+    def _on_device_answer(self, answer: Ack | Nack | RosterVersionReply | ConfigReply, now_ms: int) -> list[Action]:
+        return [DeviceAnswer(answer)]
 
     def _on_goodbye(self, goodbye: Goodbye, now_ms: int) -> list[Action]:
         reason = ResultCode(goodbye.reason) if goodbye.reason in _RESULT_VALUES else ResultCode.OK

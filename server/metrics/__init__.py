@@ -15,7 +15,8 @@ Rules this package keeps:
   `storage.group_commit.GroupCommit`), the ack latency once per store call of a link
   (submitted to answers written), the event-loop lag four times a second.
 - The store is read on a timer, never per scrape: the outbox figures
-  (`store.outbox_status`) at most every 10 s; the queue depths are attribute reads.
+  (`store.outbox_status`) and the downlink's command counts (`count_commands_by_state`)
+  at most every 10 s; the queue depths are attribute reads.
 - `metrics = false` turns all of it off: no prometheus-client import, no per-frame
   counting, no timing, no tasks (`Gateway.metrics` is None). `Gateway.counters` is kept
   either way (connection events; tests read it).

@@ -12,6 +12,7 @@ loop-wide task and again at every scrape (`lmg.server.metrics.exposition`). The 
 | `Tally`s: ack latency, commit batch size and time, loop lag | link, the group commit's observer, `_lag_loop` | the histograms |
 | the store's group commit and SQLite writer | storage | the queue gauges, read at fold time |
 | `store.outbox_status(now)` | `_outbox_loop`, every `OUTBOX_READ_S` or less often | the outbox gauges (cached, never read per scrape) |
+| `store.count_commands_by_state()` | `_commands_loop`, as the outbox | `lmg_downlink_commands` (cached) |
 | `ForwarderStats` | the forwarder inside `lmg serve` | `lmg_forward_*` |
 
 Counters fold by difference: the fold remembers what it already added for each source key
@@ -147,7 +148,8 @@ class Families:
             "(0 on PostgreSQL).")
         self.store_failures = counter(
             "lmg_store_failures", "Store calls that failed, by operation (store_punches: answered NACK "
-            "STORE_UNAVAILABLE; device_lookup; presence_flush; audit).", ("operation",))
+            "STORE_UNAVAILABLE; device_lookup; presence_flush; audit; downlink: a command's send or outcome, or a face's "
+            "progress, not written).", ("operation",))
         self.presence_flushes = counter(
             "lmg_presence_flushes", "Batched writes of online state and last-seen times.")
         # the outbox and forwarding
@@ -174,8 +176,29 @@ class Families:
             "lmg_forward_photos_sent", "Photos sent to the provincial system.")
         # downlink, the event loop, everything else
         self.downlink_commands = gauge(
-            "lmg_downlink_commands", "Downlink commands by state. This gateway does not send commands to terminals "
-            "yet: zero until the downlink issue.", ("state",), mode="mostrecent")
+            "lmg_downlink_commands", "Operator commands in the store by state (queued, sent, acked, failed, expired, "
+            "cancelled), all devices; read from the store every 10 s or less often, never per scrape.", ("state",),
+            mode="mostrecent")
+        self.downlink_command_outcomes = counter(
+            "lmg_downlink_command_outcomes", "Operator commands this node settled, by state: acked (the terminal's "
+            "reply), failed (a NACK, no answer after command_max_sends sends, or arguments that could not be "
+            "built), expired (marked by this node's sweep).", ("state",))
+        self.downlink_resends = counter(
+            "lmg_downlink_resends", "Commands and roster frames sent again after command_timeout_s without an "
+            "answer.")
+        self.downlink_roster_steps = counter(
+            "lmg_downlink_roster_steps", "Roster changes sent to terminals, by kind (add, update, remove; remove_all: "
+            "the first step of a full resync); resends included.", ("kind",))
+        self.downlink_face_bytes = counter(
+            "lmg_downlink_face_bytes", "Bytes of face photos sent to terminals in FACE_CHUNKs (data only; resends "
+            "included).")
+        self.downlink_roster_syncs = counter(
+            "lmg_downlink_roster_syncs", "Roster syncs of a terminal that ended, by result (done: the terminal holds "
+            "the project's version; failed: a refusal or no answer stopped it until the next change or session).",
+            ("result",))
+        self.downlink_answers_unmatched = counter(
+            "lmg_downlink_answers_unmatched", "Answers from terminals (ACK, NACK, replies) whose ref_seq named no "
+            "command in flight: late answers to a command given up or answered already.")
         self.event_loop_lag_seconds = histogram(
             "lmg_event_loop_lag_seconds", "Seconds a timer of the event loop fired late (a task sleeping 0.25 s "
             "observes its overshoot): how long every connection's work had to wait.", LOOP_LAG_BUCKETS_S)
@@ -202,6 +225,10 @@ COUNTER_NAMES: dict[str, tuple[str, dict[str, str]] | None] = {
     "audit_failures": ("store_failures", {"operation": "audit"}),
     "presence_flushes": ("presence_flushes", {}),
     "partial_photos_pruned": ("partial_photos_pruned", {}),
+    "downlink_store_failures": ("store_failures", {"operation": "downlink"}),
+    "downlink_resends": ("downlink_resends", {}),
+    "downlink_face_bytes": ("downlink_face_bytes", {}),
+    "downlink_answers_unmatched": ("downlink_answers_unmatched", {}),
 }
 # (prefix, family attribute, label): the rest of the name is the label's value.
 COUNTER_PREFIXES: tuple[tuple[str, str, str], ...] = (
@@ -212,6 +239,9 @@ COUNTER_PREFIXES: tuple[tuple[str, str, str], ...] = (
     ("sessions_ended_", "sessions_ended", "reason"),
     ("decode_error_", "decode_errors", "kind"),
     ("punches_rejected_", "punches_rejected", "reason"),
+    ("downlink_commands_", "downlink_command_outcomes", "state"),
+    ("downlink_roster_steps_", "downlink_roster_steps", "kind"),
+    ("downlink_roster_syncs_", "downlink_roster_syncs", "result"),
 )
 
 
@@ -248,6 +278,7 @@ class GatewayMetrics:
         self.commit_seconds = Tally(LATENCY_BUCKETS_S)
         self.loop_lag = Tally(LOOP_LAG_BUCKETS_S)
         self.outbox: OutboxStatus | None = None  # the last figures read (_outbox_loop)
+        self.commands: dict[CommandState, int] | None = None  # the last command counts read (_commands_loop)
         self.repeats = RepeatedWarnings()
         self._folded: dict[Any, float] = {}  # source key -> amount already added to its counter
         self._children: dict[Any, Any] = {}  # source key -> the counter child it folds into
@@ -297,6 +328,10 @@ class GatewayMetrics:
             f.outbox_pending.set(outbox.pending)
             f.outbox_oldest_age_seconds.set(outbox.oldest_age_s)
             f.outbox_dead_letters.set(outbox.dead_letters)
+        commands = self.commands
+        if commands is not None:
+            for state, count in commands.items():
+                f.downlink_commands.labels(state.value).set(count)
 
     def _add(self, key: Any, value: float, child_for: Callable[[Any], Any]) -> None:
         done = self._folded.get(key, 0)
@@ -347,7 +382,7 @@ class GatewayMetrics:
         """The fold, the event-loop lag sampler and the outbox reader, as tasks of `loop`;
         the gateway cancels them at shutdown."""
         return [loop.create_task(self._fold_loop()), loop.create_task(self._lag_loop()),
-                loop.create_task(self._outbox_loop())]
+                loop.create_task(self._outbox_loop()), loop.create_task(self._commands_loop())]
 
     async def _fold_loop(self) -> None:
         while True:
@@ -366,6 +401,22 @@ class GatewayMetrics:
             started = self.clock()
             await self.read_outbox()
             await asyncio.sleep(outbox_interval_s(self.clock() - started))
+
+    async def _commands_loop(self) -> None:
+        while True:
+            started = self.clock()
+            await self.read_commands()
+            await asyncio.sleep(outbox_interval_s(self.clock() - started))
+
+    async def read_commands(self) -> None:
+        """Read the command counts by state now (the loop calls this as often as the outbox
+        figures: the count scans the commands table); on a store failure the last counts stay."""
+        try:
+            self.commands = await asyncio.wait_for(self.gateway.store.count_commands_by_state(),
+                                                   OUTBOX_READ_TIMEOUT_S)
+        except (StoreError, asyncio.TimeoutError) as exc:
+            self.repeats.warning(log, "commands", "command counts not read (the metrics keep the last ones): %s",
+                                 exc or "timed out")
 
     async def read_outbox(self) -> None:
         """Read the outbox figures now (the loop calls this every OUTBOX_READ_S); on a store

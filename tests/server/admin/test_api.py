@@ -45,7 +45,7 @@ class Api:
 
 @pytest.fixture
 async def api(start_gateway):
-    gw = await start_gateway(session_end_poll_s=0.1)
+    gw = await start_gateway(signal_poll_s=0.1)
     made = {}
     for name, scope in SCOPED.items():
         token, digest = tokens.new_token()
@@ -154,7 +154,7 @@ async def test_closing_a_session_says_so_and_the_device_may_come_straight_back(a
     assert [(type(m), m.reason) for m in received] == [(Goodbye, ResultCode.CLOSED_BY_OPERATOR)]
     back = await api.gw.raw_authenticated()
     # the store's record of that end, read again by the poll, must not end the new session
-    await api.gw.gateway.session_ends.poll()
+    await api.gw.gateway.signals.poll()
     assert api.gw.gateway.sessions.get(api.gw.device.serial) is not None
     await back.close()
 

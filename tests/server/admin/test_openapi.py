@@ -70,6 +70,24 @@ def operations(base: str) -> list:
     return [result.ok() for result in schema.get_all_operations()]
 
 
+def empty_window(case) -> bool:
+    """Whether a generated request names a period that ends before it starts."""
+    query = case.query or {}
+    since, until = str(query.get("since", "")), str(query.get("until", ""))
+    if since.isdigit() and until.isdigit() and int(until) <= int(since):
+        return True
+    body = case.body if isinstance(case.body, dict) else {}
+    start, end = body.get("start_date"), body.get("end_date")
+    return isinstance(start, str) and isinstance(end, str) and end < start  # ISO dates sort as text
+
+
+def typed_arguments(case) -> bool:
+    """Whether a generated request queues a command: which arguments a type requires, and
+    their limits in UTF-8 bytes and in one frame, are in the schema's description, not its
+    grammar (JSON Schema counts characters), so schema-valid arguments can be refused."""
+    return case.method.upper() == "POST" and case.path.endswith("/commands")
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_every_answer_is_documented_and_none_is_a_server_error(live, mode):
@@ -87,12 +105,10 @@ def test_every_answer_is_documented_and_none_is_a_server_error(live, mode):
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(case=operation.as_strategy(generation_mode=mode))
         def check(case) -> None:
-            # an empty time window (until <= since) is refused with 400 on purpose; JSON
-            # Schema cannot say so, so schemathesis would call it valid data rejected
-            query = case.query or {}
-            since, until = str(query.get("since", "")), str(query.get("until", ""))
-            empty_window = since.isdigit() and until.isdigit() and int(until) <= int(since)
-            excluded = [positive_data_acceptance] if empty_window else []
+            # an empty time window (until <= since, a project ending before it starts) is
+            # refused with 400 on purpose; JSON Schema cannot say so, so schemathesis would
+            # call it valid data rejected
+            excluded = [positive_data_acceptance] if empty_window(case) or typed_arguments(case) else []
             # a case made invalid in its headers (no Authorization) goes out as made
             whos = ["nobody"] if case.meta and case.meta.is_negative_at(ParameterLocation.HEADER) else WHO
             for who in whos:

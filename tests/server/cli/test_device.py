@@ -104,10 +104,10 @@ async def test_unknown_serial_exits_2_with_a_clear_message(gw, capsys):
 
 async def test_disabling_or_rotating_from_another_process_ends_the_open_session(start_gateway, capsys):
     # `lmg device disable` used to leave the device's open session acked for up to 60 s;
-    # the gateway now follows the store's session ends (every session_end_poll_s on SQLite).
+    # the gateway now follows the store's session ends (every signal_poll_s on SQLite).
     from lmg.protocol import Goodbye
 
-    gw = await start_gateway(session_end_poll_s=0.1)
+    gw = await start_gateway(signal_poll_s=0.1)
     client = await gw.raw_authenticated()
     code, _, _ = await lmg(capsys, gw, "device", "rotate-secret", gw.device.serial)
     assert code == 0

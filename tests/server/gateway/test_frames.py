@@ -78,7 +78,8 @@ async def test_garbage_is_skipped_and_the_next_frame_answered(gw):
 
 
 async def test_oversize_frame_is_nacked_and_the_connection_closed(start_gateway):
-    gw = await start_gateway(max_frame_size=4096, max_batch_records=50)  # 50 records fit a 4 KiB frame
+    # 50 records and a 4,036-byte face chunk fit a 4 KiB frame
+    gw = await start_gateway(max_frame_size=4096, max_batch_records=50, face_chunk_bytes=4036)
     good = await steady(gw)
     client = await gw.raw_authenticated()
     client.send_bytes(raw_frame(Punch.msg_type, 77, b"", body_len=1_000_000)[:14])  # the header alone suffices

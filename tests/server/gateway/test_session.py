@@ -8,6 +8,11 @@ from hypothesis import strategies as st
 
 from lmg.protocol import (
     Ack,
+    ConfigEntry,
+    ConfigReply,
+    DoorOpen,
+    RosterVersionQuery,
+    RosterVersionReply,
     AuthResult,
     Challenge,
     Goodbye,
@@ -31,6 +36,7 @@ from lmg.server.gateway.session import (
     Authenticated,
     AuthFailed,
     Close,
+    DeviceAnswer,
     DeviceView,
     LoadDevice,
     Send,
@@ -246,6 +252,36 @@ def test_shutdown_tells_when_to_reconnect():
     assert sent(session.shutdown()) == [Goodbye(ResultCode.SHUTTING_DOWN, 7, seq=3)]
 
 
+@pytest.mark.parametrize("answer", [
+    Ack(5, MessageType.DOOR_OPEN, T0, (), seq=9),
+    Nack(5, MessageType.REBOOT, ResultCode.COMMAND_FAILED, seq=9),
+    RosterVersionReply(5, 42, 300, seq=9),
+    ConfigReply(5, (ConfigEntry("volume", "7"),), seq=9),
+])
+def test_a_terminal_s_answer_goes_to_the_downlink_and_is_never_answered(answer):
+    session = authenticated()
+    out_seq = session.out_seq
+    assert session.receive(answer, T0) == [DeviceAnswer(answer)]
+    assert session.out_seq == out_seq  # nothing sent: an answer is not answered
+
+
+def test_commands_are_numbered_in_the_session_s_one_sequence():
+    session = authenticated()
+    send, seq = session.send_command(DoorOpen(1, 5))
+    assert send == Send(DoorOpen(1, 5, seq=3)) and seq == 3
+    assert sent(session.receive(Heartbeat(0, 0, 0, seq=4), T0))[0].seq == 4  # answers go on from there
+    session.out_seq = 0xFFFFFFFF
+    assert session.send_command(RosterVersionQuery()) == (Send(RosterVersionQuery(seq=0)), 0)
+
+
+@pytest.mark.parametrize("state", [State.AWAIT_HELLO, State.AWAIT_DEVICE, State.AWAIT_AUTH, State.CLOSED])
+def test_only_an_authenticated_session_takes_commands(state):
+    session = session_in(state)
+    with pytest.raises(RuntimeError, match=f"a command for a session in state {state.value}"):
+        session.send_command(DoorOpen(1, 5))
+    assert session.out_seq in (0, 1)  # nothing numbered
+
+
 def test_outgoing_seq_wraps():
     session = authenticated()
     session.out_seq = 0xFFFFFFFF
@@ -272,6 +308,7 @@ def session_in(state: State, **limits) -> Session:
 
 
 ALL_MESSAGES = st.one_of([message_strategy(cls) for cls in MESSAGE_CLASSES.values()])
+ANSWERS = frozenset({MessageType.ACK, MessageType.NACK, MessageType.ROSTER_VERSION_REPLY, MessageType.CONFIG_REPLY})
 
 
 @settings(max_examples=400, deadline=None)
@@ -283,6 +320,8 @@ def test_every_state_and_message_pair_is_handled_by_the_table_or_refused(state, 
         assert actions == []
         return
     if (state, message.msg_type) in TRANSITIONS:
+        if message.msg_type in ANSWERS:  # answers to commands: handed over, never answered
+            assert actions == [DeviceAnswer(message)]
         return  # the handler's own tests cover it; reaching here without an exception is the point
     expected = ResultCode.AUTH_REQUIRED if state is not State.AUTHENTICATED else ResultCode.UNEXPECTED_MESSAGE
     assert [type(a) for a in actions] == [Send]

@@ -105,7 +105,7 @@ async def test_disabling_a_device_ends_its_session_on_whichever_worker_holds_it(
     # a poll far longer than the test: only the notification can end the sessions in time
     proc = subprocess.Popen([sys.executable, "-m", "lmg.server.cli", "serve", "--workers", "2", "--store", store,
                              "--data-dir", str(tmp_path), "--tcp", "127.0.0.1:0", "--ws", "", "--admin", "127.0.0.1:0",
-                             "--ready-file", str(ready), "--log-level", "warning", "--session-end-poll-s", "3600"])
+                             "--ready-file", str(ready), "--log-level", "warning", "--signal-poll-s", "3600"])
     try:
         deadline = time.monotonic() + 60
         while not ready.exists():
