@@ -102,6 +102,7 @@ def test_a_built_wheel_holds_the_namespace_and_imports_from_where_it_is_unpacked
     tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert tops == {"lmg"}
     assert any(name.startswith("lmg/storage/migrations/sqlite/") and name.endswith(".sql") for name in names)
+    assert {"lmg/protocol/data/gansu-divisions.csv", "lmg/protocol/data/README.md"} <= set(names)  # and its attribution
     assert {name.split("/")[1] for name in names if name.startswith("lmg/")} == set(LAYERS)
     assert not any("/tests/" in name or name.startswith("tests/") for name in names)
     modules = sorted(packages_on_disk())
