@@ -152,9 +152,11 @@ async def _list(store, args) -> int:
                              "enabled": d.enabled, "online": d.online, "last_seen_ms": d.last_seen_ms,
                              "firmware": d.firmware, "roster_version": d.roster_version} for d in devices]).decode())
         return 0
-    print(f"{'serial':<24} {'project':<16} {'region':<7} {'enabled':<8} {'online':<7} firmware")
+    # roster: the version of the terminal's last complete roster sync (docs/downlink.md)
+    print(f"{'serial':<24} {'project':<16} {'region':<7} {'enabled':<8} {'online':<7} {'roster':>6}  firmware")
     for d in devices:
-        print(f"{d.serial:<24} {d.project_code:<16} {d.region_code:<7} {str(d.enabled):<8} {str(d.online):<7} {d.firmware}")
+        print(f"{d.serial:<24} {d.project_code:<16} {d.region_code:<7} {str(d.enabled):<8} {str(d.online):<7} "
+              f"{d.roster_version:>6}  {d.firmware}")
     return 0
 
 

@@ -7,6 +7,7 @@ are short settings, and the tests wait for the store or the terminal to show the
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import json
@@ -16,6 +17,7 @@ from datetime import date
 import pytest
 
 from lmg.protocol import MessageType, ResultCode
+from lmg.server.cli.device import _list as device_list
 from lmg.server.downlink.commands import COMMAND_TYPES, encode_arguments, parse_arguments
 from lmg.simulators.device import TerminalDevice
 from lmg.simulators.terminal import worker_id_for
@@ -77,7 +79,7 @@ FAST = dict(signal_poll_s=0.05, presence_flush_s=0.1)
 # --- rosters ----------------------------------------------------------------------------------------
 
 
-async def test_a_roster_reaches_a_new_terminal_with_its_faces_and_its_version_is_stored(start_gateway):
+async def test_a_roster_reaches_a_new_terminal_with_its_faces_and_its_version_is_stored(start_gateway, capsys):
     gw = await start_gateway(**FAST)
     await add_project(gw.store, 5)
     terminal = await gw.terminal()
@@ -86,6 +88,10 @@ async def test_a_roster_reaches_a_new_terminal_with_its_faces_and_its_version_is
     assert roster(device) == await stored_roster(gw.store)
     assert all(device.face_of(wid) == photo(n) for n, wid in enumerate(sorted(device.workers), 1))
     await wait_for(lambda: _device_version(gw, 5), what="the acknowledged version in the store")
+    capsys.readouterr()
+    assert await device_list(gw.store, argparse.Namespace(json=False)) == 0  # what `lmg device list` prints
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert header.split()[5] == "roster" and row.split()[0] == gw.device.serial and row.split()[5] == "5"
 
 
 async def _device_version(gw, version: int) -> bool:
