@@ -256,6 +256,12 @@ class FrameDecoder:
         self.skipped_bytes += found - pos
         return found
 
+    def set_max_frame_size(self, max_frame_size: int) -> None:
+        """Take frames of up to `max_frame_size` bytes from the next `feed` on (the gateway
+        raises its small pre-authentication limit once a session is authenticated)."""
+        self._max_body = _max_body(max_frame_size)
+        self.max_frame_size = max_frame_size
+
     @property
     def buffered(self) -> int:
         """Bytes held waiting for the rest of a frame."""

@@ -67,6 +67,8 @@ class ResultCode(IntEnum):
     PHOTO_OFFSET_MISMATCH = 0x0027
     PHOTO_TOO_LARGE = 0x0028
     BATCH_TOO_LARGE = 0x0029
+    PHOTO_NOT_ANNOUNCED = 0x002A
+    PHOTO_UPLOADS_BUSY = 0x002B
     # framing and session
     UNSUPPORTED_MESSAGE = 0x0030
     MALFORMED_BODY = 0x0031
@@ -84,6 +86,7 @@ class ResultCode(IntEnum):
     TOO_MANY_ERRORS = 0x0052
     CREDENTIALS_CHANGED = 0x0053
     CLOSED_BY_OPERATOR = 0x0054
+    TERMINAL_LEAVING = 0x0055
     # device answers to commands
     COMMAND_FAILED = 0x0060
     UNKNOWN_WORKER = 0x0061
@@ -182,13 +185,18 @@ RESULT_DESCRIPTIONS: dict[ResultCode, str] = {
     ResultCode.INVALID_TEMPERATURE: "temperature outside 30.0–45.0 °C (and not 0 = not measured)",
     ResultCode.PHOTO_HASH_MISMATCH: "assembled photo does not match its SHA-256; upload again from offset 0",
     ResultCode.PHOTO_OFFSET_MISMATCH: "chunk offset is not where the server expects; resume at next_offset",
-    ResultCode.PHOTO_TOO_LARGE: "photo larger than the server accepts",
+    ResultCode.PHOTO_TOO_LARGE: "photo larger than the server accepts (2 MiB by default): as a record's result, "
+                                "the punch is refused; for a chunk or query, do not upload that photo",
     ResultCode.BATCH_TOO_LARGE: "more records in one PUNCH_BATCH than the session allows",
+    ResultCode.PHOTO_NOT_ANNOUNCED: "no acknowledged punch of this device announces this photo (record_no, "
+                                    "photo_sha256 and total_size must match its photo fields); do not upload it",
+    ResultCode.PHOTO_UPLOADS_BUSY: "the device has too many photo uploads in progress; finish one, then resend",
     ResultCode.UNSUPPORTED_MESSAGE: "message type unknown to the receiver (not fatal)",
     ResultCode.MALFORMED_BODY: "body shorter than its fields or with invalid text encoding",
     ResultCode.FRAME_TOO_LARGE: "declared body length above the maximum frame size; session closed",
     ResultCode.BAD_CHECKSUM: "frame checksum wrong; resend the frame",
-    ResultCode.RATE_LIMITED: "too many frames; slow down and resend later",
+    ResultCode.RATE_LIMITED: "new connections arrive faster than the server's accept rate (GOODBYE before HELLO); "
+                             "reconnect after reconnect_after_s",
     ResultCode.UNEXPECTED_MESSAGE: "message valid but not expected in this session state",
     ResultCode.STORE_UNAVAILABLE: "server could not store the records now; resend later",
     ResultCode.SERVER_BUSY: "server overloaded; reconnect later",
@@ -198,6 +206,8 @@ RESULT_DESCRIPTIONS: dict[ResultCode, str] = {
     ResultCode.TOO_MANY_ERRORS: "too many malformed frames in this session",
     ResultCode.CREDENTIALS_CHANGED: "the device's secret was rotated; reconnect with the new secret",
     ResultCode.CLOSED_BY_OPERATOR: "an operator closed the session; reconnect when ready",
+    ResultCode.TERMINAL_LEAVING: "GOODBYE from a terminal: it is closing the session itself (restart, power-down, "
+                                 "new settings); the server answers nothing and closes",
     ResultCode.COMMAND_FAILED: "terminal could not carry out the command",
     ResultCode.UNKNOWN_WORKER: "worker not on the terminal's roster",
     ResultCode.DEVICE_STORAGE_FULL: "terminal storage full",

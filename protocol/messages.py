@@ -213,6 +213,11 @@ class Auth(NamedTuple):
     "server_time_ms" / U64 * "server clock, Unix ms UTC",
     "max_frame_size" / U32 * "largest frame the server accepts, bytes",
     "max_batch_records" / U16 * "most records the server accepts in one PUNCH_BATCH",
+    # Appended under section 8's extension rules: a terminal written against the 18-byte
+    # body reads the fields it knows and ignores this one.
+    "retry_after_s" / U16 * "seconds to wait before reconnecting after this refusal (LOCKED_OUT: until the lock "
+                            "ends); 0 = use own back-off. Appended in this edition: a reader of the older 18-byte "
+                            "body ignores it",
 )
 class AuthResult(NamedTuple):
     result: int
@@ -220,6 +225,7 @@ class AuthResult(NamedTuple):
     server_time_ms: int
     max_frame_size: int
     max_batch_records: int
+    retry_after_s: int = 0
     seq: int = 0
 
 
@@ -238,7 +244,8 @@ class Heartbeat(NamedTuple):
 
 @message(
     MessageType.GOODBYE,
-    "reason" / U16 * "result code: SHUTTING_DOWN, TAKEOVER, HEARTBEAT_TIMEOUT, TOO_MANY_ERRORS, …",
+    "reason" / U16 * "result code: SHUTTING_DOWN, TAKEOVER, HEARTBEAT_TIMEOUT, TOO_MANY_ERRORS, …; from a "
+                     "terminal: TERMINAL_LEAVING",
     "reconnect_after_s" / U16 * "seconds to wait before reconnecting; 0 = use own backoff",
 )
 class Goodbye(NamedTuple):
@@ -345,7 +352,8 @@ class PunchBatch(NamedTuple):
     "photo_sha256" / Bytes(32) * "SHA-256 of the whole photo (as in the punch record)",
     "total_size" / U32 * "size of the whole photo, bytes",
     "offset" / U32 * "where this chunk starts in the photo, bytes",
-    "data" / Blob() * "chunk bytes (u16 length + bytes); at most 32768 recommended",
+    "data" / Blob() * "chunk bytes (u16 length + bytes); any length that keeps the frame within the maximum "
+                      "frame size (section 6.5)",
 )
 class PhotoChunk(NamedTuple):
     record_no: int

@@ -34,6 +34,12 @@ resume reading) and the unsent-output size. Rules kept here:
   service for a turn (`request_turn`); the service writes them in a later event-loop turn
   (`write_pending`), so they never go ahead of a punch answer about to be written, and
   FACE_CHUNKs only while the unsent output is under `downlink_max_unsent_bytes`.
+- Hostile input (issue 18): the decoder's limit is the session's (`Session.max_frame_size`:
+  1,047 bytes until authenticated); a photo chunk or query goes to the store only when a
+  stored punch of the device announces that photo (`_announced`) and the device holds one of
+  its `photo_uploads_per_device` upload slots (photo_slots.py); a WebSocket message holding
+  several frames gets one NACK per frame; a TCP peer that half-closes (`peer_finished`)
+  still gets the answers to what it sent before the connection is closed.
 - Observability in plain Python only (server/metrics): with metrics on, each frame in and
   out adds one to `Gateway.frames_in` / `frames_out` under its message class, and each
   store call's time from submission to its answers being written goes into the
@@ -54,12 +60,15 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, assert_never
 
 from lmg.protocol import FrameDecoder, ProtocolError, ResultCode, decode_frame, encode
+from lmg.protocol.errors import NotAFrame
+from lmg.protocol.schema import HEADER_SIZE
 from lmg.server.gateway.session import (
     Action,
     AppendPhoto,
     Authenticated,
     AuthFailed,
     Close,
+    Count,
     DeviceAnswer,
     DeviceView,
     LoadDevice,
@@ -90,6 +99,7 @@ session_log = logging.getLogger("lmg.session")  # opened and closed here; the au
 
 _OUTCOME_CODES = {Outcome.STORED: int(ResultCode.OK), Outcome.DUPLICATE: int(ResultCode.DUPLICATE)}
 _OK = int(ResultCode.OK)
+_DUPLICATE = int(ResultCode.DUPLICATE)
 I64_MAX = 2**63 - 1  # the store's time columns are signed 64-bit
 
 
@@ -151,8 +161,12 @@ class TerminalLink(abc.ABC):
         self.gateway = gateway
         self.peer_host = peer_host
         now = gateway.now_ms()
-        self.session = Session(peer=peer, nonce=os.urandom(16), connected_ms=now, limits=gateway.limits)
-        self.decoder = FrameDecoder(gateway.limits.max_frame_size)
+        self.session = Session(peer=peer, nonce=os.urandom(16), connected_ms=now, limits=gateway.limits,
+                               max_photo_bytes=gateway.photo_max_bytes)
+        # Small until authenticated (session.PRE_AUTH_MAX_FRAME_SIZE); raised in `_execute`.
+        self.decoder = FrameDecoder(self.session.max_frame_size)
+        self.wheel_buckets: list[int] = []  # deadline-wheel buckets this link is filed under (Gateway)
+        self.peer_done = False  # the peer half-closed: answer what it sent, then close
         self.backlog: list[Any] = []  # items held while busy; a list is 56 B, a deque 600+
         self.out: list[bytes] | None = None  # frames of the current pass, written by _flush
         self.groups: list[StoreGroup] = []  # store calls in flight, oldest first (see _pump)
@@ -236,13 +250,39 @@ class TerminalLink(abc.ABC):
         self._process(self.decoder.feed(data))
 
     def frame_received(self, data: bytes) -> None:
-        """WebSocket: one binary message, which must be exactly one frame."""
-        item: Any
+        """WebSocket: one binary message, which must be exactly one frame.
+
+        A message holding several whole frames is refused frame by frame: each gets NACK
+        MALFORMED_BODY with its own seq and type, none is carried out (docs/protocol.md
+        section 1), so no frame of it is dropped without an answer."""
+        items: list[Any]
         try:
-            item = decode_frame(data, max_frame_size=self.decoder.max_frame_size)
+            items = [decode_frame(data, max_frame_size=self.decoder.max_frame_size)]
+        except NotAFrame as exc:
+            items = [exc]
+            if exc.seq is not None and len(data) > HEADER_SIZE:
+                split = FrameDecoder(self.decoder.max_frame_size).feed(data)
+                if len(split) > 1:
+                    items = [NotAFrame(f"frame {i + 1} of {len(split)} in one WebSocket message",
+                                       seq=getattr(item, "seq", 0), msg_type=getattr(item, "msg_type", 0))
+                             for i, item in enumerate(split)]
         except ProtocolError as exc:
-            item = exc
-        self._process([item])
+            items = [exc]
+        self._process(items)
+
+    def peer_finished(self) -> None:
+        """TCP: the peer half-closed (FIN) after its last frame. What it sent is still
+        answered (a punch stored gets its ACK); the connection closes once nothing is in
+        flight."""
+        self.peer_done = True
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        if self.peer_done and not self.closed and self.settled() and not self.backlog:
+            self._flush()
+            if not self.closed:
+                self.close_transport()
+                self.transport_lost("peer_closed", "the terminal half-closed; its frames were answered")
 
     def transport_lost(self, reason: str | None = None, detail: str | None = None) -> None:
         """The connection is gone. `reason` (lower case, for logs and metrics) defaults to
@@ -337,6 +377,7 @@ class TerminalLink(abc.ABC):
             elif isinstance(action, LoadDevice):
                 self._start(self._load_device(action))
             elif isinstance(action, Authenticated):
+                self.decoder.set_max_frame_size(self.session.max_frame_size)
                 self.gateway.authenticated(self, action)
             elif isinstance(action, AuthFailed):
                 self.gateway.auth_failed(self, action)
@@ -348,6 +389,8 @@ class TerminalLink(abc.ABC):
                 self.gateway.status_reported(self.session.serial, action.status)
             elif isinstance(action, DeviceAnswer):
                 self.gateway.downlink.answer(self, action.answer)
+            elif isinstance(action, Count):
+                self.gateway.count(action.name)
             elif isinstance(action, StorePunches):
                 # Only items `records_to_store` counts make these, and _pump groups them
                 # itself; one here means the two disagree, a bug.
@@ -449,15 +492,18 @@ class TerminalLink(abc.ABC):
         self._report_if_settled()
 
     def _report_if_settled(self) -> None:
-        """While the gateway stops, tell it once nothing of this link is in flight."""
+        """While the gateway stops, tell it once nothing of this link is in flight; close a
+        half-closed peer once all it sent is answered."""
+        if self.peer_done:
+            self._close_if_drained()
         if self.gateway.stopping and (self.closed or self.settled()):
             self.gateway.link_settled(self)
 
     async def _load_device(self, action: LoadDevice) -> list[Action]:
         gateway = self.gateway
-        locked = gateway.guard.is_locked(self.peer_host, action.serial, gateway.now_ms())
+        locked_until = gateway.guard.locked_until(self.peer_host, action.serial, gateway.now_ms())
         device = None
-        if not locked:
+        if not locked_until:
             try:
                 stored = await gateway.lookup_device(action.serial)
             except StoreError:  # logged by the gateway, once per interval
@@ -466,7 +512,7 @@ class TerminalLink(abc.ABC):
                 device = DeviceView(stored.serial, stored.secret, stored.enabled)
                 self.project_code = stored.project_code or None
                 self.roster_synced = stored.roster_version
-        return self.session.device_loaded(device, locked, gateway.now_ms())
+        return self.session.device_loaded(device, locked_until, gateway.now_ms())
 
     def _group_stored(self, entry: StoreGroup, future: asyncio.Future[Any]) -> None:
         """The store answered a group: answer every group whose turn has come (answers are
@@ -490,6 +536,10 @@ class TerminalLink(abc.ABC):
                 entry.outcome = codes = [o.reject_reason if o.status is Outcome.REJECTED
                                          else _OUTCOME_CODES[o.status] for o in outcomes]
                 gateway.punches_settled(entry.records, serial, None, codes)
+                if _DUPLICATE in codes:  # a reused record_no with other content must not vanish
+                    records = [record for request in entry.requests for record, _ in request.records]
+                    gateway.check_duplicates(serial, [r for r, code in zip(records, codes) if code == _DUPLICATE],
+                                             self.peer_host)
         if not self.closed:
             groups = self.groups
             latency = gateway.ack_latency
@@ -545,31 +595,51 @@ class TerminalLink(abc.ABC):
             start = end
         return answers
 
+    async def _announced(self, record_no: int, sha256: bytes, total_size: int) -> bool:
+        """True if a stored punch of this device, `record_no`, announces exactly this photo.
+        Raises StoreError. One indexed read per chunk: chunks are 32 KiB, punches 70 B."""
+        punch = await self.gateway.store.get_punch(self.session.serial or "", record_no)
+        return punch is not None and punch.photo_sha256 == sha256 and punch.photo_size == total_size
+
+    def _photo_refused(self, sha256: bytes, result: ResultCode, next_offset: int) -> list[Action]:
+        self.gateway.count("photo_refused_" + result.name.lower())
+        return self.session.photo_result(sha256, result, next_offset)
+
     async def _append_photo(self, action: AppendPhoto) -> list[Action]:
         chunk = action.chunk
         serial = self.session.serial or ""
+        gateway = self.gateway
+        sha = chunk.photo_sha256
         try:
-            next_offset = await self.gateway.store.photo_append(
-                serial, chunk.photo_sha256, chunk.total_size, chunk.offset, chunk.data
-            )
+            if not await self._announced(chunk.record_no, sha, chunk.total_size):
+                return self._photo_refused(sha, ResultCode.PHOTO_NOT_ANNOUNCED, 0)
+            if not gateway.photo_slots.admit(serial, sha, gateway.now_ms()):
+                return self._photo_refused(sha, ResultCode.PHOTO_UPLOADS_BUSY, chunk.offset)
+            next_offset = await gateway.store.photo_append(serial, sha, chunk.total_size, chunk.offset, chunk.data)
             result = ResultCode.OK
             if next_offset == chunk.offset + len(chunk.data):  # this chunk advanced the upload
-                self.gateway.count("photo_bytes_stored", len(chunk.data))
+                gateway.count("photo_bytes_stored", len(chunk.data))
                 if next_offset == chunk.total_size:
-                    self.gateway.count("photos_stored")
+                    gateway.count("photos_stored")
+            if next_offset >= chunk.total_size:
+                gateway.photo_slots.done(serial, sha)
         except PhotoOffsetMismatch as exc:
             result, next_offset = ResultCode.PHOTO_OFFSET_MISMATCH, exc.expected_offset
         except PhotoHashMismatch:
+            gateway.photo_slots.done(serial, sha)
             result, next_offset = ResultCode.PHOTO_HASH_MISMATCH, 0
         except PhotoTooLarge:
+            gateway.photo_slots.done(serial, sha)
             result, next_offset = ResultCode.PHOTO_TOO_LARGE, 0
         except StoreError:
             result, next_offset = ResultCode.STORE_UNAVAILABLE, chunk.offset
-        return self.session.photo_result(chunk.photo_sha256, result, next_offset)
+        return self.session.photo_result(sha, result, next_offset)
 
     async def _query_photo(self, action: QueryPhoto) -> list[Action]:
         query = action.query
         try:
+            if not await self._announced(query.record_no, query.photo_sha256, query.total_size):
+                return self._photo_refused(query.photo_sha256, ResultCode.PHOTO_NOT_ANNOUNCED, 0)
             next_offset = await self.gateway.store.photo_status(self.session.serial or "", query.photo_sha256)
             result = ResultCode.OK
         except StoreError:

@@ -15,7 +15,10 @@ States (the table `TRANSITIONS` is the whole of what is allowed):
 
 A message that is valid but not in the table for the current state is handled in one
 place (`_unexpected`): NACK AUTH_REQUIRED before authentication, NACK UNEXPECTED_MESSAGE
-after. While an action that needs an answer is outstanding (device lookup, store, photo),
+after. Until authenticated, the glue's decoder takes frames of at most
+`PRE_AUTH_MAX_FRAME_SIZE` (the largest HELLO) and raises it to `max_frame_size` once
+`Authenticated` comes (`Session.max_frame_size` says which applies now). docs/protocol.md
+section 5.1 is generated from this machine (session_doc.py). While an action that needs an answer is outstanding (device lookup, store, photo),
 the glue holds further frames back, so answers go out in the order frames came in.
 
 The downlink (server/downlink) sends commands through the session too: `send_command`
@@ -65,6 +68,12 @@ from lmg.protocol.schema import MAX_FRAME_SIZE, PROTOCOL_VERSION
 
 # Bytes of a PUNCH_BATCH frame besides its records (header, record count, checksum): 22.
 BATCH_OVERHEAD = len(encode(PunchBatch(records=())))
+
+# The largest frame taken before AUTH_RESULT OK: the largest HELLO the schema allows (four
+# str8 of 255 bytes, the version and capabilities: 1,047 bytes; AUTH is 50). A connection
+# that never authenticates thus makes the server hold at most this much of a half-sent
+# frame, not a whole 64 KiB one (4,900 such connections held 313 MiB before).
+PRE_AUTH_MAX_FRAME_SIZE = len(encode(Hello("s" * 255, "v" * 255, "m" * 255, "f" * 255, 1, 0)))
 
 SEQ_MASK = 0xFFFFFFFF
 
@@ -204,10 +213,16 @@ class DeviceAnswer(NamedTuple):
     answer: Ack | Nack | RosterVersionReply | ConfigReply
 
 
+class Count(NamedTuple):
+    """An event for the gateway's counters (server/metrics), e.g. photo_refused_photo_too_large."""
+
+    name: str
+
+
 # The closed set of actions: the glue handles each kind and a type checker proves it
 # (server/gateway/link.py ends its dispatch with assert_never).
 Action = Union[Send, Close, LoadDevice, AuthFailed, Authenticated, StorePunches, AppendPhoto, QueryPhoto,
-               StatusReported, DeviceAnswer]
+               StatusReported, DeviceAnswer, Count]
 
 
 class DeviceView(NamedTuple):
@@ -225,8 +240,12 @@ class DeviceView(NamedTuple):
 # --- the machine -----------------------------------------------------------------------
 
 
-def _validate(record: PunchRecord, now_ms: int, limits: SessionLimits) -> ResultCode | None:
+def _validate(record: PunchRecord, now_ms: int, limits: SessionLimits, max_photo_bytes: int) -> ResultCode | None:
     """The reason a record must be refused, or None. Checked in the order the doc lists."""
+    if record.photo_size > max_photo_bytes:
+        # a photo the server would refuse at its first chunk: refused here, where the
+        # terminal learns it once, instead of a punch whose photo can never arrive
+        return ResultCode.PHOTO_TOO_LARGE
     if not is_valid_id_number(record.worker_id):
         return ResultCode.INVALID_WORKER_ID
     if record.punch_time_ms > now_ms + limits.max_future_skew_ms:
@@ -266,6 +285,7 @@ class Session:
     out_seq: int = 0
     malformed: list[int] = field(default_factory=list)  # times (ms) of recent malformed frames
     close_reason: ResultCode | None = None
+    max_photo_bytes: int = 2 * 1024 * 1024  # the store's photo_max_bytes (storage/config.py), given by the glue
 
     def __post_init__(self) -> None:
         self.last_heard_ms = self.connected_ms
@@ -273,6 +293,13 @@ class Session:
     @property
     def serial(self) -> str | None:
         return self.hello.serial if self.hello else None
+
+    @property
+    def max_frame_size(self) -> int:
+        """The largest frame to take from the peer now: PRE_AUTH_MAX_FRAME_SIZE until
+        authenticated (only HELLO and AUTH are of use), then the session's limit. The glue
+        applies it to its decoder when the state changes."""
+        return self.limits.max_frame_size if self.state is State.AUTHENTICATED else PRE_AUTH_MAX_FRAME_SIZE
 
     # -- time ---------------------------------------------------------------------------
     def deadline_ms(self) -> int:
@@ -298,7 +325,7 @@ class Session:
             return self._frame_error(item, now_ms)
         handler = TRANSITIONS.get((self.state, item.msg_type))
         if handler is None:
-            return self._unexpected(item)
+            return self._unexpected(item, now_ms)
         return handler(self, item, now_ms)
 
     def records_to_store(self, item: Any) -> int:
@@ -323,18 +350,22 @@ class Session:
         with the reason it must be refused (or None), for the store."""
         self.last_heard_ms = now_ms
         limits = self.limits
+        photo_max = self.max_photo_bytes
         if isinstance(item, Punch):
             record = item.record
-            return StorePunches(item.seq, MessageType.PUNCH, ((record, _validate(record, now_ms, limits)),))
-        records = tuple((r, _validate(r, now_ms, limits)) for r in item.records)
+            return StorePunches(item.seq, MessageType.PUNCH, ((record, _validate(record, now_ms, limits, photo_max)),))
+        records = tuple((r, _validate(r, now_ms, limits, photo_max)) for r in item.records)
         return StorePunches(item.seq, MessageType.PUNCH_BATCH, records)
 
-    def device_loaded(self, device: DeviceView | None, locked_out: bool, now_ms: int) -> list[Action]:
-        """Answer to LoadDevice: the device (None if unknown) and whether it is locked out."""
+    def device_loaded(self, device: DeviceView | None, locked_until_ms: int, now_ms: int) -> list[Action]:
+        """Answer to LoadDevice: the device (None if unknown) and when the lockout of this
+        serial at this address ends (0: not locked out). A locked-out terminal is told in
+        AUTH_RESULT's `retry_after_s` how many seconds are left (rounded up)."""
         if self.state is not State.AWAIT_DEVICE:
             return []
-        if locked_out:
-            return self._refuse(ResultCode.LOCKED_OUT, now_ms)
+        if locked_until_ms > now_ms:
+            retry_after_s = min(0xFFFF, -(-(locked_until_ms - now_ms) // 1000))
+            return self._refuse(ResultCode.LOCKED_OUT, now_ms, retry_after_s)
         if device is None:
             return self._refuse(ResultCode.UNKNOWN_DEVICE, now_ms)
         if not device.enabled:
@@ -438,10 +469,18 @@ class Session:
         return 0 < count <= self.limits.max_batch_records
 
     def _on_photo_chunk(self, chunk: PhotoChunk, now_ms: int) -> list[Action]:
+        if not 0 < chunk.total_size <= self.max_photo_bytes:
+            return self._photo_too_large(chunk.photo_sha256)
         return [AppendPhoto(chunk)]
 
     def _on_photo_query(self, query: PhotoQuery, now_ms: int) -> list[Action]:
+        if not 0 < query.total_size <= self.max_photo_bytes:
+            return self._photo_too_large(query.photo_sha256)
         return [QueryPhoto(query)]
+
+    def _photo_too_large(self, sha256: bytes) -> list[Action]:
+        """Above the store's photo_max_bytes (or empty): refused here, before the store."""
+        return [*self.photo_result(sha256, ResultCode.PHOTO_TOO_LARGE, 0), Count("photo_refused_photo_too_large")]
 
     def _on_status(self, status: DeviceStatus, now_ms: int) -> list[Action]:
         return [StatusReported(status), self._send(Ack(status.seq, MessageType.DEVICE_STATUS, now_ms, ()))]
@@ -454,9 +493,14 @@ class Session:
         return self.abort(reason, "device said goodbye")
 
     # -- the one place for everything not in the table ---------------------------------
-    def _unexpected(self, message: Any) -> list[Action]:
-        code = ResultCode.AUTH_REQUIRED if self.state is not State.AUTHENTICATED else ResultCode.UNEXPECTED_MESSAGE
-        return [self._send(Nack(message.seq, message.msg_type, code))]
+    def _unexpected(self, message: Any, now_ms: int) -> list[Action]:
+        if self.state is State.AUTHENTICATED:
+            return [self._send(Nack(message.seq, message.msg_type, ResultCode.UNEXPECTED_MESSAGE))]
+        # Before authentication only HELLO and AUTH are of use: anything else counts as a
+        # malformed frame too, so a peer that never authenticates is closed after
+        # `malformed_limit` of them instead of being answered until its auth timeout.
+        actions: list[Action] = [self._send(Nack(message.seq, message.msg_type, ResultCode.AUTH_REQUIRED))]
+        return actions + self._count_error(now_ms)
 
     def _frame_error(self, error: ProtocolError, now_ms: int) -> list[Action]:
         actions: list[Action] = [self._send(Nack(error.seq or 0, error.msg_type or 0, error.result_code))]
@@ -464,11 +508,16 @@ class Session:
             return actions + self.abort(error.result_code, str(error))
         if error.result_code is ResultCode.UNSUPPORTED_MESSAGE:
             return actions  # extension rule: never a reason to disconnect
+        return actions + self._count_error(now_ms)
+
+    def _count_error(self, now_ms: int) -> list[Action]:
+        """One more malformed (or, before authentication, unexpected) frame: GOODBYE
+        TOO_MANY_ERRORS past `malformed_limit` within `malformed_window_ms`."""
         window_start = now_ms - self.limits.malformed_window_ms
         self.malformed = [t for t in self.malformed if t > window_start] + [now_ms]
         if len(self.malformed) > self.limits.malformed_limit:
-            return actions + self._goodbye(ResultCode.TOO_MANY_ERRORS, f"{len(self.malformed)} malformed frames")
-        return actions
+            return self._goodbye(ResultCode.TOO_MANY_ERRORS, f"{len(self.malformed)} malformed frames")
+        return []
 
     # -- output helpers ---------------------------------------------------------------
     def _send(self, message: Any) -> Send:
@@ -477,9 +526,10 @@ class Session:
         # (a third of the cost of answering a punch).
         return Send(tuple.__new__(type(message), message[:-1] + (seq,)))
 
-    def _refuse(self, reason: ResultCode, now_ms: int) -> list[Action]:
+    def _refuse(self, reason: ResultCode, now_ms: int, retry_after_s: int = 0) -> list[Action]:
         serial = self.hello.serial if self.hello else ""
-        actions: list[Action] = [self._send(AuthResult(reason, 0, now_ms, self.limits.max_frame_size, 0))]
+        actions: list[Action] = [self._send(AuthResult(reason, 0, now_ms, self.limits.max_frame_size, 0,
+                                                       retry_after_s))]
         if reason is not ResultCode.UNSUPPORTED_VERSION:
             actions.append(AuthFailed(serial, reason))
         return actions + self.abort(reason, f"authentication refused: {reason.name}")

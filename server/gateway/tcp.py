@@ -41,7 +41,12 @@ class TcpLink(TerminalLink, asyncio.Protocol):
             self.bytes_received(data)
 
     def eof_received(self):
-        return False  # close our side too
+        """The terminal half-closed after its last frame: keep our side open until what it
+        sent is answered (its punches are stored: they must be acknowledged), then close."""
+        if self.closed or not hasattr(self, "session") or self.transport.get_extra_info("sslcontext") is not None:
+            return False  # close our side too (TLS cannot half-close: asyncio would only warn)
+        self.peer_finished()
+        return not self.closed
 
     def connection_lost(self, exc) -> None:
         if hasattr(self, "session"):

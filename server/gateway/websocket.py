@@ -9,14 +9,18 @@ synchronously for every WebSocket frame it parses from a read. Rules kept here:
 - Admission (`Gateway.admit`) is checked once the upgrade is done: a refused connection
   gets `Gateway.refusal` as one binary message, then close 1013, and no session.
 - One binary message is one protocol frame. A message fragmented into several WebSocket
-  frames is put back together first. Text messages are closed with 1003.
+  frames is put back together first; one holding several frames gets a NACK per frame
+  (`TerminalLink.frame_received`). Text messages are closed with 1003.
 - A message above the maximum frame size is closed with 1009 as soon as its length is
-  known, and the terminal gets no NACK (docs/protocol.md section 1): picows checks each
-  WebSocket frame's length in its header, before the payload is buffered, and this module
-  checks the running length of a fragmented message before joining the next part. Input held
-  per connection thus stays within two maximum frames (a fragmented message being joined and
-  the WebSocket frame being read), plus what arrives in the 10 ms picows waits between its
-  close frame and closing the socket.
+  known, and the terminal gets no NACK (docs/protocol.md section 1). picows checks each
+  WebSocket frame's length in its header against the listener's `max_frame_size`, before the
+  payload is buffered; this module checks each frame against the session's limit (1,047
+  bytes before authentication) and the running length of a fragmented message before
+  joining the next part. Input held per connection thus stays within two maximum frames (a
+  fragmented message being joined and the WebSocket frame being read), plus what arrives in
+  the 10 ms picows waits between its close frame and closing the socket. (picows' limit is
+  per listener: an unauthenticated WebSocket peer can still make it buffer one frame of up
+  to `max_frame_size` before this module sees it and closes with 1009.)
 - Back-pressure as on TCP: reading pauses through the underlying asyncio transport. Frames
   picows had already parsed from the read in progress are still delivered after a pause;
   they wait in the link's backlog. Output is bounded by `TerminalLink` through
@@ -34,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from picows import WSCloseCode, WSListener, WSMsgType, WSTransport, ws_create_server
 
 from lmg.server.gateway.link import TerminalLink
+from lmg.server.logs import RepeatedWarnings
 
 if TYPE_CHECKING:
     from lmg.server.gateway.gateway import Gateway
@@ -55,15 +60,28 @@ _TEXT = WSMsgType.TEXT
 _CLOSE = WSMsgType.CLOSE
 
 
+# A peer's WebSocket protocol errors (a bad opcode, an unmasked frame, ...) are logged by
+# picows at ERROR, one line each: anyone could flood the log before authenticating. They
+# are the peer's fault, not ours: at most one line per interval, at INFO, saying how many
+# were left out.
+PEER_ERROR_LOG_S = 10.0
+_PEER_ERRORS = RepeatedWarnings(PEER_ERROR_LOG_S)
+
+
 class _PicowsLog(logging.LoggerAdapter):
     """picows' log, under `lmg.websocket.picows`, with its per-connection INFO lines
     (accepted, disconnected) moved to DEBUG: at 10,000 terminals they would be most of the
-    log, and the TCP listener does not log connections either. Being an adapter rather than a
+    log, and the TCP listener does not log connections either. Its `error` lines (the
+    peer's protocol errors) are rate-limited at INFO (`_PEER_ERRORS`); `exception` lines
+    (a bug of ours in a callback) stay at ERROR. Being an adapter rather than a
     `logging.Logger` also stops picows from creating one child Logger per connection
     (0.5 KiB of RSS per idle connection, measured against `lmg serve`)."""
 
     def info(self, msg, *args, **kwargs):
         self.debug(msg, *args, **kwargs)
+
+    def error(self, msg, *args, **kwargs):
+        _PEER_ERRORS.log(self.logger, logging.INFO, "websocket_peer_error", "WebSocket peer error: " + msg, *args)
 
 
 _PICOWS_LOG = _PicowsLog(logging.getLogger("lmg.websocket.picows"), {})
@@ -103,6 +121,12 @@ class WebSocketLink(TerminalLink, WSListener):
         kind = frame.msg_type
         if frame.rsv1 or frame.rsv2 or frame.rsv3:
             kind = None  # no extension is negotiated, so these bits must be 0 (RFC 6455 5.2)
+        if kind == _BINARY and frame.payload_size > self.decoder.max_frame_size:
+            # above the session's limit (small before authentication): 1009, as picows does
+            # above the listener's
+            self._message = None
+            self._fail(WSCloseCode.MESSAGE_TOO_BIG)
+            return
         if kind == _BINARY and frame.fin and self._message is None:
             self.frame_received(frame.get_payload_as_bytes())
         elif kind == _BINARY and self._message is None:

@@ -8,7 +8,6 @@ import time
 from lmg.protocol import Ack, Challenge, Goodbye, Heartbeat, Hello, Nack, Punch, ResultCode
 from lmg.simulators.terminal import DeviceCredentials, make_punch
 
-from tests.server.conftest import wait_for
 
 
 async def test_right_secret_authenticates_and_tells_the_session_limits(start_gateway):
@@ -75,38 +74,28 @@ async def test_messages_before_auth_get_auth_required(gw):
     assert (await client.authenticate(gw.device)).result == ResultCode.OK
 
 
-async def test_repeated_failures_lock_the_address_out_and_are_audited(gw):
+async def test_repeated_failures_lock_the_serial_at_its_address_only(gw):
+    """Lockout is per (serial, address): the failing serial is locked here, the other
+    terminals at this address and the same serial elsewhere are not (test_lockout.py has
+    the rest: the address scope, retry-after, audit)."""
     other = await gw.add_device("GS-TEST-000002")
     wrong = DeviceCredentials(gw.device.serial, os.urandom(32))
-    threshold = gw.gateway.guard.threshold
+    threshold = gw.gateway.guard.pair_failures
     for _ in range(threshold):
         client = await gw.raw()
         assert (await client.authenticate(wrong)).result == ResultCode.BAD_SIGNATURE
         await client.closed_after()
     locked_until = gw.gateway.guard.locked_until("127.0.0.1", gw.device.serial, gw.gateway.now_ms())
     assert locked_until > 0
-    # the right secret no longer helps, for this serial or any other from this address
-    for credentials in (gw.device, other):
-        client = await gw.raw()
-        assert (await client.authenticate(credentials)).result == ResultCode.LOCKED_OUT
-        assert await client.closed_after() == []
+    client = await gw.raw()
+    refused = await client.authenticate(gw.device)  # the right secret no longer helps, here
+    assert refused.result == ResultCode.LOCKED_OUT and refused.retry_after_s > 0
+    assert await client.closed_after() == []
     # retrying while locked out does not lengthen the lock
     assert gw.gateway.guard.locked_until("127.0.0.1", gw.device.serial, gw.gateway.now_ms()) == locked_until
-    # another address is not locked for a serial that did nothing wrong
+    assert (await (await gw.raw()).authenticate(other)).result == ResultCode.OK  # same address, other serial
     elsewhere = await gw.raw(local_addr="127.0.0.2")
-    assert (await elsewhere.authenticate(other)).result == ResultCode.OK
-
-    async def audited():  # audit writes are queued, not awaited by the session: poll
-        entries = await gw.store.list_audit(event="auth_failed", limit=50)
-        return entries if len(entries) >= threshold + 2 else None
-
-    entries = await wait_for(audited, what="the failures in the audit log")
-    bad = [e for e in entries if e.detail["reason"] == "BAD_SIGNATURE"]
-    assert len(bad) == threshold
-    assert {e.subject for e in bad} == {gw.device.serial}
-    assert {e.address for e in bad} == {"127.0.0.1"}
-    assert [e.detail["reason"] for e in entries].count("LOCKED_OUT") == 2
-    assert any(e.detail["locked"] for e in bad), "the failure that locked the address says so"
+    assert (await elsewhere.authenticate(gw.device)).result == ResultCode.OK  # same serial, other address
 
 
 async def test_second_session_takes_over_the_first(gw):

@@ -142,6 +142,7 @@ def test_presence_merges_heard_times_into_state_changes():
         serial = "AUTH-THEN-HEARD"
         project_code = None  # a device in no project, without commands: no downlink work
         downlink = None
+        wheel_buckets: list[int] = []
 
         @staticmethod
         def deadline_ms():

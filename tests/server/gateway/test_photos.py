@@ -7,13 +7,79 @@ import hashlib
 import os
 import time
 
-from lmg.protocol import PhotoChunk, PhotoQuery, PhotoStatus, Punch, ResultCode
+from lmg.protocol import Ack, PhotoChunk, PhotoQuery, PhotoStatus, Punch, ResultCode
 from lmg.server.forwarding.config import ForwarderConfig
 from lmg.server.forwarding.forwarder import Forwarder
 from lmg.simulators.province import Access, Faults, ProvinceSimulator, held_records, report
 from lmg.simulators.terminal import make_punch
 
 from tests.server.conftest import WAIT_S, wait_for
+
+
+async def announce(client, record_no: int, photo: bytes) -> None:
+    """Store the punch that announces `photo`: a photo nobody announced is refused."""
+    client.send(Punch.of(make_punch(record_no, 1, time.time_ns() // 1_000_000, photo=photo)))
+    assert [r.result for r in (await client.expect(Ack)).results] == [ResultCode.OK]
+
+
+async def test_a_photo_no_punch_announced_is_refused_and_not_stored(gw):
+    # Before: a chunk for a record that did not exist got PHOTO_STATUS OK, was stored and
+    # was forwarded to the province.
+    photo = os.urandom(5_000)
+    sha = hashlib.sha256(photo).digest()
+    client = await gw.raw_authenticated()
+    client.send(PhotoChunk(404, sha, len(photo), 0, photo))  # no such punch
+    assert (await client.expect(PhotoStatus)).result == ResultCode.PHOTO_NOT_ANNOUNCED
+    client.send(Punch.of(make_punch(405, 1, time.time_ns() // 1_000_000)))  # a punch without a photo
+    await client.expect(Ack)
+    client.send(PhotoChunk(405, sha, len(photo), 0, photo))
+    assert (await client.expect(PhotoStatus)).result == ResultCode.PHOTO_NOT_ANNOUNCED
+    await announce(client, 406, photo)
+    client.send(PhotoChunk(406, sha, len(photo) + 1, 0, photo))  # the wrong size
+    assert (await client.expect(PhotoStatus)).result == ResultCode.PHOTO_NOT_ANNOUNCED
+    client.send(PhotoQuery(404, sha, len(photo)))
+    assert (await client.expect(PhotoStatus)).result == ResultCode.PHOTO_NOT_ANNOUNCED
+    assert await gw.store.get_photo(sha) is None
+    assert await gw.store.photo_status(gw.device.serial, sha) == 0
+    # another device's punch does not announce it for this one
+    other = await gw.add_device("GS-TEST-000009")
+    second = await gw.raw_authenticated(other)
+    second.send(PhotoChunk(406, sha, len(photo), 0, photo))
+    assert (await second.expect(PhotoStatus)).result == ResultCode.PHOTO_NOT_ANNOUNCED
+    assert gw.gateway.counters["photo_refused_photo_not_announced"] == 5
+    # the announced one goes through
+    client.send(PhotoChunk(406, sha, len(photo), 0, photo))
+    assert (await client.expect(PhotoStatus)).result == ResultCode.OK
+
+
+async def test_the_photo_size_limit_holds_at_the_punch_and_the_query(start_gateway):
+    # Before: only the first PHOTO_CHUNK enforced photo_max_bytes; a punch announced
+    # 200 MiB and PHOTO_QUERY answered OK.
+    gw = await start_gateway(photo_max_bytes=10_000)
+    client = await gw.raw_authenticated()
+    huge = make_punch(1, 1, time.time_ns() // 1_000_000)._replace(photo_size=200 << 20, photo_sha256=bytes(range(32)))
+    client.send(Punch.of(huge))
+    assert [r.result for r in (await client.expect(Ack)).results] == [ResultCode.PHOTO_TOO_LARGE]
+    client.send(PhotoQuery(1, bytes(range(32)), 200 << 20))
+    assert (await client.expect(PhotoStatus)).result == ResultCode.PHOTO_TOO_LARGE
+    assert gw.gateway.counters["photo_refused_photo_too_large"] == 1
+
+
+async def test_photo_uploads_in_progress_per_device_are_bounded(start_gateway):
+    gw = await start_gateway(photo_uploads_per_device=2)
+    client = await gw.raw_authenticated()
+    photos = [os.urandom(40_000) for _ in range(3)]
+    for no, photo in enumerate(photos, 1):
+        await announce(client, no, photo)
+    for no, photo in enumerate(photos, 1):
+        client.send(PhotoChunk(no, hashlib.sha256(photo).digest(), len(photo), 0, photo[:1000]))
+    results = [(await client.expect(PhotoStatus)).result for _ in photos]
+    assert results == [ResultCode.OK, ResultCode.OK, ResultCode.PHOTO_UPLOADS_BUSY]
+    first = photos[0]
+    client.send(PhotoChunk(1, hashlib.sha256(first).digest(), len(first), 1000, first[1000:]))
+    assert (await client.expect(PhotoStatus)).next_offset == len(first)  # done: its slot is free
+    client.send(PhotoChunk(3, hashlib.sha256(photos[2]).digest(), len(photos[2]), 0, photos[2][:1000]))
+    assert (await client.expect(PhotoStatus)).result == ResultCode.OK
 
 
 async def test_the_gateway_deletes_partial_uploads_nobody_continued(start_gateway):
@@ -23,6 +89,7 @@ async def test_the_gateway_deletes_partial_uploads_nobody_continued(start_gatewa
     photo = os.urandom(40_000)
     sha = hashlib.sha256(photo).digest()
     client = await gw.raw_authenticated()
+    await announce(client, 7, photo)
     client.send(PhotoChunk(7, sha, len(photo), 0, photo[:32768]))
     assert (await client.expect(PhotoStatus)).next_offset == 32768
     await wait_for(lambda: gw.gateway.counters["partial_photos_pruned"] >= 1, what="the partial upload swept")
@@ -77,6 +144,7 @@ async def test_wrong_photo_bytes_are_refused_with_hash_mismatch(gw):
     photo = os.urandom(5_000)
     sha = hashlib.sha256(photo).digest()
     client = await gw.raw_authenticated()
+    await announce(client, 9, photo)
     client.send(PhotoChunk(9, sha, len(photo), 0, os.urandom(len(photo))))
     status = await client.expect(PhotoStatus, WAIT_S)
     assert (status.result, status.next_offset) == (ResultCode.PHOTO_HASH_MISMATCH, 0)
@@ -108,3 +176,21 @@ async def test_a_photo_uploaded_after_its_punch_was_forwarded_reaches_the_provin
         stop.set()
         await asyncio.wait_for(forwarding, WAIT_S)
         await province.stop()
+
+
+async def test_the_gateway_deletes_forwarded_photos_past_their_retention(start_gateway):
+    # photo_forwarded_retention_ms: the sweep of partial uploads also deletes the bytes of
+    # photos the province confirmed longer ago; a photo not forwarded yet stays.
+    gw = await start_gateway(photo_forwarded_retention_ms=1, partial_photo_sweep_s=0.05)
+    forwarded, pending = os.urandom(2000), os.urandom(2000)
+    shas = [hashlib.sha256(p).digest() for p in (forwarded, pending)]
+    for photo, sha in zip((forwarded, pending), shas, strict=True):
+        await gw.store.photo_append(gw.device.serial, sha, len(photo), 0, photo)
+    await gw.store.mark_photos_forwarded([shas[0]], time.time_ns() // 1_000_000 - 1000)
+
+    async def purged() -> bool:
+        return await gw.store.get_photo(shas[0]) is None
+
+    await wait_for(purged, what="the forwarded photo's bytes deleted")
+    assert await gw.store.get_photo(shas[1]) == pending
+    assert await gw.store.photo_status(gw.device.serial, shas[0]) == len(forwarded)

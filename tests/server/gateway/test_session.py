@@ -66,7 +66,7 @@ def new_session(**limits) -> Session:
 def authenticated(**limits) -> Session:
     session = new_session(**limits)
     assert session.receive(HELLO, T0) == [LoadDevice("GS-1")]
-    session.device_loaded(DEVICE, False, T0)
+    session.device_loaded(DEVICE, 0, T0)
     actions = session.receive(Auth(auth_mac(SECRET, NONCE, "GS-1", "fw-1", 1), seq=2), T0 + 10)
     assert session.state is State.AUTHENTICATED
     assert Authenticated("GS-1", "fw-1") in actions
@@ -76,7 +76,7 @@ def authenticated(**limits) -> Session:
 def test_happy_path_gives_challenge_then_ok_with_session_parameters():
     session = new_session(heartbeat_interval_s=20)
     session.receive(HELLO, T0)
-    challenge = sent(session.device_loaded(DEVICE, False, T0))[0]
+    challenge = sent(session.device_loaded(DEVICE, 0, T0))[0]
     assert challenge == Challenge(NONCE, T0, seq=1)
     actions = session.receive(Auth(auth_mac(SECRET, NONCE, "GS-1", "fw-1", 1), seq=2), T0 + 5)
     result = sent(actions)[0]
@@ -85,18 +85,22 @@ def test_happy_path_gives_challenge_then_ok_with_session_parameters():
 
 
 @pytest.mark.parametrize(
-    "device, locked, reason",
+    "device, locked_until, reason, retry_after_s",
     [
-        (None, False, ResultCode.UNKNOWN_DEVICE),
-        (DeviceView("GS-1", SECRET, False), False, ResultCode.DEVICE_DISABLED),
-        (DEVICE, True, ResultCode.LOCKED_OUT),
+        (None, 0, ResultCode.UNKNOWN_DEVICE, 0),
+        (DeviceView("GS-1", SECRET, False), 0, ResultCode.DEVICE_DISABLED, 0),
+        (DEVICE, T0 + 59_001, ResultCode.LOCKED_OUT, 60),  # the seconds left, rounded up
+        (DEVICE, T0, ResultCode.OK, 0),  # a lock that ended is no lock
     ],
 )
-def test_refusals_before_the_challenge(device, locked, reason):
+def test_refusals_before_the_challenge(device, locked_until, reason, retry_after_s):
     session = new_session()
     session.receive(HELLO, T0)
-    actions = session.device_loaded(device, locked, T0)
-    assert sent(actions)[0].result == reason
+    actions = session.device_loaded(device, locked_until, T0)
+    if reason is ResultCode.OK:
+        assert isinstance(sent(actions)[0], Challenge)
+        return
+    assert (sent(actions)[0].result, sent(actions)[0].retry_after_s) == (reason, retry_after_s)
     assert AuthFailed("GS-1", reason) in actions
     assert actions[-1] == Close(reason, f"authentication refused: {reason.name}")
     assert session.state is State.CLOSED
@@ -105,7 +109,7 @@ def test_refusals_before_the_challenge(device, locked, reason):
 def test_wrong_secret_is_refused_and_reported():
     session = new_session()
     session.receive(HELLO, T0)
-    session.device_loaded(DEVICE, False, T0)
+    session.device_loaded(DEVICE, 0, T0)
     actions = session.receive(Auth(auth_mac(b"x" * 32, NONCE, "GS-1", "fw-1", 1)), T0)
     assert sent(actions)[0].result == ResultCode.BAD_SIGNATURE
     assert AuthFailed("GS-1", ResultCode.BAD_SIGNATURE) in actions
@@ -115,7 +119,7 @@ def test_wrong_secret_is_refused_and_reported():
 def test_mac_over_another_firmware_is_refused():
     session = new_session()
     session.receive(HELLO, T0)
-    session.device_loaded(DEVICE, False, T0)
+    session.device_loaded(DEVICE, 0, T0)
     actions = session.receive(Auth(auth_mac(SECRET, NONCE, "GS-1", "fw-2", 1)), T0)
     assert sent(actions)[0].result == ResultCode.BAD_SIGNATURE
 
@@ -297,7 +301,7 @@ def session_in(state: State, **limits) -> Session:
     session.receive(HELLO, T0)
     if state is State.AWAIT_DEVICE:
         return session
-    session.device_loaded(DEVICE, False, T0)
+    session.device_loaded(DEVICE, 0, T0)
     if state is State.AWAIT_AUTH:
         return session
     if state is State.AUTHENTICATED:
@@ -361,3 +365,31 @@ def test_records_to_store_counts_punches_and_batches_within_the_limit_only():
     assert small.records_to_store(PunchBatch(records)) == 0  # NACK BATCH_TOO_LARGE at once
     assert [a.message.result for a in small.receive(PunchBatch(records, seq=9), T0)] == [ResultCode.BATCH_TOO_LARGE]
     assert session_in(State.AWAIT_AUTH).records_to_store(Punch.of(records[0])) == 0
+
+
+def test_the_frame_limit_is_a_hellos_size_until_authenticated():
+    from lmg.server.gateway.session import PRE_AUTH_MAX_FRAME_SIZE
+
+    session = new_session()
+    assert session.max_frame_size == PRE_AUTH_MAX_FRAME_SIZE
+    assert authenticated(max_frame_size=40_000).max_frame_size == 40_000
+
+
+def test_a_punch_announcing_a_photo_above_the_limit_is_refused_and_the_rest_of_the_batch_is_not():
+    from lmg.protocol import PunchBatch
+
+    session = authenticated()
+    session.max_photo_bytes = 1000
+    ok = make_punch(1, 1, T0)
+    big = make_punch(2, 2, T0)._replace(photo_size=1001, photo_sha256=bytes(range(32)))
+    request = session.store_request(PunchBatch((ok, big)), T0)
+    assert [reason for _, reason in request.records] == [None, ResultCode.PHOTO_TOO_LARGE]
+
+
+def test_before_authentication_other_messages_count_as_errors_and_end_the_session():
+    session = new_session(malformed_limit=3)
+    for n in range(3):
+        assert sent(session.receive(Heartbeat(0, 0, 0, seq=n), T0))[0].result == ResultCode.AUTH_REQUIRED
+    actions = session.receive(Heartbeat(0, 0, 0, seq=4), T0)
+    assert [type(m).__name__ for m in sent(actions)] == ["Nack", "Goodbye"]
+    assert sent(actions)[1].reason == ResultCode.TOO_MANY_ERRORS and session.state is State.CLOSED

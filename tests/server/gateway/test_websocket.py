@@ -43,10 +43,41 @@ async def test_one_frame_per_binary_message(gw):
     async with ws_connect(gw) as ws:
         await ws.send(encode(Hello(gw.device.serial, "v", "m", "f", 1, 0, 1)))
         assert isinstance(decode_frame(await asyncio.wait_for(ws.recv(), WAIT_S)), Challenge)
-        # two frames in one message are not one frame: refused, the session goes on
-        await ws.send(encode(Hello("x", "v", "m", "f", 1, 0, 2)) * 2)
-        nack = decode_frame(await asyncio.wait_for(ws.recv(), WAIT_S))
-        assert isinstance(nack, Nack) and nack.result == ResultCode.MALFORMED_BODY
+        # two frames in one message are not one frame: each is refused with its own NACK
+        # (before, the second was dropped without an answer), the session goes on
+        await ws.send(encode(Hello("x", "v", "m", "f", 1, 0, 2)) + encode(Heartbeat(0, 0, 0, 3)))
+        nacks = [decode_frame(await asyncio.wait_for(ws.recv(), WAIT_S)) for _ in range(2)]
+        assert [(n.ref_seq, n.ref_type, n.result) for n in nacks] == [
+            (2, Hello.msg_type, ResultCode.MALFORMED_BODY), (3, Heartbeat.msg_type, ResultCode.MALFORMED_BODY)]
+
+
+async def test_a_peers_websocket_protocol_errors_are_logged_rate_limited_below_error(gw, caplog):
+    # Before: picows logged every one at ERROR, so anyone could flood the log.
+    import logging
+
+    from lmg.server.gateway import websocket
+
+    websocket._PEER_ERRORS._last.clear()
+    caplog.set_level(logging.DEBUG, logger="lmg")
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection(gw.host, gw.ws_port)
+        writer.write(b"GET /terminal HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT_S)
+        writer.write(bytes([0x83, 0x80, 1, 2, 3, 4]))  # reserved opcode 3: a protocol error
+        await asyncio.wait_for(reader.read(), WAIT_S)  # closed by the server
+        writer.close()
+    peer_lines = [r for r in caplog.records if "WebSocket peer error" in r.getMessage()]
+    assert len(peer_lines) == 1 and peer_lines[0].levelno == logging.INFO
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_an_unauthenticated_websocket_message_above_a_hello_is_closed_with_1009(gw):
+    async with ws_connect(gw) as ws:
+        await ws.send(encode(Hello("x" * 200, "v" * 255, "m" * 255, "f" * 255, 1, 0, 1)) + bytes(1000))
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), WAIT_S)
+        assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1009
 
 
 async def test_a_window_of_punches_gets_one_message_per_ack_in_order(gw):
