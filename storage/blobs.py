@@ -2,10 +2,11 @@
 
 `BlobStore` is the whole contract: bytes in and out by SHA-256 hex key, nothing else, so
 an S3-compatible object store can implement it with PUT/GET/HEAD/DELETE on the key.
-`FileBlobStore`, the default, keeps blobs under `<data dir>/photos/` as
-`ab/cd/abcd…` (two fan-out levels keep a directory under ~65 000 entries per 2^32
-photos). A blob reported put is on disk: written to a temporary name, fsynced, renamed,
-directory fsynced; readers never see half a photo.
+`PostgresBlobStore` (storage/postgres_blobs.py) is the PostgreSQL store's, so that every
+node of the database reads every photo. `FileBlobStore`, SQLite's, keeps blobs under
+`<data dir>/photos/` as `ab/cd/abcd…` (two fan-out levels keep a directory under ~65 000
+entries per 2^32 photos). A blob reported put is on disk: written to a temporary name,
+fsynced, renamed, directory fsynced; readers never see half a photo.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ import tempfile
 from pathlib import Path
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")
+
+
+def is_key(name: str) -> bool:
+    """Whether `name` is a blob key (a file of the store is named by its key)."""
+    return bool(_KEY.match(name))
 
 
 def check_key(key: str) -> str:

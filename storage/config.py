@@ -66,6 +66,14 @@ class StoreConfig:
                 "network must not hang a batch; the devices get STORE_UNAVAILABLE and resend")
     pg_connect_timeout_ms: int = key(5_000, "ms to connect to PostgreSQL before the store is reported unavailable")
 
+    # A live device is heard every heartbeat_interval_s (30 s) and its last-seen time
+    # written every presence_flush_s (5 s); the gateway closes a device silent for the
+    # heartbeat grace (3 x 30 s). A node that dies writes nothing more, so its devices
+    # stay flagged online: they are shown offline once not heard for 90 + 5 s, as a live
+    # node would show a silent device. Settings refuses a value below that sum.
+    presence_stale_ms: int = key(
+        95_000, "ms after the last-seen time a device flagged online is shown offline (a node that died leaves its "
+                "devices flagged); at least heartbeat_interval_s x heartbeat_misses + presence_flush_s")
     photo_max_bytes: int = key(
         2 * MIB, "largest photo kept: turnstile face captures are 640x480 JPEGs of 30-200 KB; 2 MiB is ten times "
                  "the largest seen and caps the disk an abandoned upload can hold")
@@ -73,6 +81,12 @@ class StoreConfig:
         24 * 3600 * 1000, "ms after which a partial photo upload nobody continued is deleted (devices retry within "
                           "minutes)")
 
+    # The province keeps every photo it confirmed; the gateway's copy serves the admin API's
+    # punch photo for disputes, which come with the monthly payroll. 1,000 terminals at 200
+    # punches a day, 30% with a 30 KB photo, store 1.8 GB a day: 54 GB for 30 days.
+    photo_forwarded_retention_ms: int = key(
+        30 * 24 * 3600 * 1000, "ms a photo's bytes are kept after the province confirmed it (30 days: the payroll "
+                               "month's disputes); 0 keeps them for ever. The record of the photo stays")
     face_max_bytes: int = key(
         2 * MIB, "largest face photo accepted for the roster: terminals enroll from 640x480 JPEGs of 30-200 KB; "
                  "2 MiB is ten times that and still only 128 FACE_CHUNKs of 16 KiB per terminal")
@@ -100,9 +114,12 @@ class StoreConfig:
             raise ValueError("need at least 1 SQLite reader (sqlite_readers) and 2 PostgreSQL connections (pg_pool_max)")
         for name in ("group_commit_batches_in_flight_sqlite", "group_commit_batches_in_flight_postgres",
                      "enqueue_wait_ms", "pg_command_timeout_ms", "pg_connect_timeout_ms", "photo_max_bytes",
-                     "photo_partial_ttl_ms", "roster_import_max_rows"):
+                     "photo_partial_ttl_ms", "roster_import_max_rows", "presence_stale_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.photo_forwarded_retention_ms < 0:
+            raise ValueError(f"photo_forwarded_retention_ms must be 0 (keep for ever) or more, "
+                             f"got {self.photo_forwarded_retention_ms}")
         if self.face_max_bytes < 1024:
             raise ValueError(f"face_max_bytes must be at least 1024 (the smallest face accepted), "
                              f"got {self.face_max_bytes}")

@@ -9,6 +9,7 @@ The store writes a signal in the same transaction as the change it announces (st
 | `session_end` | serial | a SessionEndReason | ends the device's session with the GOODBYE for the reason (`GOODBYE_REASONS`), if it connected before the signal |
 | `command` | serial | the command id | has the device's session (if here) read its pending commands and send them |
 | `roster` | project code | the new roster version | asks every terminal of the project connected here for its roster version and syncs it |
+| `takeover` | (empty) | JSON {serial: [session token, authenticated at ms]} from another process | ends with GOODBYE TAKEOVER each listed device's session here that connected before that time and is not that token (the announcing process's own) |
 
 Every gateway process follows all of them: `SignalFollower.poll` reads the signals after the
 last one it handled, every `signal_poll_s` (one indexed read; on SQLite, where `lmg device
@@ -31,6 +32,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import orjson
+
 from lmg.protocol import ResultCode
 from lmg.storage import SessionEndReason, Signal, SignalKind, Store, StoreError
 
@@ -51,6 +54,7 @@ class SignalHandlers:
     session_end: Callable[[str, SessionEndReason, int], object]  # (serial, reason, signalled at ms)
     command: Callable[[str], object]  # (serial)
     roster: Callable[[str, int], object]  # (project code, its new roster version)
+    takeover: Callable[[dict[str, list], int], object] | None = None  # ({serial: [token, auth ms]}, signalled at)
 
 
 class SignalFollower:
@@ -127,6 +131,8 @@ class SignalFollower:
                 handlers.command(signal.subject)
             elif signal.kind is SignalKind.ROSTER:
                 handlers.roster(signal.subject, int(signal.detail))
+            elif signal.kind is SignalKind.TAKEOVER and handlers.takeover is not None:
+                handlers.takeover(orjson.loads(signal.detail), signal.created_at_ms)
             self.handled += 1
         except Exception:  # noqa: BLE001 - one bad signal must not stop the rest
             log.exception("handling signal %d (%s %s) failed", signal.id, signal.kind, signal.subject)

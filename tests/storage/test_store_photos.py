@@ -85,3 +85,83 @@ async def test_stored_photos_wait_for_the_province_until_marked_forwarded(store)
     assert await store.mark_photos_forwarded([a], T0 + 1) == 0  # already marked: the first time is kept
     assert await store.mark_photos_forwarded([], T0) == 0
     assert await store.unforwarded_photos(later, 10) == [b]
+
+
+async def test_forwarded_photos_lose_their_bytes_after_the_retention_and_nothing_else_does(backend):
+    retention = 10_000
+    store = await backend.open(config=StoreConfig(photo_forwarded_retention_ms=retention))
+    forwarded, pending = os.urandom(1000), os.urandom(1000)
+    face = b"\xff\xd8\xff\xe0" + os.urandom(3000) + b"\xff\xd9"  # a JPEG's frame: also a roster face
+    shas = [hashlib.sha256(p).digest() for p in (forwarded, pending, face)]
+    for photo, sha in zip((forwarded, pending, face), shas, strict=True):
+        await store.photo_append("CAM1", sha, len(photo), 0, photo)
+    assert await store.put_face(face) == shas[2]
+    await store.store_punches([punch_with_photo(1, forwarded)])
+    await store.mark_photos_forwarded([shas[0], shas[2]], T0)
+
+    assert await store.purge_forwarded_photos(T0 + retention) == 0  # not longer ago than the retention
+    assert await store.purge_forwarded_photos(T0 + retention + 1) == 1
+    assert await store.get_photo(shas[0]) is None and await store.get_punch_photo("CAM1", 1) is None
+    assert await store.photo_status("CAM2", shas[0]) == len(forwarded)  # stored and sent: not asked again
+    assert await store.get_photo(shas[1]) == pending  # never forwarded: kept whatever its age
+    assert await store.get_face(shas[2]) == face  # the roster still needs these bytes
+    assert await store.purge_forwarded_photos(2**62) == 0  # each photo once
+    if backend.name == "sqlite":
+        assert not store.blobs.path(shas[0].hex()).exists()
+
+
+async def test_a_retention_of_zero_keeps_forwarded_photos_for_ever(backend):
+    store = await backend.open(config=StoreConfig(photo_forwarded_retention_ms=0))
+    photo = os.urandom(500)
+    sha = hashlib.sha256(photo).digest()
+    await store.photo_append("CAM1", sha, len(photo), 0, photo)
+    await store.mark_photos_forwarded([sha], T0)
+    assert await store.purge_forwarded_photos(2**62) == 0 and await store.get_photo(sha) == photo
+    with pytest.raises(ValueError, match="photo_forwarded_retention_ms"):
+        StoreConfig(photo_forwarded_retention_ms=-1)
+
+
+@pytest.mark.postgres
+async def test_postgres_nodes_share_photos_and_faces_and_still_read_their_old_files(pg_urls, tmp_path):
+    # Two stores on one database with their own data dirs are two gateway nodes.
+    from lmg.storage import open_store
+
+    url = pg_urls()
+    node_a = await open_store(url, data_dir=tmp_path / "a")
+    node_b = await open_store(url, data_dir=tmp_path / "b")
+    try:
+        photo = os.urandom(20_000)
+        sha = hashlib.sha256(photo).digest()
+        await node_a.store_punches([punch_with_photo(1, photo)])
+        await node_a.photo_append("CAM1", sha, len(photo), 0, photo[:8000])
+        await node_a.photo_append("CAM1", sha, len(photo), 8000, photo[8000:])
+        assert await node_b.get_photo(sha) == photo and await node_b.get_punch_photo("CAM1", 1) == photo
+        assert await node_b.photo_status("CAM1", sha) == len(photo)
+        assert not [p for p in (tmp_path / "a" / "photos").rglob("*") if p.is_file()]  # nothing node-local
+        face = b"\xff\xd8\xff\xe0" + os.urandom(2000) + b"\xff\xd9"
+        assert await node_b.get_face(await node_a.put_face(face)) == face
+
+        old = os.urandom(700)  # a photo node A stored as a file before version 7
+        old_sha = hashlib.sha256(old).digest()
+        await node_a.blobs.fallback.put(old_sha.hex(), old)
+        await node_a._record_photo(old_sha, len(old))
+        assert await node_a.get_photo(old_sha) == old  # the table first, then its own files
+        assert await node_b.get_photo(old_sha) is None  # not visible elsewhere: the forwarder leaves it pending
+        assert await node_a.blobs.delete(old_sha.hex()) and not await node_a.blobs.exists(old_sha.hex())
+
+        # moving such files into the table: every node reads them after; a damaged one stays
+        olds = [os.urandom(300) for _ in range(3)]
+        for photo in olds:
+            await node_a.blobs.fallback.put(hashlib.sha256(photo).hexdigest(), photo)
+        damaged = hashlib.sha256(b"was something else").hexdigest()
+        await node_a.blobs.fallback.put(damaged, b"bit rot")
+        moved = [await node_a.adopt_local_photos(limit=2) for _ in range(3)]
+        assert sum(moved) == 3 and moved[-1] == 0 and max(moved) <= 2  # batches of at most 2, then none
+        for photo in olds:
+            assert await node_b.blobs.get(hashlib.sha256(photo).hexdigest()) == photo
+        files = sorted(p.name for p in (tmp_path / "a" / "photos").rglob("*") if p.is_file())
+        assert files == [damaged + ".damaged"]
+        assert await node_b.adopt_local_photos() == 0  # nothing of its own to move
+    finally:
+        await node_a.close()
+        await node_b.close()
