@@ -11,9 +11,10 @@ Rules kept here:
 - One table of result codes (`ProvinceCode`) with the HTTP status each travels with;
   the document's table is checked against it.
 - Every limit is named here with the reason for its value.
-- Resident ID numbers never appear in a request in clear: `encrypt_worker_id` with
-  AES-256-GCM under a key derived by HKDF-SHA256 from the app secret, the record id as
-  associated data (a ciphertext moved to another record fails to decrypt).
+- Resident ID numbers never appear in a request in clear: `WorkerIdCipher` with
+  AES-256-GCM under a key derived by HKDF-SHA256 from the app secret, the record id (a
+  warning's `warning/<id>`) as associated data (a ciphertext moved to another record
+  fails to decrypt); `encode_warning` refuses a warning that quotes the number elsewhere.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ import enum
 import hashlib
 import hmac
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
+
+from lmg.protocol.warning_codes import Disposition, WarningEventKind, WarningLevel, WarningState
 
 # `cryptography` is imported where keys are made, so `lmg --help` and the config code
 # load without it (it costs ~40 ms to import).
@@ -39,6 +42,7 @@ CIPHER = "AES-256-GCM"
 PATH_ATTENDANCE = "/api/v1/attendance/batch"
 PATH_DEVICE_STATUS = "/api/v1/devices/status"
 PATH_PHOTOS = "/api/v1/photos/"  # + 64 hex characters of the photo's SHA-256
+PATH_WARNINGS = "/api/v1/warnings/batch"
 
 HEADER_APP_KEY = "X-Lmg-App-Key"
 HEADER_TIMESTAMP = "X-Lmg-Timestamp"
@@ -50,6 +54,10 @@ MAX_BATCH_RECORDS = 500  # the gateway's own per-frame limit: one device frame f
 MAX_BATCH_BYTES = 1 << 20  # 1 MiB: a 500-record batch is ~190 KiB, so bytes bind only on odd data
 MAX_DEVICE_STATUS = 1000  # devices per status request: 10,000 terminals in 10 requests
 MAX_PHOTO_BYTES = 2 << 20  # 2 MiB, the gateway's photo_max_bytes: any photo it kept fits
+# Warnings per request: a warning with its whole history is 1-4 KB (5-20 events of
+# ~200 bytes), so 100 are well under MAX_BATCH_BYTES, and the 12,000 warnings the
+# monthly rules may open on the 1st (20,000 projects x 6 posts, 10% short) go in 120 requests.
+MAX_WARNING_BATCH = 100
 # Replay window: a request's timestamp may differ from the province's clock by at most
 # this much either way. 300 s absorbs NTP-less gateway clocks (minutes of drift seen in
 # the field are corrected by NTP long before) while a captured request goes stale fast.
@@ -435,3 +443,200 @@ def parse_retry_after_ms(value: str | None, now_ms: int) -> int | None:
     if when is None:
         return None
     return max(0, int(when.timestamp() * 1000) - now_ms)
+
+
+# ------------------------------------------------------------------------------ warnings
+# Warnings of the supervision of key personnel (docs/province-api.md §7). The gateway sends
+# a warning's whole current state and its whole history with every version, so the
+# province can hold any version alone and a lost or reordered request costs nothing.
+
+# The wire's code tables are the warnings' own (lmg.protocol.warning_codes), as codes.
+WARNING_STATES = tuple(state.value for state in WarningState)
+WARNING_EVENTS = tuple(kind.value for kind in WarningEventKind)
+DISPOSITIONS = tuple(disposition.value for disposition in Disposition)
+WARNING_LEVELS = tuple(int(level) for level in WarningLevel)  # county, city, province
+RULE_CODE_RE = re.compile(r"[a-z0-9-]{1,64}")  # a new rule needs no new interface version
+NOTE_MAX_CHARS = 1024  # a supervisor's note: the store's own bound (lmg.storage.supervision.NOTE_CHARS)
+BY_MAX_CHARS = 256  # who made a change: "lmg" or a supervisor's token name (BY_CHARS there)
+RESULT_SUPERSEDED_REASON = "a later version is held"
+
+
+class CalendarDay(Protocol):
+    """A `datetime.date` as this module reads it (datetime is not imported: it has a clock)."""
+
+    def isoformat(self) -> str: ...
+
+
+class StoredWarning(Protocol):
+    """What `warning_record` reads of a warning: a `lmg.storage.WarningRecord`."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def rule(self) -> str: ...
+    @property
+    def project_code(self) -> str: ...
+    @property
+    def region_code(self) -> str: ...
+    @property
+    def worker_id(self) -> str | None: ...
+    @property
+    def post(self) -> str | None: ...
+    @property
+    def period_start(self) -> CalendarDay: ...
+    @property
+    def period_end(self) -> CalendarDay: ...
+    @property
+    def figures(self) -> Mapping[str, Any]: ...
+    @property
+    def level(self) -> int: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def opened_at_ms(self) -> int: ...
+    @property
+    def level_since_ms(self) -> int: ...
+    @property
+    def updated_at_ms(self) -> int: ...
+    @property
+    def resolved_at_ms(self) -> int | None: ...
+    @property
+    def closed_at_ms(self) -> int | None: ...
+    @property
+    def disposition(self) -> str | None: ...
+    @property
+    def note(self) -> str: ...
+    @property
+    def closed_by(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+
+
+class StoredWarningEvent(Protocol):
+    """What `warning_record` reads of one history entry: a `lmg.storage.WarningEvent`."""
+
+    @property
+    def at_ms(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def level(self) -> int: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def by(self) -> str: ...
+    @property
+    def detail(self) -> Mapping[str, Any]: ...
+
+
+def warning_ad(warning_id: int) -> str:
+    """The associated data of a warning's `worker_id_enc`: `warning/<id>`. It has no ':', so
+    it is never an attendance record id (`<serial>:<record_no>`): a ciphertext moves
+    neither between warnings nor between a warning and a punch."""
+    return f"warning/{warning_id}"
+
+
+def warning_record(warning: StoredWarning, events: Sequence[StoredWarningEvent], worker_name: str,
+                   cipher: WorkerIdCipher, gcm_nonce: bytes) -> dict[str, Any]:
+    """The JSON object for one version of a stored warning.
+
+    `events` is the warning's history, oldest first, as the store returns it; event i is
+    what made version i + 1 (one event per change), so only the first `version` are sent:
+    events appended after the warning was read belong to a later version, sent on its own.
+    ValueError if the history is shorter than the version (the store broke its contract)
+    or the region is not in the tree.
+    """
+    from lmg.protocol.regions import bureau_for
+
+    if len(events) < warning.version:
+        raise ValueError(f"warning {warning.id} is at version {warning.version} but has {len(events)} events")
+    worker_id_enc = None
+    if warning.worker_id is not None:
+        worker_id_enc = cipher.encrypt(warning.worker_id, warning_ad(warning.id), gcm_nonce)
+    return {
+        "warning_id": warning.id,
+        "version": warning.version,
+        "rule": str(warning.rule),
+        "project_code": warning.project_code,
+        "region_code": warning.region_code,
+        "level": warning.level,
+        "bureau_region": bureau_for(warning.region_code, warning.level).code,
+        "state": str(warning.state),
+        "post": warning.post,
+        "worker_id_enc": worker_id_enc,
+        "worker_name": worker_name,
+        "period_start": warning.period_start.isoformat(),
+        "period_end": warning.period_end.isoformat(),
+        "figures": dict(warning.figures),
+        "opened_at": warning.opened_at_ms,
+        "level_since": warning.level_since_ms,
+        "updated_at": warning.updated_at_ms,
+        "resolved_at": warning.resolved_at_ms,
+        "closed_at": warning.closed_at_ms,
+        "disposition": None if warning.disposition is None else str(warning.disposition),
+        "note": warning.note,
+        "closed_by": warning.closed_by,
+        "history": [{"version": n, "at": e.at_ms, "event": str(e.kind), "level": e.level, "state": str(e.state),
+                     "by": e.by, "detail": dict(e.detail)}
+                    for n, e in enumerate(events[:warning.version], start=1)],
+    }
+
+
+def encode_warning(record: dict[str, Any], worker_id: str | None) -> bytes:
+    """The record as JSON; ValueError if the resident ID number `worker_id` appears in it in
+    clear (a figure or a note that quotes it): it must travel only as `worker_id_enc`."""
+    encoded = orjson.dumps(record)
+    if worker_id and worker_id.encode("ascii", "replace") in encoded:
+        raise ValueError(f"warning {record.get('warning_id')}: its resident ID number appears in clear "
+                         "outside worker_id_enc; not sent")
+    return encoded
+
+
+# `{"batch_id":"<id>","warnings":[` + warnings joined by ',' + `]}`
+_WARNINGS_OVERHEAD = len(b'{"batch_id":"","warnings":[]}')
+
+
+def warnings_body_size(batch_id: str, encoded_total: int, count: int) -> int:
+    """Bytes of the body `warnings_batch_body` makes from warnings totalling that many bytes."""
+    return _WARNINGS_OVERHEAD + len(batch_id) + encoded_total + max(0, count - 1)
+
+
+def warnings_batch_body(batch_id: str, encoded_warnings: list[bytes]) -> bytes:
+    """The request body, from warnings encoded with `encode_warning`."""
+    return b"".join((b'{"batch_id":', orjson.dumps(batch_id), b',"warnings":[', b",".join(encoded_warnings), b"]}"))
+
+
+@dataclass(frozen=True, slots=True)
+class WarningResult:
+    warning_id: int
+    version: int
+    result: str  # RECORD_STORED, RECORD_DUPLICATE or RECORD_INVALID
+    code: int
+    reason: str
+
+    @property
+    def accepted(self) -> bool:
+        """The province holds this version or a later one: the sender may forget it."""
+        return self.result in (RECORD_STORED, RECORD_DUPLICATE)
+
+
+def parse_warning_results(body: bytes) -> dict[tuple[int, int], WarningResult]:
+    """The per-warning results of a 200 answer, keyed by (warning id, version). ValueError if malformed."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"answer is not JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("code") != 0 or not isinstance(data.get("results"), list):
+        raise ValueError("answer lacks code 0 and a results list")
+    out: dict[tuple[int, int], WarningResult] = {}
+    for row in data["results"]:
+        if not isinstance(row, dict) or type(row.get("warning_id")) is not int or type(row.get("version")) is not int:
+            raise ValueError("a result row lacks its warning_id and version")
+        key = (row["warning_id"], row["version"])
+        result, code = row.get("result"), row.get("code")
+        if result not in (RECORD_STORED, RECORD_DUPLICATE, RECORD_INVALID) or not isinstance(code, int):
+            raise ValueError(f"result row for warning {key} has result {result!r} / code {code!r}")
+        if result == RECORD_INVALID and not is_record_rejection(code):
+            raise ValueError(f"result row for warning {key}: invalid with non-record code {code}")
+        out[key] = WarningResult(key[0], key[1], result, code, str(row.get("reason") or ""))
+    return out

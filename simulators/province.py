@@ -9,7 +9,10 @@ subprocess. It does what the document says the province does, and no more:
 - decrypts each resident ID number, validates each record, deduplicates on the record
   id, and answers per record: stored, duplicate or invalid with a code and a reason;
 - keeps what it received in its own SQLite database (`<data dir>/province.db`),
-  committed before it answers, so a report after a kill is still exact.
+  committed before it answers, so a report after a kill is still exact;
+- takes supervision warnings (§7 of the document) by (warning id, version): each version
+  once, its ID number decrypted and checked, its history checked against its state;
+  `held_warnings(data_dir)` reads them back for tests.
 
 Faults (each request rolls the dice once, in this order, from a seeded random source):
 down (listener closed: connection refused) for `down_for_s` starting `down_after_s`
@@ -31,6 +34,7 @@ import os
 import random
 import sqlite3
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -49,7 +53,9 @@ RETRY_AFTER_S = 1  # what a 429 asks for: long enough to matter, short enough fo
 MAX_NONCES = 2_000_000  # remembered for the replay window: 600 s x 3,000 requests/s, ~200 MB at worst
 MAX_PUNCH_AGE_MS = 90 * 86_400_000  # the province keeps a quarter of attendance history open
 MAX_PUNCH_AHEAD_MS = 86_400_000  # a day ahead: clocks that are that wrong make the record worthless
-PERMISSIONS = ("attendance", "devices", "photos")
+PERMISSIONS = ("attendance", "devices", "photos", "warnings")
+KEPT_WARNING_BODIES = 1_000  # raw warning requests kept in memory for tests: 1 MiB at most each, ~2 MB typical
+NAME_MAX_CHARS = 85  # a worker's name: what a terminal's roster holds (str8, 85 Chinese characters)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -80,6 +86,16 @@ CREATE TABLE IF NOT EXISTS devices (
     last_seen INTEGER, firmware TEXT, roster_version INTEGER, updated_at_ms INTEGER
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS warnings (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order of first receipt
+    app_key TEXT NOT NULL,
+    warning_id INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    worker_id TEXT,                         -- decrypted; NULL for a warning about the project
+    body TEXT NOT NULL,                     -- the warning as received, worker_id_enc left out
+    first_seen_ms INTEGER NOT NULL,
+    UNIQUE (app_key, warning_id, version)
+);
 """
 
 
@@ -162,6 +178,115 @@ def check_record(row, cipher: api.WorkerIdCipher, now_ms: int) -> tuple[int, str
     return ProvinceCode.OK, "", {**row, "worker_id": worker_id}
 
 
+def check_warning(row, cipher: api.WorkerIdCipher) -> tuple[int, str, dict | None]:
+    """(code, reason, clean warning) for one element of `warnings`; code 0 = valid. Pure.
+
+    The clean warning is the row without `worker_id_enc`, with the decrypted `worker_id`."""
+    from datetime import date
+
+    from lmg.protocol import regions
+    from lmg.protocol.posts import KEY_POSTS
+
+    if not isinstance(row, dict):
+        return ProvinceCode.INVALID_RECORD, "warning is not an object", None
+
+    def bad(name, rule):
+        return ProvinceCode.INVALID_RECORD, f"{name}: {rule}", None
+
+    def is_int(value, low, high=2**53):
+        return type(value) is int and low <= value <= high
+
+    def is_text(value, low, high):
+        return isinstance(value, str) and low <= len(value) <= high
+
+    wid, version = row.get("warning_id"), row.get("version")
+    if not is_int(wid, 1):
+        return bad("warning_id", "must be an integer 1..2^53")
+    if not is_int(version, 1):
+        return bad("version", "must be an integer 1..2^53")
+    if not isinstance(row.get("rule"), str) or not api.RULE_CODE_RE.fullmatch(row["rule"]):
+        return bad("rule", "must be 1-64 characters of [a-z0-9-]")
+    if not is_text(row.get("project_code"), 1, 64):
+        return bad("project_code", "must be 1-64 characters")
+    region, level = row.get("region_code"), row.get("level")
+    if not isinstance(region, str) or not regions.is_known(region):
+        return bad("region_code", "must be a region code of Gansu (docs/regions.md)")
+    if level not in api.WARNING_LEVELS or type(level) is not int:
+        return bad("level", "must be 1 (county), 2 (city) or 3 (province)")
+    if row.get("bureau_region") != regions.bureau_for(region, level).code:
+        return bad("bureau_region", f"must be {regions.bureau_for(region, level).code} for region {region} "
+                   f"at level {level}")
+    state = row.get("state")
+    if state not in api.WARNING_STATES:
+        return bad("state", f"must be one of {', '.join(api.WARNING_STATES)}")
+    post = row.get("post")
+    if post is not None and post not in {p.code for p in KEY_POSTS}:
+        return bad("post", "must be null or a key post's code")
+    days = []
+    for name in ("period_start", "period_end"):
+        try:
+            days.append(date.fromisoformat(row.get(name)))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return bad(name, "must be a date YYYY-MM-DD")
+    if days[0] > days[1]:
+        return bad("period_end", "must not be before period_start")
+    figures = row.get("figures")
+    if not isinstance(figures, dict):
+        return bad("figures", "must be an object")
+    for name in ("valid_days", "construction_days", "run_days", "leave_days", "over_cap_leave_days"):
+        if name in figures and not is_int(figures[name], 0, 366):
+            return bad(f"figures.{name}", "must be an integer 0..366")
+    for name in ("rate", "required_share"):
+        if name in figures and (type(figures[name]) not in (int, float) or not 0 <= figures[name] <= 1):
+            return bad(f"figures.{name}", "must be a number 0..1")
+    for name in ("opened_at", "level_since", "updated_at"):
+        if not is_int(row.get(name), 0):
+            return bad(name, "must be Unix ms")
+    for name in ("resolved_at", "closed_at"):
+        if row.get(name) is not None and not is_int(row.get(name), 0):
+            return bad(name, "must be null or Unix ms")
+    disposition = row.get("disposition")
+    if (state == "closed") != (disposition is not None) or (disposition is not None
+                                                             and disposition not in api.DISPOSITIONS):
+        return bad("disposition", f"must be one of {', '.join(api.DISPOSITIONS)} exactly when closed")
+    if (state == "closed") != (row.get("closed_at") is not None):
+        return bad("closed_at", "must be given exactly when closed")
+    if not is_text(row.get("note"), 0, api.NOTE_MAX_CHARS) or not is_text(row.get("closed_by"), 0,
+                                                                           api.BY_MAX_CHARS):
+        return bad("note", f"note and closed_by must be strings of at most {api.NOTE_MAX_CHARS} and "
+                   f"{api.BY_MAX_CHARS} characters")
+    if disposition == "false-alarm" and not row["note"]:
+        return bad("note", "a false alarm needs a note saying why")
+    history = row.get("history")
+    if not isinstance(history, list) or len(history) != version:
+        return bad("history", "must list every event, one per version (as many as `version`)")
+    for n, event in enumerate(history, start=1):
+        if not isinstance(event, dict) or event.get("version") != n or event.get("event") not in api.WARNING_EVENTS \
+                or event.get("level") not in api.WARNING_LEVELS or event.get("state") not in api.WARNING_STATES \
+                or not is_int(event.get("at"), 0) or not is_text(event.get("by"), 1, api.BY_MAX_CHARS) \
+                or not isinstance(event.get("detail"), dict):
+            return bad(f"history[{n - 1}]", "must be {version: its position from 1, at, event, level, state, by, "
+                       "detail} with documented values")
+    if history[0]["event"] != "opened" or (history[-1]["level"], history[-1]["state"]) != (level, state):
+        return bad("history", "must start with `opened` and end in the warning's level and state")
+    if not is_text(row.get("worker_name"), 0, NAME_MAX_CHARS):
+        return bad("worker_name", f"must be a string of at most {NAME_MAX_CHARS} characters")
+    token = row.get("worker_id_enc")
+    worker_id = None
+    if token is not None:
+        if not isinstance(token, str):
+            return bad("worker_id_enc", "must be null or a base64 string")
+        try:
+            worker_id = cipher.decrypt(token, api.warning_ad(cast(int, wid)))
+        except ValueError as exc:
+            return ProvinceCode.UNDECRYPTABLE_WORKER_ID, str(exc), None
+        if not is_valid_id_number(worker_id):
+            return ProvinceCode.INVALID_WORKER_ID, "resident ID number fails its check digit (GB 11643)", None
+    clean = {k: v for k, v in row.items() if k != "worker_id_enc"}
+    clean["worker_id"] = worker_id
+    return ProvinceCode.OK, "", clean
+
+
 # ----------------------------------------------------------------------------- storage
 
 
@@ -221,6 +346,45 @@ class ProvinceDb:
             raise
         return results
 
+    def store_warnings(self, app_key: str, checked: list[tuple[tuple[int, int] | None, int, str, dict | None]],
+                       now_ms: int) -> list[dict]:
+        """Keep each valid (warning id, version) once; return the results array. A version
+        already held, or older than one held, is a duplicate: the province holds that or newer."""
+        results, stored, duplicates, rejected = [], 0, 0, 0
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for key, code, reason, warning in checked:
+                wid, version = key if key is not None else (None, None)
+                if code or warning is None or key is None:
+                    rejected += 1
+                    self.conn.execute("INSERT INTO rejected (record_id, code, reason, at_ms) VALUES (?, ?, ?, ?)",
+                                      (None if key is None else api.warning_ad(key[0]), int(code), reason, now_ms))
+                    results.append({"warning_id": wid, "version": version, "result": api.RECORD_INVALID,
+                                    "code": int(code), "reason": reason})
+                    continue
+                newest = self.conn.execute("SELECT max(version) FROM warnings WHERE app_key = ? AND warning_id = ?",
+                                           (app_key, wid)).fetchone()[0]
+                if newest is not None and newest >= version:
+                    duplicates += 1
+                    results.append({"warning_id": wid, "version": version, "result": api.RECORD_DUPLICATE,
+                                    "code": int(ProvinceCode.DUPLICATE), "reason": "version already held"
+                                    if newest == version else api.RESULT_SUPERSEDED_REASON})
+                    continue
+                body = {k: v for k, v in warning.items() if k != "worker_id"}
+                self.conn.execute("INSERT INTO warnings (app_key, warning_id, version, worker_id, body, first_seen_ms)"
+                                  " VALUES (?, ?, ?, ?, ?, ?)", (app_key, wid, version, warning["worker_id"],
+                                                                 orjson.dumps(body).decode(), now_ms))
+                stored += 1
+                results.append({"warning_id": wid, "version": version, "result": api.RECORD_STORED, "code": 0,
+                                "reason": ""})
+            self._bump({"warnings_received": len(checked), "warnings_duplicates": duplicates,
+                        "warnings_rejected": rejected})
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return results
+
     def store_photo(self, sha: str, data: bytes) -> bool:
         cursor = self.conn.execute("INSERT OR IGNORE INTO photos (sha256, size, data) VALUES (?, ?, ?)",
                                    (sha, len(data), data))
@@ -249,6 +413,7 @@ def report(data_dir: str | os.PathLike) -> dict:
         unique = conn.execute("SELECT count(*) FROM records").fetchone()[0]
         photos = conn.execute("SELECT count(*) FROM photos").fetchone()[0]
         devices = conn.execute("SELECT count(*) FROM devices").fetchone()[0]
+        warnings = conn.execute("SELECT count(DISTINCT warning_id), count(*) FROM warnings").fetchone()
         reasons = dict(conn.execute("SELECT code, count(*) FROM rejected GROUP BY code").fetchall())
     finally:
         conn.close()
@@ -257,7 +422,11 @@ def report(data_dir: str | os.PathLike) -> dict:
     return {"received": counters.get("received", 0), "unique": unique, "duplicates": counters.get("duplicates", 0),
             "rejected": counters.get("rejected", 0), "rejected_by_code": {str(k): v for k, v in reasons.items()},
             "requests": counters.get("requests", 0), "refused": refusals, "faults": faults,
-            "photos": photos, "devices": devices}
+            "photos": photos, "devices": devices,
+            "warnings": warnings[0], "warning_versions": warnings[1],
+            "warnings_received": counters.get("warnings_received", 0),
+            "warnings_duplicates": counters.get("warnings_duplicates", 0),
+            "warnings_rejected": counters.get("warnings_rejected", 0)}
 
 
 def held_records(data_dir: str | os.PathLike) -> list[tuple[str, int, int]]:
@@ -267,6 +436,17 @@ def held_records(data_dir: str | os.PathLike) -> list[tuple[str, int, int]]:
         return conn.execute("SELECT device_serial, record_no, seq FROM records ORDER BY seq").fetchall()
     finally:
         conn.close()
+
+
+def held_warnings(data_dir: str | os.PathLike) -> list[dict]:
+    """Every warning version held, in arrival order: the body as received (without
+    `worker_id_enc`) with the decrypted `worker_id` and `seq`. For tests."""
+    conn = sqlite3.connect(f"file:{Path(data_dir) / DB_NAME}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT seq, worker_id, body FROM warnings ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+    return [{**orjson.loads(body), "worker_id": worker_id, "seq": seq} for seq, worker_id, body in rows]
 
 
 # ------------------------------------------------------------------------------ server
@@ -289,12 +469,16 @@ class ProvinceSimulator:
         self.address: tuple[str, int] | None = None
         self._outage: asyncio.Task | None = None
         self.down = False
+        # raw bodies of the last warning requests that passed authentication: what
+        # travelled, for tests that check no ID number went in clear
+        self.warning_bodies: deque[bytes] = deque(maxlen=KEPT_WARNING_BODIES)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=api.MAX_PHOTO_BYTES + 4096)
         app.router.add_post(api.PATH_ATTENDANCE, self._guard("attendance", self._attendance))
         app.router.add_post(api.PATH_DEVICE_STATUS, self._guard("devices", self._device_status))
         app.router.add_put(api.PATH_PHOTOS + "{sha}", self._guard("photos", self._photo))
+        app.router.add_post(api.PATH_WARNINGS, self._guard("warnings", self._warnings))
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
@@ -446,6 +630,32 @@ class ProvinceSimulator:
             rid = row.get("record_id") if isinstance(row, dict) and isinstance(row.get("record_id"), str) else None
             checked.append((rid, code, reason, record))
         results = self.db.store_batch(self.access.app_key, checked, now)
+        return self._answer(ProvinceCode.OK, "ok", batch_id=batch_id, results=results)
+
+    async def _warnings(self, request: web.Request, body: bytes) -> web.Response:
+        if len(body) > api.MAX_BATCH_BYTES:
+            raise ProvinceError(ProvinceCode.TOO_LARGE, f"batch body is {len(body)} bytes; the limit is {api.MAX_BATCH_BYTES}")
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ProvinceError(ProvinceCode.MALFORMED_REQUEST, f"body is not JSON: {exc}") from None
+        warnings = data.get("warnings") if isinstance(data, dict) else None
+        batch_id = data.get("batch_id") if isinstance(data, dict) else None
+        if not isinstance(warnings, list) or not warnings or not isinstance(batch_id, str) \
+                or len(batch_id) > api.BATCH_ID_MAX_CHARS:
+            raise ProvinceError(ProvinceCode.MALFORMED_REQUEST,
+                                "body must be {\"batch_id\": string (<= 64), \"warnings\": [1.. warnings]}")
+        if len(warnings) > api.MAX_WARNING_BATCH:
+            raise ProvinceError(ProvinceCode.TOO_LARGE, f"{len(warnings)} warnings; the limit is {api.MAX_WARNING_BATCH}")
+        self.warning_bodies.append(body)
+        checked = []
+        for row in warnings:
+            code, reason, warning = check_warning(row, self.cipher)
+            key = None
+            if isinstance(row, dict) and type(row.get("warning_id")) is int and type(row.get("version")) is int:
+                key = (row["warning_id"], row["version"])
+            checked.append((key, code, reason, warning))
+        results = self.db.store_warnings(self.access.app_key, checked, self.clock_ms())
         return self._answer(ProvinceCode.OK, "ok", batch_id=batch_id, results=results)
 
     async def _photo(self, request: web.Request, body: bytes) -> web.Response:

@@ -30,8 +30,8 @@ def register_province(subparsers) -> None:
                        help="its secret (default LMG_FORWARD_APP_SECRET)")
     serve.add_argument("--allow", action="append", metavar="CIDR",
                        help="accept requests only from these addresses (repeatable; default any)")
-    serve.add_argument("--permissions", default="attendance,devices,photos",
-                       help="interfaces the app key may use (default attendance,devices,photos)")
+    serve.add_argument("--permissions", default="attendance,devices,photos,warnings",
+                       help="interfaces the app key may use (default attendance,devices,photos,warnings)")
     serve.add_argument("--error-rate", type=float, default=0.0, help="share of requests answered 500")
     serve.add_argument("--timeout-rate", type=float, default=0.0, help="share of requests that hang past any timeout")
     serve.add_argument("--latency-ms", type=int, default=0, help="delay before every answer")
@@ -55,7 +55,7 @@ def register_province(subparsers) -> None:
 def run_serve(args) -> int:
     import logging
 
-    from lmg.simulators.province import Access, Faults, parse_allow, serve
+    from lmg.simulators.province import PERMISSIONS, Access, Faults, parse_allow, serve
 
     host, sep, port = args.listen.rpartition(":")
     if not sep or not port.isdigit():
@@ -64,9 +64,9 @@ def run_serve(args) -> int:
         raise UsageError("give --app-key and --app-secret (or LMG_FORWARD_APP_KEY / LMG_FORWARD_APP_SECRET): "
                          "the same pair the gateway forwards with")
     permissions = frozenset(p.strip() for p in args.permissions.split(",") if p.strip())
-    unknown = permissions - {"attendance", "devices", "photos"}
+    unknown = permissions - set(PERMISSIONS)
     if unknown:
-        raise UsageError(f"--permissions: unknown {', '.join(sorted(unknown))}; use attendance, devices, photos")
+        raise UsageError(f"--permissions: unknown {', '.join(sorted(unknown))}; use {', '.join(PERMISSIONS)}")
     try:
         faults = Faults(error_rate=args.error_rate, timeout_rate=args.timeout_rate, latency_ms=args.latency_ms,
                         rate_limit_rate=args.rate_limit_rate, drop_rate=args.drop_rate,

@@ -47,6 +47,8 @@ from lmg.storage.supervision import (
 
 # Any number works as long as every lmg uses the same one: "LMG" "sup" in ASCII.
 _SUPERVISION_LOCK = 0x4C4D47_737570
+# Who runs the scheduled evaluation: one process of all the nodes at a time (server/supervision/service.py).
+_EVALUATION_LOCK = 0x4C4D47_657661
 # The aggregate of a province's month sorts millions of rows before its first page; the
 # store's per-call timeout (10 s by default) is for the gateway's calls, not for this.
 _SCAN_TIMEOUT_S = 600.0
@@ -124,6 +126,18 @@ class PostgresSupervision:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _SUPERVISION_LOCK)
                 yield conn
+
+    @asynccontextmanager
+    async def evaluation_lock(self) -> AsyncIterator[bool]:
+        """A session-level try-lock on its own pooled connection, held for the block (see
+        Store.evaluation_lock); released before the connection goes back to the pool."""
+        async with self._connection() as conn:
+            held = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", _EVALUATION_LOCK))
+            try:
+                yield held
+            finally:
+                if held:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", _EVALUATION_LOCK)
 
     # bid awards and changes ---------------------------------------------------------
     async def import_bid_award(self, award: BidAward) -> tuple[BidAward, UpsertOutcome]:

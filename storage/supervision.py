@@ -10,16 +10,15 @@ Rules kept here, so that SQLite and PostgreSQL keep them identically:
 - A commitment (who holds a key post) starts at the award date; an approved change ends
   the old person's on its approval date (exclusive) and starts the new person's there.
   Changes of one (project, post) apply in approval-date order, then in the order recorded.
-- A warning moves only along `TRANSITIONS`, a table of (state, what happened) -> (state
-  after, event to append); a pair not in the table is refused in one place
-  (`transition`). Every change appends exactly one event and bumps the version.
+- A warning moves only along lmg.protocol.warning_codes' `TRANSITIONS`, a table of (state,
+  what happened) -> (state after, event to append); a pair not in the table is refused in
+  one place (`transition`). Every change appends exactly one event and bumps the version.
 - `plan_apply` makes an evaluation idempotent: the same findings for the same scope give
   no change the second time, whatever order they come in.
 """
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -30,6 +29,7 @@ import orjson
 
 from lmg.protocol.identity import is_valid_id_number
 from lmg.protocol.posts import Post
+from lmg.protocol.warning_codes import TRANSITIONS, Happening
 from lmg.storage.api import (
     _USCC, TEXT_CHARS, ApplyResult, ApprovedLeave, AttendanceDay, BidAward, Commitment, Disposition,
     EvaluationScope, KeyPerson, PauseDay, PersonnelChange, StopWork, WarningEvent, WarningEventKind,
@@ -342,40 +342,9 @@ def commitments(awarded: Iterable[AwardedPerson], changes: Iterable[PersonnelCha
 
 # ------------------------------------------------------------------------- warnings
 
-class Happening(enum.Enum):
-    """What can happen to a warning; with its state, the key of TRANSITIONS."""
-
-    FOUND = "found"  # the evaluation found it, as stored
-    FOUND_CHANGED = "found_changed"  # found, with another period end or other figures
-    NOT_FOUND = "not_found"  # in the scope evaluated, and not found
-    DUE = "due"  # its time at its level ran out
-    CLOSE = "close"  # a supervisor closed it
-
-
-_O, _R, _C = WarningState.OPEN, WarningState.RESOLVED, WarningState.CLOSED
+# The life cycle's table, `TRANSITIONS` ((state before, what happened) -> (state after, event
+# appended)), and `Happening` are lmg.protocol.warning_codes', shared with the supervision core.
 _E = WarningEventKind
-# (state before, what happened) -> (state after, the event appended; None: no change).
-# None as the state before: no warning with that key yet.
-TRANSITIONS: dict[tuple[WarningState | None, Happening], tuple[WarningState | None, WarningEventKind | None]] = {
-    (None, Happening.FOUND): (_O, _E.OPENED),
-    (None, Happening.FOUND_CHANGED): (_O, _E.OPENED),
-    (None, Happening.NOT_FOUND): (None, None),
-    (_O, Happening.FOUND): (_O, None),
-    (_O, Happening.FOUND_CHANGED): (_O, _E.FIGURES_CHANGED),
-    (_O, Happening.NOT_FOUND): (_R, _E.RESOLVED),
-    (_O, Happening.DUE): (_O, _E.ESCALATED),
-    (_O, Happening.CLOSE): (_C, _E.CLOSED),
-    (_R, Happening.FOUND): (_O, _E.REOPENED),
-    (_R, Happening.FOUND_CHANGED): (_O, _E.REOPENED),
-    (_R, Happening.NOT_FOUND): (_R, None),
-    (_R, Happening.CLOSE): (_C, _E.CLOSED),  # a disposition after the condition cleared
-    # A closure is final: a supervisor's decision outlives later evaluations.
-    (_C, Happening.FOUND): (_C, None),
-    (_C, Happening.FOUND_CHANGED): (_C, None),
-    (_C, Happening.NOT_FOUND): (_C, None),
-}
-# Missing on purpose: (resolved | closed, DUE) - only open warnings escalate; (closed,
-# CLOSE) - raises WarningClosed.
 
 
 def transition(warning: WarningRecord | None, happening: Happening

@@ -1,4 +1,5 @@
-"""Forwarding stored punches to the provincial system (docs/province-api.md).
+"""Forwarding stored punches (and photos, device status and supervision warnings) to the
+provincial system (docs/province-api.md).
 
 Layers, each in its own module:
 

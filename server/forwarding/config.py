@@ -47,6 +47,9 @@ class ForwarderConfig:
     late_photo_s: float = key(5.0, "terminals upload a photo after its punch, so the record has often gone by then; a photo "
                                    "the province has not confirmed this many seconds after it was stored is sent on its own "
                                    "(long enough that one whose record is still queued goes with it instead, not twice)")
+    warning_interval_s: float = key(5.0, "seconds between looks for supervision warnings not yet confirmed by the "
+                                         "province (one indexed query); they change at most a few times a day, "
+                                         "after punches, which go first; 0 turns warning forwarding off")
     project_cache: int = key(50_000, "device -> project code entries kept (~100 bytes each: 5 MB for 5x the design fleet)")
 
     def __post_init__(self) -> None:
@@ -87,6 +90,8 @@ def validate(config: ForwarderConfig) -> None:
             raise ValueError(f"forward_{name} must be greater than 0, got {getattr(config, name)}")
     if config.status_interval_s < 0:
         raise ValueError(f"forward_status_interval_s must be 0 (off) or more, got {config.status_interval_s}")
+    if config.warning_interval_s < 0:
+        raise ValueError(f"forward_warning_interval_s must be 0 (off) or more, got {config.warning_interval_s}")
     if config.retry_base_s > config.retry_cap_s:
         raise ValueError("forward_retry_base_s must not exceed forward_retry_cap_s")
     if config.breaker_open_s > config.breaker_max_open_s:

@@ -5,7 +5,8 @@ Thin asyncio glue around the pure pieces (`province_api`, `policy`):
     claim_outbox -> pack into batches (records and bytes limits) -> [photos PUT] ->
     POST batch -> per-record verdict -> ack_outbox / dead_letter / fail_outbox
 
-and beside it the late-photo sweep: unforwarded_photos -> PUT -> mark_photos_forwarded.
+and beside it the late-photo sweep: unforwarded_photos -> PUT -> mark_photos_forwarded,
+and the warnings sweep: warnings_to_forward -> POST warnings batch -> mark_warnings_forwarded.
 
 Rules it keeps:
 
@@ -22,10 +23,22 @@ Rules it keeps:
 - Every stored photo reaches the province: a photo PUT with its record is marked
   forwarded; one still unmarked `late_photo_s` after it was stored is PUT by the sweep:
   at least once, perhaps twice. Terminals upload a photo after its punch (PHOTO_CHUNK
-  follows PUNCH), so with a prompt outbox most photos take the sweep.
+  follows PUNCH), so with a prompt outbox most photos take the sweep. A photo whose
+  bytes this node cannot read (a pre-version-7 file on another PostgreSQL node's disk,
+  or a file deleted by hand) is never marked forwarded: it stays pending, is logged as
+  an error and counted (`photo_unreadable`) on every sweep, and the node that holds it
+  sends it. Marking it, as this once did, lost it for good.
 - Gentle with the province: at most `concurrency` requests at once; 429 holds every
   request until Retry-After; while it is down the circuit breaker lets one probe
   through per open period.
+- Punches first: supervision warnings (rare, a few KB each) go every
+  `warning_interval_s`, one request at a time through the same request slots, the same
+  breaker and the same 429 hold; a sweep starts only at a moment with no punch in flight
+  and gives way again before each request if punches were claimed meanwhile (unless it
+  has waited WARNING_MAX_DEFER_S). Each version is sent whole with its history and marked
+  forwarded only once the province answered it stored or duplicate, so a warning that
+  changed in flight (its version moved) is sent again. There is no lease: two nodes may
+  send the same version, which the province takes once.
 """
 
 from __future__ import annotations
@@ -50,9 +63,11 @@ from lmg.server.forwarding.policy import (
     Verdict,
     failed_verdict,
     judge_answer,
+    judge_warnings_answer,
+    warning_key,
 )
 from lmg.server.logs import RepeatedWarnings
-from lmg.storage import OutboxItem, Store, StoreError
+from lmg.storage import OutboxItem, Store, StoreError, WarningRecord
 from lmg.storage.api import wall_clock_ms
 
 log = logging.getLogger("lmg.forward")
@@ -62,6 +77,10 @@ log = logging.getLogger("lmg.forward")
 PHOTO_REFUSED_FOR_GOOD = frozenset({400, 413})
 PHOTOS_SENT_CACHE = 10_000  # hashes of photos the province confirmed; 64 bytes each, 1 MB at most
 STOP_GRACE_S_EXTRA = 1.0  # on stop, requests in flight get timeout_s plus this to finish
+# A warnings sweep waits for a moment with no punch in flight, but no longer than this:
+# an hour's backlog of the design load drains in ~45 s (docs/province-api.md §9.1), and a
+# warning a minute late is still on time for a bureau that works in days.
+WARNING_MAX_DEFER_S = 60.0
 
 
 @dataclass
@@ -80,12 +99,18 @@ class ForwarderStats:
     # every request by its result: ok (HTTP 200), http_<status>, timeout, connection
     # (the gateway's metrics export it as lmg_forward_attempts_total)
     attempts: dict = field(default_factory=dict)
+    # warning versions by result: accepted (the province holds it), rejected (refused as
+    # invalid, or not sendable: logged and marked), retried (lmg_forward_warnings_total)
+    warnings: dict = field(default_factory=dict)
 
     def note(self, kind: str) -> None:
         self.failures[kind] = self.failures.get(kind, 0) + 1
 
     def attempt(self, result: str) -> None:
         self.attempts[result] = self.attempts.get(result, 0) + 1
+
+    def warning(self, result: str, count: int = 1) -> None:
+        self.warnings[result] = self.warnings.get(result, 0) + count
 
 
 @dataclass(slots=True)
@@ -147,6 +172,8 @@ class Forwarder:
         self._session: aiohttp.ClientSession | None = None
         self._batch_seq = 0
         self._next_due_ms = 0  # earliest retry time written and not yet reached (0 = none)
+        self._warning_streak = 0  # failed warning requests in a row: the backoff exponent
+        self._warnings_due_ms = 0  # no warnings sweep before this (a backoff after a failure)
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -157,11 +184,14 @@ class Forwarder:
             self._session = session
             status = asyncio.create_task(self._status_loop(stop)) if self.config.status_interval_s else None
             photos = asyncio.create_task(self._late_photo_loop(stop))
+            warnings = asyncio.create_task(self._warning_loop(stop)) if self.config.warning_interval_s else None
             try:
                 await self._claim_loop(stop)
             finally:
                 if status is not None:
                     status.cancel()
+                if warnings is not None:
+                    warnings.cancel()
                 photos.cancel()
                 await self._finish_in_flight()
         self._session = None
@@ -498,13 +528,27 @@ class Forwarder:
     async def send_late_photos(self, page: int = 100) -> int:
         """PUT every photo stored over late_photo_s ago and not confirmed, `page` at a time
         and up to `concurrency` at once; mark each the province took. A page with a failed
-        PUT ends the sweep (the next one tries again). Returns how many were sent."""
+        PUT ends the sweep (the next one tries again). Photos this node cannot read stay
+        unmarked and are stepped over (each later page asks for that many more). Returns how
+        many were sent."""
         sent = 0
+        skipped: set[bytes] = set()  # unreadable here: 32 bytes each, for this sweep only
         while True:
             now = self.clock_ms()
-            late = await self.store.unforwarded_photos(now - int(self.config.late_photo_s * 1000), page)
+            listed = await self.store.unforwarded_photos(now - int(self.config.late_photo_s * 1000),
+                                                         page + len(skipped))
+            late = [sha for sha in listed if sha not in skipped]
+            if not late:
+                return sent
             outcomes = await asyncio.gather(*(self._put_late_photo(sha) for sha in late))
-            settled = [sha for sha, outcome in zip(late, outcomes, strict=True) if not isinstance(outcome, str)]
+            settled = [sha for sha, outcome in zip(late, outcomes, strict=True) if isinstance(outcome, bool)]
+            unreadable = [sha for sha, outcome in zip(late, outcomes, strict=True) if outcome is None]
+            if unreadable:
+                log.error("%d photo(s) recorded as stored but unreadable on this node (first %s): left pending, "
+                          "not marked forwarded; a pre-version-7 file on another node is sent by that node's "
+                          "forwarder; a file deleted by hand is lost on this gateway",
+                          len(unreadable), unreadable[0].hex()[:12])
+                skipped.update(unreadable)
             sent += outcomes.count(True)
             if settled:
                 try:
@@ -516,20 +560,21 @@ class Forwarder:
             if failed:
                 log.warning("%d late photo(s) not accepted, next try in %g s: %s", len(failed),
                             self.config.late_photo_s, failed[0])
-            if failed or len(late) < page:
+            if failed or len(listed) < page + len(skipped) - len(unreadable):
                 return sent
 
-    async def _put_late_photo(self, sha: bytes) -> bool | str:
+    async def _put_late_photo(self, sha: bytes) -> bool | str | None:
         """True: the province took it. False: settled without sending (sent earlier by this
-        process and only the mark was lost, the file is gone, or the province refused it
-        for good); marked all the same. A string: why the PUT failed; left unmarked for the
-        next sweep."""
+        process and only the mark was lost, or the province refused it for good); marked
+        all the same. A string: why the PUT failed; left unmarked for the next sweep.
+        None: this node cannot read the photo's bytes; left unmarked (the data-loss rule
+        in the module docstring)."""
         if self._photos_sent.get(sha.hex()):
             return False
         photo = await self.store.get_photo(sha)
         if photo is None:
-            log.error("photo %s is recorded but its file is missing; not sent", sha.hex()[:12])
-            return False
+            self.stats.note("photo_unreadable")
+            return None
         async with self._sending:
             status, answer, _ = await self._put_photo(sha, photo)
         if status == 200:
@@ -553,6 +598,167 @@ class Forwarder:
             log.error("the province refused photo %s for good (HTTP %s: %s); it will not be sent again",
                       sha.hex()[:12], status, api.parse_error(answer)[1])
         return status, answer, retry_after
+
+    # -- warnings ---------------------------------------------------------------------------
+    async def _warning_loop(self, stop: asyncio.Event) -> None:
+        """Every warning_interval_s, send the warning versions the province has not confirmed."""
+        deferred_since: float | None = None
+        loop = asyncio.get_running_loop()
+        async for _ in _every(self.config.warning_interval_s, stop):
+            now = self.clock_ms()
+            if self.breaker.state is not BreakerState.CLOSED or now < self.hold_until_ms \
+                    or now < self._warnings_due_ms:
+                continue  # the claim loop probes the province; a failed sweep waits its backoff
+            deferred_since = deferred_since if deferred_since is not None else loop.time()
+            overdue = loop.time() - deferred_since >= WARNING_MAX_DEFER_S
+            if self.held and not overdue:  # punches are claimed and on their way: they go first
+                continue
+            try:
+                if await self.send_warnings(yield_to_punches=not overdue) is not None:
+                    deferred_since = None
+            except StoreError as exc:
+                self.repeats.warning(log, "warnings", "warnings not sent: cannot read them from the store (%s)", exc)
+
+    async def send_warnings(self, page: int = api.MAX_WARNING_BATCH, *, yield_to_punches: bool = False) -> int | None:
+        """Send every warning version the province has not confirmed, `page` at a time, one
+        request at a time; mark each it holds. Ends at the first failed request (a backoff
+        delays the next sweep) or when a page settles nothing; with `yield_to_punches`, also
+        before a page while punches are in flight (None then: the sweep is not done).
+        Returns the versions the province took. Raises StoreError if the warnings cannot
+        be read."""
+        accepted = 0
+        while True:
+            if yield_to_punches and self.held:
+                return None
+            due = await self.store.warnings_to_forward(page)
+            if not due:
+                return accepted
+            entries, unsendable = await self._warning_entries(due)
+            settled: list[tuple[int, int]] = [(w.id, w.version) for w in unsendable]
+            failed, moved = False, 0
+            for batch in self._pack_warnings(entries):
+                if yield_to_punches and self.held:  # punches claimed while the page was read
+                    failed = True
+                    break
+                taken, rejected, ok = await self._post_warnings(batch)
+                settled += taken + rejected
+                accepted += len(taken)
+                if not ok:
+                    failed = True
+                    break
+            if settled:
+                try:
+                    moved = await self.store.mark_warnings_forwarded(settled)
+                except StoreError as exc:
+                    log.warning("warnings sent but not marked (%s); they will be sent again", exc)
+                    return accepted
+            if yield_to_punches and self.held:
+                return None
+            if failed or not settled or len(due) < page or not moved:
+                return accepted
+
+    async def _warning_entries(self, due: Sequence[WarningRecord]) -> tuple[list[tuple[WarningRecord, bytes]],
+                                                                            list[WarningRecord]]:
+        """(warning, encoded) for each sendable warning, and the warnings that cannot be sent
+        (logged as errors and counted rejected: sending them again would not help)."""
+        names = await self._worker_names(due)
+        nonces = os.urandom(api.GCM_NONCE_BYTES * len(due))
+        limit = api.MAX_BATCH_BYTES - api.warnings_body_size("x" * api.BATCH_ID_MAX_CHARS, 0, 1)
+        entries, unsendable = [], []
+        for i, warning in enumerate(due):
+            history = await self.store.warning_history(warning.id)
+            nonce = nonces[i * api.GCM_NONCE_BYTES:(i + 1) * api.GCM_NONCE_BYTES]
+            try:
+                name = names.get((warning.project_code, warning.worker_id or ""), "")
+                encoded = api.encode_warning(api.warning_record(warning, history, name, self.cipher, nonce),
+                                             warning.worker_id)
+                if len(encoded) > limit:
+                    raise ValueError(f"warning {warning.id} is {len(encoded)} bytes with its history; a request "
+                                     f"holds at most {api.MAX_BATCH_BYTES}")
+            except ValueError as exc:
+                log.error("warning %d version %d not sent to the province: %s", warning.id, warning.version, exc)
+                self.stats.warning("rejected")
+                unsendable.append(warning)
+                continue
+            entries.append((warning, encoded))
+        return entries, unsendable
+
+    async def _worker_names(self, due: Sequence[WarningRecord]) -> dict[tuple[str, str], str]:
+        """The name of each warning's person: the bid award's (or change's) for the period,
+        else the project roster's; absent when neither knows the number."""
+        wanted = {(w.project_code, w.worker_id) for w in due if w.worker_id}
+        if not wanted:
+            return {}
+        names: dict[tuple[str, str], str] = {}
+        first = min(w.period_start for w in due if w.worker_id)
+        last = max(w.period_end for w in due if w.worker_id)
+        for commitment in await self.store.key_personnel({p for p, _ in wanted}, first, last):
+            if (commitment.project_code, commitment.id_number) in wanted:
+                names[(commitment.project_code, commitment.id_number)] = commitment.name
+        for project, worker_id in wanted - names.keys():
+            worker = await self.store.get_worker(project, worker_id)
+            if worker is not None:
+                names[(project, worker_id)] = worker.name
+        return names
+
+    def _pack_warnings(self, entries: list[tuple[WarningRecord, bytes]]) -> list[list[tuple[WarningRecord, bytes]]]:
+        """Split in id order: at most MAX_WARNING_BATCH warnings and batch_bytes per request
+        (a warning larger than batch_bytes goes alone; none is over the province's limit)."""
+        batches: list[list[tuple[WarningRecord, bytes]]] = []
+        current: list[tuple[WarningRecord, bytes]] = []
+        size = 0
+        for entry in entries:
+            grown = api.warnings_body_size("x" * api.BATCH_ID_MAX_CHARS, size + len(entry[1]), len(current) + 1)
+            if current and (len(current) >= api.MAX_WARNING_BATCH or grown > self.config.batch_bytes):
+                batches.append(current)
+                current, size = [], 0
+            current.append(entry)
+            size += len(entry[1])
+        if current:
+            batches.append(current)
+        return batches
+
+    async def _post_warnings(self, batch: list[tuple[WarningRecord, bytes]]
+                             ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], bool]:
+        """POST one batch: (versions the province holds, versions it rejected, whether the
+        request succeeded). On failure the next sweep waits the backoff."""
+        keys = [(w.id, w.version) for w, _ in batch]
+        self._batch_seq += 1
+        batch_id = f"{self.config.app_key[:20]}-w{keys[0][0]}-{self._batch_seq}"[: api.BATCH_ID_MAX_CHARS]
+        body = api.warnings_batch_body(batch_id, [encoded for _, encoded in batch])
+        async with self._sending:
+            now = self.clock_ms()
+            if self.breaker.state is BreakerState.OPEN or now < self.hold_until_ms:
+                return [], [], False  # the province went down or asked us to wait meanwhile: not sent
+            status, answer, retry_after = await self._request("POST", api.PATH_WARNINGS, body, "application/json")
+        if status is None:
+            verdict = failed_verdict([warning_key(*k) for k in keys], answer, Health.DOWN)
+        else:
+            if status != 200:
+                self.stats.note(f"http_{status}")
+            verdict = judge_warnings_answer(status, answer, retry_after, keys, self.clock_ms())
+        self._report_health(verdict.health)
+        by_name = {warning_key(*k): k for k in keys}
+        if verdict.rejected:
+            for name, reason in verdict.rejected.items():
+                log.error("the province rejected warning %s as invalid (%s); it is sent again when it next "
+                          "changes", name, reason)
+            self.stats.warning("rejected", len(verdict.rejected))
+        self.stats.warning("accepted", len(verdict.accepted))
+        now = self.clock_ms()
+        if verdict.retry:
+            self.stats.warning("retried", len(verdict.retry))
+            self._warning_streak += 1
+            self._warnings_due_ms = self.policy.next_attempt_at_ms(self._warning_streak, now, self.random,
+                                                                   verdict.retry_after_ms)
+            if verdict.retry_after_ms is not None and verdict.health is Health.NEUTRAL and status == 429:
+                self.hold_until_ms = max(self.hold_until_ms, now + verdict.retry_after_ms)
+            self.repeats.warning(log, "warnings_retry", "%d warning(s) not accepted, next try in %.1f s: %s",
+                                 len(verdict.retry), (self._warnings_due_ms - now) / 1000, verdict.error)
+        else:
+            self._warning_streak = 0
+        return ([by_name[n] for n in verdict.accepted], [by_name[n] for n in verdict.rejected],
+                not verdict.retry)
 
     # -- device status --------------------------------------------------------------------
     async def _status_loop(self, stop: asyncio.Event) -> None:

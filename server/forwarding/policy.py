@@ -16,7 +16,7 @@ What counts as what (decided by the forwarder, recorded here):
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from lmg.protocol import province as api
@@ -226,3 +226,42 @@ def judge_answer(status: int, body: bytes, retry_after: str | None, record_ids, 
         return failed_verdict(record_ids, label, Health.DOWN, retry_after_ms)
     hint = _AUTH_HINTS.get(code or 0)
     return failed_verdict(record_ids, label + (f" ({hint})" if hint else ""), Health.DOWN, retry_after_ms)
+
+
+def warning_key(warning_id: int, version: int) -> str:
+    """How a warning version is named in a Verdict (`<id>@<version>`)."""
+    return f"{warning_id}@{version}"
+
+
+def judge_warnings_answer(status: int, body: bytes, retry_after: str | None,
+                          keys: Sequence[tuple[int, int]], now_ms: int) -> Verdict:
+    """Decide per warning version from an HTTP answer to a warnings batch. Pure; the
+    Verdict names each version `warning_key(id, version)`.
+
+    As `judge_answer`, with one difference: 403 code 1101 (this app key lacks the
+    `warnings` permission) is neutral for the breaker. It is about this endpoint only,
+    while the punches, which share the breaker, may well be going through: a province that
+    has not granted warnings yet must not stop attendance. The warnings wait and retry.
+    """
+    names = tuple(warning_key(w, v) for w, v in keys)
+    if status == 200:
+        try:
+            results = api.parse_warning_results(body)
+        except ValueError as exc:
+            return failed_verdict(names, f"province answered 200 without valid results: {exc}", Health.DOWN)
+        accepted, rejected, retry, duplicates = [], {}, [], 0
+        for key, name in zip(keys, names, strict=True):
+            row = results.get(key)
+            if row is None:
+                retry.append(name)
+            elif row.accepted:
+                accepted.append(name)
+                duplicates += row.result == api.RECORD_DUPLICATE
+            else:
+                rejected[name] = f"province {row.code}: {row.reason}"
+        error = f"province left {len(retry)} warning(s) out of its results" if retry else ""
+        return Verdict(tuple(accepted), rejected, tuple(retry), error, None, Health.UP, duplicates)
+    verdict = judge_answer(status, body, retry_after, names, now_ms)
+    if status == 403 and api.parse_error(body)[0] == api.ProvinceCode.NO_PERMISSION:
+        return failed_verdict(names, verdict.error, Health.NEUTRAL, verdict.retry_after_ms)
+    return verdict

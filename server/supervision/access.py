@@ -13,8 +13,9 @@ Rules (issue 15, "Who sees what"; the region tree is lmg.protocol.regions):
   undo the escalation, which exists because the county did not act.
 - The owner of a level is `regions.bureau_for(project region, level)`.
 
-Departments are lmg.storage's `Department` codes (a StrEnum, so its members are accepted
-wherever a code is); the supervision core names only the one that closes.
+Departments are lmg.protocol.warning_codes' `Department` (a StrEnum: `construction` 住建,
+`labour` 人社; the store keeps the code, a person may type either), the one table the store,
+the API and this core share.
 """
 
 from __future__ import annotations
@@ -22,18 +23,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lmg.protocol import regions
-
-# lmg.storage.api.Department.CONSTRUCTION (住建, 住房和城乡建设): the one department that
-# closes warnings about key personnel. 人社 (Department.LABOUR) only reads them.
-CLOSING_DEPARTMENT = "construction"
+from lmg.protocol.warning_codes import CLOSING_DEPARTMENT, Department  # noqa: F401 - the core's names
 
 
 @dataclass(frozen=True, slots=True)
 class Supervisor:
-    """Who acts: a department code (lmg.storage Department) and the region it supervises
+    """Who acts: a department (a `Department`, or its code) and the region it supervises
     (a code of lmg.protocol.regions)."""
 
-    department: str
+    department: Department | str
     region: str
 
 

@@ -1,30 +1,22 @@
-"""A warning's life: its states as a table, the supervisor's dispositions, and its levels by time.
+"""A warning's life as the core sees it: its status, the supervisor's close, its levels by time.
 
-A warning is what the store keeps of a finding (`evaluate.Finding`, by its key). The glue
-turns what happens to it into events and asks this module for the next status; every
-change of state or level is appended to the warning's history, which is never rewritten
-(the record the notice says accumulates for credit management).
+A warning is what the store keeps of a finding (`evaluate.Finding`, by its key). The states,
+what can happen to a warning, the dispositions and the one table of moves
+(`TRANSITIONS`) are lmg.protocol.warning_codes': the store writes warnings by the same
+table (lmg.storage.supervision `transition`, `plan_apply`, `plan_escalation`,
+`plan_close`), so there is one life cycle, not two to keep in step. This module adds what
+the core needs on top: a warning's `WarningStatus` (state, level, since when), the status
+after a happening (`apply`), closing with a disposition (`close`) and the level due at a
+time (`due_level`, `escalate`, `next_escalation_ms`).
 
-States (`TRANSITIONS`; a move not in it raises `WarningTransitionError`):
-
-    a new key --found--> OPEN --cleared--> RESOLVED --found--> OPEN (reopened, same level)
-    OPEN --found--> OPEN (figures refreshed);  RESOLVED --cleared--> RESOLVED
-    OPEN or RESOLVED --close (a supervisor, with a disposition)--> CLOSED
-    CLOSED --found or cleared--> CLOSED (final; the figures are still refreshed)
-
-- `found`: an evaluation found it; `cleared`: an evaluation whose scope covers it did not
-  (the condition cleared: a late backlog disproved it, a leave or stop-work was approved).
+- `Happening.FOUND` / `FOUND_CHANGED`: an evaluation found it; `NOT_FOUND`: an evaluation
+  whose scope covers it did not (the condition cleared: a late backlog disproved it, a
+  leave or stop-work was approved); `CLOSE`: a supervisor closed it; `DUE`: its wait ran out
+  (`escalate`, not `apply`, moves levels).
 - A RESOLVED warning found again is **reopened**: it keeps its level (the bureau that last
-  held it takes it back) and its time at that level restarts, since the time it stood
-  disproved does not count against anyone. Data only grows, so this takes a correction of
-  the facts (a leave or stop-work withdrawn, a commitment corrected) or of the rules.
-- A CLOSED warning stays closed whatever evaluations find: a supervisor's decision, a false
-  alarm above all, is not undone by the next run. The evaluation still refreshes its
-  figures. The next month's finding is another warning (another key).
-- An OPEN or RESOLVED warning can be closed, with a `Disposition`; a false alarm needs a
-  note saying why. A resolved one can be closed so that what the bureau did while it was
-  open (a 约谈 held before a backlog disproved it) enters the record. CLOSED is final:
-  closing it again is an error. Who may close is access.py's `may_close`.
+  held it takes it back) and its time at that level restarts.
+- A CLOSED warning stays closed whatever evaluations find. CLOSED is final: closing it again
+  is an error. Who may close is access.py's `may_close`.
 
 Levels (`WarningLevel`): a warning opens at level 1 (the project's county bureau) and,
 while OPEN, rises to level 2 (the city) `city_after_days` after it reached level 1 and to
@@ -33,82 +25,21 @@ level 3 (the province) `province_after_days` after it reached level 2. A day is
 at exactly N days (`now_ms - level_since_ms >= N * DAY_MS`), not 1 ms before. A level is
 reached at its due time, not when the glue noticed, so a late tick does not push the next
 level back. Which bureau owns a level is access.py's `owner`.
-
-The store applies the same life cycle when it writes warnings (lmg.storage.supervision:
-`TRANSITIONS`, `plan_apply`, `plan_escalation`, `plan_close`): storage cannot import the
-server, so the table exists twice, and tests/server/supervision/test_escalation.py checks
-that the two agree state for state, with the same dispositions and escalation times.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, replace
 
+from lmg.protocol.warning_codes import (  # noqa: F401 - the core's names for the shared tables
+    TRANSITIONS,
+    Disposition,
+    Happening,
+    WarningEventKind,
+    WarningLevel,
+    WarningState,
+)
 from lmg.server.supervision.rules import Rules
-
-class WarningState(enum.StrEnum):
-    OPEN = "open"
-    RESOLVED = "resolved"  # the condition cleared: the evaluation no longer finds it
-    CLOSED = "closed"  # a supervisor closed it with a disposition
-
-
-class WarningEvent(enum.StrEnum):
-    FOUND = "found"
-    CLEARED = "cleared"
-    CLOSE = "close"
-
-
-_S, _E = WarningState, WarningEvent
-TRANSITIONS: dict[tuple[WarningState, WarningEvent], WarningState] = {
-    (_S.OPEN, _E.FOUND): _S.OPEN,
-    (_S.OPEN, _E.CLEARED): _S.RESOLVED,
-    (_S.OPEN, _E.CLOSE): _S.CLOSED,
-    (_S.RESOLVED, _E.FOUND): _S.OPEN,  # reopened
-    (_S.RESOLVED, _E.CLEARED): _S.RESOLVED,
-    (_S.RESOLVED, _E.CLOSE): _S.CLOSED,  # to record what was done while it was open
-    (_S.CLOSED, _E.FOUND): _S.CLOSED,
-    (_S.CLOSED, _E.CLEARED): _S.CLOSED,
-}
-
-
-class WarningLevel(enum.IntEnum):
-    COUNTY = 1
-    CITY = 2
-    PROVINCE = 3
-
-
-@dataclass(frozen=True, slots=True)
-class DispositionInfo:
-    code: str
-    name_zh: str
-    name_en: str
-
-
-class Disposition(enum.Enum):
-    """What a supervisor did about a warning when closing it (the codes lmg.storage's
-    Disposition stores)."""
-
-    INTERVIEW = DispositionInfo("interview", "约谈", "interview")
-    RECTIFICATION = DispositionInfo("rectification", "责令整改", "rectification order")
-    PENALTY_POINTS = DispositionInfo("penalty-points", "记分", "penalty points on the credit record")
-    PUBLIC_NOTICE = DispositionInfo("public-notice", "通报", "public notice")
-    FALSE_ALARM = DispositionInfo("false-alarm", "误报", "false alarm")
-
-    @property
-    def code(self) -> str:
-        info: DispositionInfo = self.value
-        return info.code
-
-    @classmethod
-    def parse(cls, text: str) -> Disposition:
-        """A disposition from its code or Chinese name; ValueError naming the accepted values."""
-        wanted = text.strip()
-        for disposition in cls:
-            if wanted in (disposition.value.code, disposition.value.name_zh):
-                return disposition
-        names = ", ".join(f"{d.value.code} ({d.value.name_zh})" for d in cls)
-        raise ValueError(f"unknown disposition {text!r}: use one of {names}")
 
 
 class WarningTransitionError(ValueError):
@@ -130,18 +61,24 @@ def opened(now_ms: int) -> WarningStatus:
     return WarningStatus(WarningState.OPEN, WarningLevel.COUNTY, now_ms)
 
 
-def apply(status: WarningStatus, event: WarningEvent, now_ms: int) -> WarningStatus:
-    """The status after `event` at `now_ms`. Raises WarningTransitionError for a move not in
-    `TRANSITIONS`. Closing goes through `close`, which checks the disposition."""
-    target = TRANSITIONS.get((status.state, event))
-    if target is None:
-        raise WarningTransitionError(f"a {status.state.value} warning cannot be {_PAST[event]}: it is final")
-    if status.state is WarningState.RESOLVED and target is WarningState.OPEN:
-        return WarningStatus(WarningState.OPEN, status.level, now_ms)  # reopened: same level, its time restarts
+def apply(status: WarningStatus, happening: Happening, now_ms: int) -> WarningStatus:
+    """The status after `happening` at `now_ms`, by `TRANSITIONS`. Raises
+    WarningTransitionError for a move not in it (closing a closed warning) and for `DUE`
+    (levels move by `escalate`). Closing goes through `close`, which checks the disposition."""
+    moved = TRANSITIONS.get((status.state, happening))
+    if moved is None or happening is Happening.DUE:
+        if happening is Happening.DUE:
+            raise WarningTransitionError("levels move by time: use escalate(status, now_ms, rules)")
+        raise WarningTransitionError(f"a {status.state.value} warning cannot be {_PAST[happening]}: it is final")
+    target, event = moved
+    assert target is not None
+    if event is WarningEventKind.REOPENED:
+        return WarningStatus(WarningState.OPEN, status.level, now_ms)  # same level, its time restarts
     return replace(status, state=target)
 
 
-_PAST = {WarningEvent.FOUND: "found", WarningEvent.CLEARED: "cleared", WarningEvent.CLOSE: "closed"}
+_PAST = {Happening.FOUND: "found", Happening.FOUND_CHANGED: "found", Happening.NOT_FOUND: "cleared",
+         Happening.CLOSE: "closed", Happening.DUE: "escalated"}
 
 
 def close(status: WarningStatus, disposition: Disposition, note: str, now_ms: int) -> WarningStatus:
@@ -151,7 +88,7 @@ def close(status: WarningStatus, disposition: Disposition, note: str, now_ms: in
     without a note."""
     if disposition is Disposition.FALSE_ALARM and not note.strip():
         raise ValueError("a false alarm needs a note: say why the warning is wrong")
-    return apply(status, WarningEvent.CLOSE, now_ms)
+    return apply(status, Happening.CLOSE, now_ms)
 
 
 @dataclass(frozen=True, slots=True)

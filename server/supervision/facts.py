@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from typing import NamedTuple
 
 from lmg.protocol.posts import Post
 
@@ -77,11 +78,15 @@ class RosterHolder:
     name: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class DayAttendance:
+class DayAttendance(NamedTuple):
     """One person's punches on one project's terminals on one China day: how many, and the
     Unix times in ms of the first and the last (the store's per-day aggregate;
-    `calendar.aggregate_days` builds the same from punches)."""
+    `calendar.aggregate_days` builds the same from punches).
+
+    An immutable tuple rather than a frozen dataclass, as the store's AttendanceDay (in the
+    same field order): a province's month is millions of these, and building one cost
+    3 µs as a frozen dataclass against 0.4 µs as a tuple (2026-11, the benchmark VM:
+    `lmg bench supervision`, 830,000 rows for 5,000 projects)."""
 
     project: str
     id_number: str

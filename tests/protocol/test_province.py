@@ -153,7 +153,7 @@ def test_malformed_auth_headers_are_a_bad_signature(headers, fragment):
 
 
 def test_the_documents_error_table_is_the_code_table():
-    rows = re.findall(r"^\| (\d+) \| (\d+) \| ([A-Z_]+) \|", doc_section("## 7. Errors"), flags=re.M)
+    rows = re.findall(r"^\| (\d+) \| (\d+) \| ([A-Z_]+) \|", doc_section("## 8. Errors"), flags=re.M)
     documented = {int(code): (int(status), name) for code, status, name in rows}
     in_code = {int(c): (api.HTTP_STATUS.get(c, 200), c.name) for c in ProvinceCode}
     assert documented == in_code
@@ -201,3 +201,128 @@ FORBIDDEN = {"asyncio", "socket", "ssl", "selectors", "uvloop", "threading", "su
 @pytest.mark.parametrize("path", ["protocol/province.py", "server/forwarding/policy.py"])
 def test_the_pure_modules_import_nothing_that_does_io(path):
     assert imported_roots(REPO / path) & FORBIDDEN == set()
+
+
+# ------------------------------------------------------------------------------ warnings
+
+WARNING_TIMESTAMP = 1775701860000
+WARNING_NONCE = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+
+
+def example_warning():
+    """The warning of §7.3 as the store holds it: (WarningRecord, its events)."""
+    from datetime import date
+
+    from lmg.storage import Disposition, WarningEvent, WarningEventKind, WarningRecord, WarningState
+
+    opened, escalated, closed = 1774976400000, 1775581200000, 1775701800000
+    figures = {"construction_days": 22, "rate": 0.4545, "required_share": 0.8, "valid_days": 10}
+    warning = WarningRecord(42, "low-presence|P-620100-0001|project-manager|620102198503000011|2026-03-01",
+                            "low-presence", "P-620100-0001", "620102", "620102198503000011", "project-manager",
+                            date(2026, 3, 1), date(2026, 3, 31), figures, 2, WarningState.CLOSED, opened, escalated,
+                            closed, None, closed, Disposition.INTERVIEW, "约谈项目经理", "ops-620100", 3, 0)
+    events = [
+        WarningEvent(1, 42, opened, WarningEventKind.OPENED, 1, WarningState.OPEN, "lmg",
+                     {"figures": figures, "period_end": "2026-03-31"}),
+        WarningEvent(2, 42, escalated, WarningEventKind.ESCALATED, 2, WarningState.OPEN, "lmg",
+                     {"due_at_ms": escalated, "from": 1, "to": 2}),
+        WarningEvent(3, 42, closed, WarningEventKind.CLOSED, 2, WarningState.CLOSED, "ops-620100",
+                     {"disposition": "interview", "note": "约谈项目经理"}),
+    ]
+    return warning, events
+
+
+def test_the_warnings_worked_example_signs_as_the_document_says():
+    example = doc_section("### 7.3 Worked example")
+    body_text, canonical_text = code_blocks(example)
+    body = body_text.encode("utf-8")
+    assert f"{len(body)} bytes" in example
+    assert api.body_sha256_hex(body) in example
+    assert str(WARNING_TIMESTAMP) in example and WARNING_NONCE in example
+    assert api.canonical_string("POST", api.PATH_WARNINGS, APP_KEY, WARNING_TIMESTAMP, WARNING_NONCE,
+                                body) == canonical_text
+    signature = re.search(r"X-Lmg-Signature: ([0-9a-f]{64})", example).group(1)
+    assert api.sign(APP_SECRET, "POST", api.PATH_WARNINGS, APP_KEY, WARNING_TIMESTAMP, WARNING_NONCE, body) == signature
+
+
+def test_the_warnings_example_body_is_what_the_sender_builds_and_the_province_reads():
+    from lmg.simulators.province import check_warning
+
+    body_text = code_blocks(doc_section("### 7.3 Worked example"))[0]
+    warning, events = example_warning()
+    cipher = api.WorkerIdCipher.for_app(APP_SECRET, APP_KEY)
+    record = api.warning_record(warning, events, "张经理", cipher, bytes(range(12)))
+    encoded = api.encode_warning(record, warning.worker_id)
+    assert api.warnings_batch_body("gw01-w42-1", [encoded]).decode() == body_text
+    # and back: the province decrypts the number, bound to this warning
+    import orjson
+
+    [row] = orjson.loads(body_text)["warnings"]
+    code, reason, clean = check_warning(row, cipher)
+    assert (code, reason) == (0, "") and clean["worker_id"] == "620102198503000011"
+    assert clean["history"] == record["history"] and "worker_id_enc" not in clean
+    assert "620102198503000011" not in body_text
+    # a ciphertext moved to another warning does not decrypt
+    code, _, _ = check_warning({**row, "warning_id": 43}, cipher)
+    assert code == ProvinceCode.UNDECRYPTABLE_WORKER_ID
+    token = re.search(r"gives `([A-Za-z0-9+/=]+)`", doc_section("## 3. Resident ID numbers")).group(1)
+    assert row["worker_id_enc"][:40] == token[:40] and row["worker_id_enc"] != token
+
+
+def test_a_warning_sends_only_the_events_of_its_version():
+    warning, events = example_warning()
+    cipher = api.WorkerIdCipher.for_app(APP_SECRET, APP_KEY)
+    later = events + [events[-1]]  # appended after the warning was read: a later version's
+    assert len(api.warning_record(warning, later, "", cipher, bytes(12))["history"]) == 3
+    with pytest.raises(ValueError, match="version 3 but has 2 events"):
+        api.warning_record(warning, events[:2], "", cipher, bytes(12))
+
+
+def test_a_warning_quoting_its_id_number_in_clear_is_not_encoded():
+    from dataclasses import replace
+
+    warning, events = example_warning()
+    cipher = api.WorkerIdCipher.for_app(APP_SECRET, APP_KEY)
+    quoted = replace(warning, note="约谈 620102198503000011")
+    record = api.warning_record(quoted, events, "张经理", cipher, bytes(12))
+    with pytest.raises(ValueError, match="in clear"):
+        api.encode_warning(record, quoted.worker_id)
+    about_project = replace(warning, worker_id=None, post=None)
+    record = api.warning_record(about_project, events, "", cipher, bytes(12))
+    assert record["worker_id_enc"] is None and api.encode_warning(record, None)
+
+
+def test_the_warning_tables_are_the_stores():
+    from lmg.protocol.posts import KEY_POSTS
+    from lmg.protocol.regions import WARNING_LEVELS
+    from lmg.storage import Disposition, WarningEventKind, WarningState
+    from lmg.storage.supervision import BY_CHARS, NOTE_CHARS
+
+    assert api.WARNING_STATES == tuple(s.value for s in WarningState) == ("open", "resolved", "closed")
+    assert api.WARNING_EVENTS == tuple(e.value for e in WarningEventKind)
+    assert api.DISPOSITIONS == tuple(d.value for d in Disposition)
+    assert api.WARNING_LEVELS == WARNING_LEVELS == (1, 2, 3)
+    assert (api.NOTE_MAX_CHARS, api.BY_MAX_CHARS) == (NOTE_CHARS, BY_CHARS)
+    section = doc_section("## 7. Supervision warnings")
+    for value in (*api.WARNING_STATES, *api.WARNING_EVENTS, *api.DISPOSITIONS):
+        assert f"`{value}`" in section, value
+    assert {"project-manager", "chief-supervisor"} <= {p.code for p in KEY_POSTS}  # the doc's examples of posts
+    assert f"| warnings per batch | {api.MAX_WARNING_BATCH} |" in doc_section("### 4.3 Limits")
+    assert f"`{api.PATH_WARNINGS}`" in doc_section("## 1. Endpoints")
+
+
+def test_warnings_body_size_predicts_the_body_exactly():
+    warnings = [api.orjson.dumps({"warning_id": i, "x": "y" * i}) for i in range(5)]
+    for n in range(0, 6):
+        body = api.warnings_batch_body("batch-7", warnings[:n])
+        assert len(body) == api.warnings_body_size("batch-7", sum(map(len, warnings[:n])), n)
+
+
+def test_parse_warning_results_refuses_what_the_document_does_not_allow():
+    good = b'{"code":0,"results":[{"warning_id":4,"version":2,"result":"duplicate","code":1}]}'
+    assert api.parse_warning_results(good)[(4, 2)].accepted
+    for bad in (b"nope", b'{"code":0}', b'{"code":0,"results":[{"warning_id":"4","version":2,"result":"stored",'
+                b'"code":0}]}', b'{"code":0,"results":[{"warning_id":4,"result":"stored","code":0}]}',
+                b'{"code":0,"results":[{"warning_id":4,"version":2,"result":"invalid","code":5000}]}'):
+        with pytest.raises(ValueError):
+            api.parse_warning_results(bad)

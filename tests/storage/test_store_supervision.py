@@ -19,7 +19,7 @@ from lmg.storage import (
     WorkerIn,
 )
 from lmg.storage.migrations import load_migrations
-from lmg.storage.supervision import TRANSITIONS, Happening, day_start_ms
+from lmg.storage.supervision import day_start_ms
 from test_store_migrations import _open_with
 from test_store_operations import raw_sql, sha
 
@@ -477,14 +477,7 @@ async def test_the_history_is_append_only_and_warnings_are_never_deleted(backend
     assert [e.by for e in await store.warning_history(warning.id)] == ["lmg"]
 
 
-def test_the_state_table_covers_every_pair_but_the_refused_ones():
-    states = (None, WarningState.OPEN, WarningState.RESOLVED, WarningState.CLOSED)
-    missing = {(s, h) for s in states for h in Happening} - TRANSITIONS.keys()
-    assert missing == {(None, Happening.DUE), (None, Happening.CLOSE), (WarningState.RESOLVED, Happening.DUE),
-                       (WarningState.CLOSED, Happening.DUE), (WarningState.CLOSED, Happening.CLOSE)}
-    # every change appends an event; a state only changes with one
-    for (before, _), (after, event) in TRANSITIONS.items():
-        assert event is not None or after == before
+# The state table's own tests are tests/protocol/test_warning_codes.py (lmg.protocol.warning_codes).
 
 
 # ---------------------------------------------------------------------------- tokens

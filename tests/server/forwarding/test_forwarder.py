@@ -242,6 +242,32 @@ async def test_a_photo_the_province_refuses_for_good_holds_back_nothing(province
         await hour_ago.close()
 
 
+async def test_a_photo_whose_file_is_gone_stays_pending_and_holds_back_no_other(province, forwarding, tmp_path,
+                                                                               caplog):
+    # The late-photo sweep used to mark a photo whose file was missing as forwarded: it
+    # never reached the province. It must stay pending, logged, and not stop the sweep.
+    sim = await province()
+    hour_ago = await open_store(None, data_dir=tmp_path / "gateway", clock_ms=lambda: time.time_ns() // 1_000_000
+                                - 3_600_000)
+    try:
+        photos = [os.urandom(300) for _ in range(3)]
+        shas = [hashlib.sha256(p).digest() for p in photos]
+        for photo, sha in zip(photos, shas, strict=True):
+            await hour_ago.photo_append("GS-PHOTO-7", sha, len(photo), 0, photo)
+        hour_ago.blobs.path(shas[0].hex()).unlink()  # the oldest, gone from the disk
+        running = forwarding(hour_ago, fast_config(sim.url, late_photo_s=600))
+        await wait_for(lambda: running.forwarder._session is not None, WAIT_S, "the forwarder's HTTP session")
+        assert await running.forwarder.send_late_photos(page=1) == 2  # past the unreadable one
+        assert report(sim.data_dir)["photos"] == 2
+        assert await hour_ago.unforwarded_photos(2**62, 10) == [shas[0]]  # pending, not marked sent
+        assert await running.forwarder.send_late_photos(page=1) == 0  # tried again, and the sweep ends
+        assert await hour_ago.unforwarded_photos(2**62, 10) == [shas[0]]
+        assert running.forwarder.stats.failures["photo_unreadable"] == 2
+        assert "unreadable on this node" in caplog.text
+        await running.stop()
+    finally:
+        await hour_ago.close()
+
 async def test_a_late_photo_the_province_did_not_take_is_sent_by_a_later_sweep(store, province, forwarding):
     photo = os.urandom(2000)
     sha = hashlib.sha256(photo).digest()

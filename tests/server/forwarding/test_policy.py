@@ -17,6 +17,7 @@ from lmg.server.forwarding.policy import (
     Health,
     RetryPolicy,
     judge_answer,
+    judge_warnings_answer,
 )
 
 
@@ -186,3 +187,29 @@ def test_request_level_answers_retry_every_record_and_never_dead_letter(status, 
     assert verdict.health is health and verdict.retry_after_ms == after_ms
     if status == 401:
         assert "forward-app-secret" in verdict.error  # says what to do
+
+
+def test_a_warnings_answer_is_judged_per_version():
+    body = orjson.dumps({"code": 0, "results": [
+        {"warning_id": 1, "version": 2, "result": "stored", "code": 0},
+        {"warning_id": 2, "version": 1, "result": "duplicate", "code": 1, "reason": "a later version is held"},
+        {"warning_id": 3, "version": 5, "result": "invalid", "code": 2001, "reason": "history: ..."},
+        {"warning_id": 4, "version": 9, "result": "stored", "code": 0}]})  # a version not asked about
+    verdict = judge_warnings_answer(200, body, None, [(1, 2), (2, 1), (3, 5), (4, 1)], 0)
+    assert verdict.accepted == ("1@2", "2@1") and verdict.duplicates == 1
+    assert verdict.rejected == {"3@5": "province 2001: history: ..."}
+    assert verdict.retry == ("4@1",) and verdict.health is Health.UP
+
+
+@pytest.mark.parametrize("status, code, health", [
+    (403, 1101, Health.NEUTRAL),  # no `warnings` permission: about this endpoint only, punches go on
+    (403, 1102, Health.DOWN),  # the address: nothing gets through
+    (401, 1001, Health.DOWN),
+    (500, 5000, Health.DOWN),
+    (429, 1201, Health.NEUTRAL),
+])
+def test_a_refused_warnings_request_retries_everything(status, code, health):
+    body = orjson.dumps({"code": code, "message": "no"})
+    verdict = judge_warnings_answer(status, body, "2" if status == 429 else None, [(1, 1), (2, 3)], 0)
+    assert verdict.retry == ("1@1", "2@3") and not verdict.accepted and verdict.health is health
+    assert verdict.retry_after_ms == (2000 if status == 429 else None)

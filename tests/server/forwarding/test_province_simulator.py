@@ -187,3 +187,92 @@ async def test_an_outage_refuses_connections_then_the_province_comes_back(provin
             break
     status, _, _ = await send(sim.url, api.PATH_ATTENDANCE, batch(record("GS-1", 1)))
     assert status == 200
+
+
+# ------------------------------------------------------------------------------ warnings
+
+
+def warning_row(warning_id: int = 42, version: int = 3, **changes) -> dict:
+    """The §7.3 example warning at `version` (its first `version` events), encrypted for this app key."""
+    from dataclasses import replace
+
+    from lmg.storage import WarningState
+    from tests.protocol.test_province import example_warning
+
+    warning, events = example_warning()
+    events = events[:version] + [replace(events[1], at_ms=events[1].at_ms + n) for n in range(version - 3)]
+    last = events[-1]
+    warning = replace(warning, id=warning_id, version=version, level=last.level, state=last.state)
+    if last.state is not WarningState.CLOSED:
+        warning = replace(warning, disposition=None, closed_at_ms=None, note="", closed_by="")
+    cipher = api.WorkerIdCipher.for_app(APP_SECRET, APP_KEY)
+    row = api.warning_record(warning, events, "张经理", cipher, os.urandom(12))
+    row.update(changes)
+    return row
+
+
+def warnings_batch(*rows) -> bytes:
+    return orjson.dumps({"batch_id": "w-1", "warnings": list(rows)})
+
+
+async def test_a_warning_version_is_held_once_and_an_older_one_is_a_duplicate(province):
+    from lmg.simulators.province import held_warnings
+
+    sim = await province()
+    status, answer, _ = await send(sim.url, api.PATH_WARNINGS, warnings_batch(warning_row(version=2),
+                                                                              warning_row(7, version=1)))
+    assert status == 200 and [r["result"] for r in answer["results"]] == ["stored", "stored"]
+    status, answer, _ = await send(sim.url, api.PATH_WARNINGS, warnings_batch(warning_row(version=2),
+                                                                              warning_row(version=3),
+                                                                              warning_row(version=1)))
+    assert [(r["version"], r["result"], r["reason"]) for r in answer["results"]] == [
+        (2, "duplicate", "version already held"), (3, "stored", ""), (1, "duplicate", "a later version is held")]
+    held = held_warnings(sim.data_dir)
+    assert [(w["warning_id"], w["version"], w["state"]) for w in held] == [(42, 2, "open"), (7, 1, "open"),
+                                                                           (42, 3, "closed")]
+    assert all(w["worker_id"] == "620102198503000011" for w in held)
+    summary = report(sim.data_dir)
+    assert (summary["warnings"], summary["warning_versions"], summary["warnings_duplicates"]) == (2, 3, 2)
+
+
+@pytest.mark.parametrize("change, code, fragment", [
+    ({"level": 4}, 2001, "level"),
+    ({"bureau_region": "620102"}, 2001, "bureau_region"),  # level 2 of 城关区 is 兰州市
+    ({"state": "gone"}, 2001, "state"),
+    ({"history": []}, 2001, "history"),
+    ({"disposition": None}, 2001, "disposition"),
+    ({"rule": "Low Presence"}, 2001, "rule"),
+    ({"post": "worker"}, 2001, "post"),
+    ({"worker_id_enc": "AAAA"}, 2003, "worker_id_enc"),
+    ({"period_end": "2026-02-28"}, 2001, "period_end"),
+])
+async def test_an_invalid_warning_is_answered_with_a_code_and_its_batch_goes_on(province, change, code, fragment):
+    sim = await province()
+    _, answer, _ = await send(sim.url, api.PATH_WARNINGS, warnings_batch(warning_row(**change), warning_row(8)))
+    bad, good = answer["results"]
+    assert (bad["result"], bad["code"]) == ("invalid", code) and fragment in bad["reason"]
+    assert good["result"] == "stored"
+    assert report(sim.data_dir)["warnings_rejected"] == 1
+
+
+async def test_a_warning_id_number_with_a_wrong_check_digit_is_refused(province):
+    sim = await province()
+    cipher = api.WorkerIdCipher.for_app(APP_SECRET, APP_KEY)
+    token = cipher.encrypt("620102198503000010", api.warning_ad(42), os.urandom(12))
+    _, answer, _ = await send(sim.url, api.PATH_WARNINGS, warnings_batch(warning_row(worker_id_enc=token)))
+    assert answer["results"][0]["code"] == 2002
+
+
+async def test_warnings_need_their_permission_their_limits_and_a_signature(province):
+    sim = await province()
+    status, answer, _ = await send(sim.url, api.PATH_WARNINGS,
+                                   warnings_batch(*(warning_row(n) for n in range(1, api.MAX_WARNING_BATCH + 2))))
+    assert (status, answer["code"]) == (413, 1302)
+    status, answer, _ = await send(sim.url, api.PATH_WARNINGS, warnings_batch(warning_row()), secret="wrong")
+    assert (status, answer["code"]) == (401, 1001)
+    status, answer, _ = await send(sim.url, api.PATH_WARNINGS, b'{"batch_id":"x","warnings":[]}')
+    assert (status, answer["code"]) == (400, 1301)
+    no_warnings = await province(access=Access(APP_KEY, APP_SECRET, (), frozenset({"attendance"})))
+    status, answer, _ = await send(no_warnings.url, api.PATH_WARNINGS, warnings_batch(warning_row()))
+    assert (status, answer["code"]) == (403, 1101)
+    assert report(sim.data_dir)["warnings"] == 0

@@ -1,7 +1,9 @@
-"""A warning's life: the state table over every pair, closing, levels at exactly N days, and the store's copy.
+"""A warning's life: the state table over every pair, closing, levels at exactly N days.
 
-The store keeps the same life cycle (lmg.storage.supervision), since storage cannot import
-the server; the last tests check that the two agree, so a change to either fails here.
+The table is lmg.protocol.warning_codes' and the store moves warnings by it too; its own
+shape (every pair but the refused ones) is tested in tests/storage/test_store_supervision.py.
+Here: the core's status moves by the same table, and the store's escalation times agree
+with the core's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from hypothesis import strategies as st
 from lmg.server.supervision.escalation import (
     TRANSITIONS,
     Disposition,
-    WarningEvent,
+    Happening,
     WarningLevel,
     WarningState,
     WarningStatus,
@@ -35,7 +37,8 @@ RULES = default_rules()
 DAY_MS = 86_400_000
 T0 = 1_741_000_000_000  # a Unix time in ms (March 2025)
 O, R, C = WarningState.OPEN, WarningState.RESOLVED, WarningState.CLOSED
-FOUND, CLEARED, CLOSE = WarningEvent.FOUND, WarningEvent.CLEARED, WarningEvent.CLOSE
+FOUND, CLEARED, CLOSE = Happening.FOUND, Happening.NOT_FOUND, Happening.CLOSE
+EVENTS = (FOUND, Happening.FOUND_CHANGED, CLEARED, CLOSE)  # DUE moves levels: escalate, not apply
 
 EXPECTED = {
     (O, FOUND): O, (O, CLEARED): R, (O, CLOSE): C,
@@ -45,15 +48,26 @@ EXPECTED = {
 
 
 def test_the_table():
-    assert TRANSITIONS == EXPECTED
+    # the shared table, read as the core reads it: found with or without changed figures alike
+    core = {(before, what): after for (before, what), (after, _) in TRANSITIONS.items()
+            if before is not None and what in (FOUND, CLEARED, CLOSE)}
+    assert core == EXPECTED
+    for state in WarningState:
+        assert TRANSITIONS.get((state, Happening.FOUND_CHANGED), (None,))[0] == EXPECTED.get((state, FOUND))
 
 
-@pytest.mark.parametrize(("state", "event"), list(itertools.product(WarningState, WarningEvent)))
+def test_levels_move_by_time_not_by_apply():
+    with pytest.raises(WarningTransitionError, match="use escalate"):
+        apply(opened(T0), Happening.DUE, T0)
+
+
+@pytest.mark.parametrize(("state", "event"), list(itertools.product(WarningState, EVENTS)))
 def test_every_pair_moves_by_the_table_or_is_refused(state, event):
     status = WarningStatus(state, WarningLevel.CITY, T0)
-    if (state, event) in EXPECTED:
+    expected = EXPECTED.get((state, FOUND if event is Happening.FOUND_CHANGED else event))
+    if expected is not None:
         after = apply(status, event, T0 + DAY_MS)
-        assert after.state is EXPECTED[(state, event)]
+        assert after.state is expected
         assert after.level is WarningLevel.CITY  # events never change the level
     else:
         with pytest.raises(WarningTransitionError, match="closed warning cannot be closed: it is final"):
@@ -101,7 +115,7 @@ def test_an_unknown_disposition_names_the_accepted_ones():
         Disposition.parse("warning")
 
 
-@given(st.lists(st.sampled_from(list(WarningEvent)), max_size=30), st.lists(st.integers(0, 10 * DAY_MS), max_size=30))
+@given(st.lists(st.sampled_from([FOUND, CLEARED, CLOSE]), max_size=30), st.lists(st.integers(0, 10 * DAY_MS), max_size=30))
 def test_any_sequence_of_events_stays_in_the_table(events, gaps):
     status, now = opened(T0), T0
     for event, gap in zip(events, gaps + [0] * len(events)):
@@ -157,36 +171,8 @@ def test_only_an_open_warning_rises(state):
     assert escalate(status, T0 + 100 * DAY_MS, RULES) == status
 
 
-# --- the store's copy agrees ----------------------------------------------------------------------------
+# --- the store escalates at the core's times ----------------------------------------------------------------------------
 
-
-
-def _stores_copy():
-    return pytest.importorskip("lmg.storage.supervision", reason="the store's side of issue 15 is not there yet")
-
-
-def test_the_states_and_dispositions_are_the_stores():
-    _stores_copy()
-    from lmg.storage.api import Disposition as StoredDisposition
-    from lmg.storage.api import WarningState as StoredState
-
-    assert {s.value for s in WarningState} == {s.value for s in StoredState}
-    assert {d.code for d in Disposition} == {d.value for d in StoredDisposition}
-    assert {d.code: d.value.name_zh for d in Disposition} == {d.value: d.name_zh for d in StoredDisposition}
-
-
-def test_the_table_is_the_stores():
-    storage = _stores_copy()
-    happening = storage.Happening
-    # the store tells a finding with changed figures apart, and escalation is a move of its table
-    events = {happening.FOUND: FOUND, happening.FOUND_CHANGED: FOUND, happening.NOT_FOUND: CLEARED,
-              happening.CLOSE: CLOSE}
-    theirs = {}
-    for (before, what), (after, _) in storage.TRANSITIONS.items():
-        if before is None or what is happening.DUE:
-            continue
-        theirs[(WarningState(before.value), events[what])] = WarningState(after.value)
-    assert theirs == EXPECTED
 
 
 @settings(max_examples=200, deadline=None)
@@ -194,7 +180,8 @@ def test_the_table_is_the_stores():
 def test_escalation_times_are_the_stores(level, elapsed, city_days, province_days):
     from lmg.storage.api import WarningRecord
 
-    storage = _stores_copy()
+    from lmg.storage import supervision as storage
+
     rules = dataclasses.replace(RULES, city_after_days=city_days, province_after_days=province_days)
     record = WarningRecord(1, "k", "low-presence", "P1", "620102", None, None, date(2025, 3, 1), date(2025, 3, 31),
                            {}, int(level), storage.WarningState.OPEN, T0, T0, T0, None, None, None, "", "", 1, 0)
@@ -202,11 +189,3 @@ def test_escalation_times_are_the_stores(level, elapsed, city_days, province_day
     stored = changes[-1].after if changes else record
     due = due_level(level, T0, T0 + elapsed, rules)
     assert (stored.level, stored.level_since_ms) == (due.level, due.since_ms)
-
-
-def test_the_doc_lists_every_disposition():
-    from pathlib import Path
-
-    doc = (Path(__file__).resolve().parents[3] / "docs" / "supervision.md").read_text(encoding="utf-8")
-    for disposition in Disposition:
-        assert f"| `{disposition.code}` | {disposition.value.name_zh} |" in doc, disposition

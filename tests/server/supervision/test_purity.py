@@ -1,4 +1,8 @@
-"""The supervision core is sans-I/O: no event loop, socket, store, logging set-up, randomness or clock."""
+"""The supervision core is sans-I/O: no event loop, socket, store, logging set-up, randomness or clock.
+
+The one module of the folder that does I/O is the glue, `service.py` (the store, the
+schedule); it is named here so that a new module is pure unless it is added to GLUE.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ FORBIDDEN = {
     "time", "logging", "sqlite3", "asyncpg", "aiohttp", "http", "urllib", "websockets", "random", "os",
     "lmg.storage", "lmg.simulators", "lmg.bench", "lmg.server.gateway", "lmg.server.cli", "lmg.server.admin",
 }
+GLUE = {"service.py"}
 CLOCK_CALLS = {"now", "today", "utcnow", "time", "time_ns", "monotonic", "perf_counter"}
 
 
@@ -29,7 +34,7 @@ def forbidden(name: str) -> bool:
 
 
 def test_the_core_imports_nothing_that_does_io():
-    files = sorted(CORE.glob("*.py"))
+    files = sorted(p for p in CORE.glob("*.py") if p.name not in GLUE)
     assert len(files) >= 6
     offenders = {p.name: sorted(n for n in imported(p) if forbidden(n)) for p in files}
     assert {k: v for k, v in offenders.items() if v} == {}
@@ -37,7 +42,7 @@ def test_the_core_imports_nothing_that_does_io():
 
 def test_the_core_reads_no_clock():
     calls = []
-    for path in sorted(CORE.glob("*.py")):
+    for path in sorted(p for p in CORE.glob("*.py") if p.name not in GLUE):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in CLOCK_CALLS:
                 calls.append(f"{path.name}:{node.lineno}: .{node.func.attr}()")
