@@ -6,7 +6,8 @@ import importlib
 
 # Each benchmark module exposes NAME, HELP, add_arguments(parser) and run(args) -> int.
 BENCHMARKS = ("lmg.bench.codec", "lmg.bench.storage", "lmg.bench.memory", "lmg.bench.websocket_libs",
-              "lmg.bench.forwarding", "lmg.bench.load", "lmg.bench.writer", "lmg.bench.downlink")
+              "lmg.bench.forwarding", "lmg.bench.load", "lmg.bench.writer", "lmg.bench.downlink",
+              "lmg.bench.supervision", "lmg.bench.photos")
 
 
 def register(subparsers) -> None:

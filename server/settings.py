@@ -71,6 +71,25 @@ class GatewaySettings:
                                                    "terminals, load tools more")
     accept_rate: float = key(5_000.0, "new connections per second (token bucket): 20,000 reconnects in 4 s")
     accept_burst: int = key(10_000, "new connections taken at once before accept_rate applies")
+    # --- lockout of failed authentications (server/gateway/lockout.py, docs/protocol.md 5.2) ---
+    # A terminal with a mistyped secret fails at every reconnect (every 1-60 s); five tries
+    # are enough to rule out a glitch, and the lock is of that serial at that address only.
+    lockout_pair_failures: int = key(5, "failed authentications in a row of one serial from one address before "
+                                        "that serial is locked out at that address (never elsewhere, never another "
+                                        "serial)")
+    # A locked terminal's retries are not counted, so one bad terminal adds ~5-10 failures
+    # an hour; 50 in 10 min is a scan of serials or secrets, not a site's mistakes.
+    lockout_address_failures: int = key(50, "failed authentications from one address within lockout_address_window_s "
+                                            "before the address is locked out (serials that authenticated from it "
+                                            "before are spared)")
+    lockout_address_window_s: float = key(600.0, "seconds over which failures from one address are counted")
+    lockout_base_s: float = key(60.0, "seconds of a first lockout; each further lockout of the same key doubles it")
+    # An hour at most: a device fixed on site recovers within the same shift.
+    lockout_max_s: float = key(3600.0, "longest lockout, seconds (the doubling stops here)")
+    # Repeated failures from one address are written as one audit row per window with a
+    # count: 600 HELLOs in 0.7 s were 600 rows before.
+    auth_audit_window_s: float = key(60.0, "seconds over which failed authentications from one address are "
+                                           "aggregated into one audit row with a count")
     max_unsent_bytes: int = key(256 * 1024, "bytes of answers a terminal may leave unread (~7,000 ACKs); past it "
                                             "the connection is closed")
     # A terminal's window of punches (8 in our simulator, a few in real firmware) fits, a
@@ -86,6 +105,12 @@ class GatewaySettings:
                                              "flight stay within one group-commit batch)")
     presence_flush_s: float = key(5.0, "seconds between batched writes of online state and last-seen times (not "
                                        "one write per heartbeat)")
+    # A terminal uploads one photo at a time; 4 x photo_max_bytes (8 MiB) is what one device
+    # can make a node hold in partial uploads through new chunks (server/gateway/photo_slots.py).
+    photo_uploads_per_device: int = key(4, "photo uploads one device may have in progress at once; a chunk of "
+                                           "another photo is refused PHOTO_UPLOADS_BUSY")
+    photo_upload_idle_s: float = key(600.0, "seconds without a chunk after which an upload no longer holds one of "
+                                            "its device's photo_uploads_per_device slots")
     partial_photo_sweep_s: float = key(3600.0, "seconds between deletions of partial photo uploads older than "
                                                "photo_partial_ttl_ms")
     shutdown_grace_s: float = key(10.0, "seconds SIGTERM gives in-flight commits, their ACKs and the GOODBYEs")
@@ -94,6 +119,12 @@ class GatewaySettings:
     # SQLite has only this poll (one indexed read).
     signal_poll_s: float = key(1.0, "seconds between reads of the store's signals (sessions to end, commands "
                                     "queued, rosters changed) made by another process; they take effect within this")
+    # With several processes on PostgreSQL a device that reconnects elsewhere must lose its
+    # old session here within a second (issue 17). One signal per authentication would
+    # serialize a reconnect storm on the signals lock (one commit each, ~4 ms: 250 a second
+    # for the whole cluster); one signal per process every 0.1 s carries them all.
+    session_announce_s: float = key(0.1, "seconds between the signals that tell other processes and nodes which "
+                                         "devices authenticated here (PostgreSQL only), so they end older sessions")
     # --- the downlink (docs/downlink.md) ---
     # docs/protocol.md 6.7 promises terminals at most 4 unanswered commands; a terminal
     # processes them in order, so a deeper window only queues more on its side.
@@ -142,9 +173,28 @@ class GatewaySettings:
     # roster within this after midnight (UTC+8). One indexed read when nothing changed.
     roster_dates_sweep_s: float = key(300.0, "seconds between checks of workers' entry and exit dates against "
                                              "today (China Standard Time)")
+    # A gateway reads signals from the newest id at start, so a signal only needs to outlive
+    # a poll interval and a listener restart; a day is generous and keeps the table small.
+    signal_retention_s: float = key(86_400.0, "seconds a store signal (session end, command queued, roster "
+                                              "changed) is kept before the hourly sweep deletes it")
+    # A tombstone lets a terminal that was offline get a delta with the worker's removal;
+    # once pruned, a terminal below the project's floor is emptied and sent the whole roster.
+    roster_tombstone_retention_days: int = key(90, "days a departed worker's row is kept for deltas; terminals "
+                                                   "offline longer get a full resync")
     # The largest body the API takes is a requeue of 10,000 ids (~70 KB); 1 MiB leaves room
     # and bounds what one request can make the node buffer.
     api_max_body_bytes: int = key(1024 * 1024, "largest request body the admin API reads, bytes")
+    # --- supervision of key personnel (docs/supervision.md) ---
+    supervision: bool = key(True, "evaluate key-personnel warnings (issue 15) on a schedule in this process; off "
+                                  "leaves it to `lmg supervision evaluate` (cron) or another node")
+    supervision_rules_file: str = key("", "TOML rules file of the supervision of key personnel; empty means the "
+                                          "packaged defaults (docs/supervision.md)")
+    # A day's punches arrive all day and late backlogs at any time; an hour bounds how long a
+    # disproved warning stays open and how late a level rises (escalation keeps due times,
+    # so a late run gives the same levels). One run of a province month costs tens of
+    # seconds of one core (bench/results/supervision-*.md), well under 1% at an hour.
+    supervision_evaluate_s: float = key(3600.0, "seconds between evaluation runs (the month to date, the month just "
+                                                "over, the months late backlogs touched) and escalations")
     log_level: str = key("info", "debug, info, warning or error")
     log_format: str = key("auto", "json (one JSON object per line, for a log collector), text (key=value, for a "
                                   "person) or auto: text when stderr is a terminal, JSON lines otherwise")
@@ -159,13 +209,23 @@ class GatewaySettings:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together: give both paths (PEM) or neither")
         for name in ("max_connections", "max_connections_per_address", "accept_rate", "accept_burst",
+                     "lockout_pair_failures", "lockout_address_failures", "lockout_address_window_s",
+                     "lockout_base_s", "lockout_max_s", "auth_audit_window_s", "photo_uploads_per_device",
+                     "photo_upload_idle_s",
                      "max_unsent_bytes", "held_frames", "store_calls_per_connection", "presence_flush_s",
-                     "partial_photo_sweep_s", "shutdown_grace_s", "signal_poll_s", "api_max_body_bytes",
+                     "partial_photo_sweep_s", "shutdown_grace_s", "signal_poll_s", "session_announce_s",
+                     "api_max_body_bytes",
                      "downlink_window", "command_timeout_s", "command_max_sends", "command_ttl_s",
                      "command_expiry_sweep_s", "face_chunk_bytes", "downlink_max_unsent_bytes", "roster_dates_sweep_s",
+                     "signal_retention_s", "roster_tombstone_retention_days",
                      "downlink_turn_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
+        if self.lockout_max_s < self.lockout_base_s:
+            raise ValueError(f"lockout_max_s ({self.lockout_max_s}) must not be below lockout_base_s "
+                             f"({self.lockout_base_s})")
+        if self.supervision_evaluate_s <= 0:
+            raise ValueError(f"supervision_evaluate_s must be greater than 0, got {self.supervision_evaluate_s!r}")
         if self.face_chunk_bytes > MAX_FACE_CHUNK_BYTES:
             raise ValueError(f"face_chunk_bytes must be at most {MAX_FACE_CHUNK_BYTES} (a FACE_CHUNK's data length is "
                              f"a u16), got {self.face_chunk_bytes}")
@@ -190,6 +250,12 @@ class Settings:
     forward: ForwarderConfig = field(default_factory=ForwarderConfig)
 
     def __post_init__(self) -> None:
+        live_ms = self.session.heartbeat_interval_s * self.session.heartbeat_misses * 1000 \
+            + int(self.gateway.presence_flush_s * 1000)
+        if self.store.presence_stale_ms < live_ms:
+            raise ValueError(f"presence_stale_ms = {self.store.presence_stale_ms} would show live devices offline: "
+                             f"they are heard every heartbeat_interval_s and written every presence_flush_s; set it "
+                             f"to at least heartbeat_interval_s x heartbeat_misses + presence_flush_s = {live_ms} ms")
         frame = self.gateway.face_chunk_bytes + FACE_CHUNK_OVERHEAD
         if frame > self.session.max_frame_size:
             raise ValueError(f"face_chunk_bytes = {self.gateway.face_chunk_bytes} makes {frame}-byte FACE_CHUNK frames, "

@@ -29,6 +29,7 @@ import enum
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import date
 from typing import Any, Literal, NamedTuple
@@ -40,6 +41,9 @@ from lmg.protocol.posts import Post
 from lmg.protocol.regions import UnknownRegion
 from lmg.protocol.regions import is_known as is_known_region
 from lmg.protocol.schema import MAX_FRAME_SIZE
+from lmg.protocol.warning_codes import (  # noqa: F401 - re-exported by storage
+    Department, Disposition, WarningEventKind, WarningState,
+)
 
 U32_MAX = 0xFFFF_FFFF
 SECRET_BYTES = 32
@@ -159,6 +163,9 @@ class SignalKind(enum.StrEnum):
     SESSION_END = "session_end"  # subject: the serial; detail: the SessionEndReason value
     COMMAND = "command"  # subject: the serial; detail: the command id
     ROSTER = "roster"  # subject: the project code; detail: its new roster version
+    # subject: empty; detail: JSON {serial: [session token, authenticated at ms]} of the
+    # sessions one gateway process authenticated (`announce_sessions`)
+    TAKEOVER = "takeover"
 
 
 @dataclass(frozen=True, slots=True)
@@ -754,30 +761,8 @@ class AuditEntry:
 # Unix ms (UTC). A day range (`first_day`, `last_day`) includes both ends.
 
 
-class Department(enum.StrEnum):
-    """The department a supervisor's token belongs to."""
-
-    CONSTRUCTION = "construction"  # 住建: 住房和城乡建设 (the housing and construction bureau)
-    LABOUR = "labour"  # 人社: 人力资源和社会保障 (human resources and social security)
-
-    @property
-    def name_zh(self) -> str:
-        return _DEPARTMENT_ZH[self][0]
-
-    @classmethod
-    def parse(cls, text: str) -> Department:
-        """A department from its code or Chinese name (住建, 人社, or the full names);
-        ValueError naming the accepted values otherwise."""
-        wanted = text.strip() if isinstance(text, str) else text
-        for department, names in _DEPARTMENT_ZH.items():
-            if wanted == department.value or wanted in names:
-                return department
-        accepted = ", ".join(f"{d.value} ({names[0]})" for d, names in _DEPARTMENT_ZH.items())
-        raise ValueError(f"department {text!r}: use {accepted}")
-
-
-_DEPARTMENT_ZH = {Department.CONSTRUCTION: ("住建", "住房和城乡建设"),
-                  Department.LABOUR: ("人社", "人力资源和社会保障")}
+# Department, WarningState, WarningEventKind and Disposition are lmg.protocol.warning_codes'
+# (imported above and re-exported): one table for the store and the supervision core.
 
 
 @dataclass(frozen=True, slots=True)
@@ -901,54 +886,6 @@ class ProjectDay:
     day: date
 
 
-class WarningState(enum.StrEnum):
-    """open --condition clears--> resolved --found again--> open; open or resolved
-    --a supervisor's disposition--> closed (final). The whole table is
-    `lmg.storage.supervision.TRANSITIONS`."""
-
-    OPEN = "open"
-    RESOLVED = "resolved"
-    CLOSED = "closed"
-
-
-class WarningEventKind(enum.StrEnum):
-    OPENED = "opened"
-    FIGURES_CHANGED = "figures_changed"
-    ESCALATED = "escalated"
-    RESOLVED = "resolved"
-    REOPENED = "reopened"
-    CLOSED = "closed"
-
-
-class Disposition(enum.StrEnum):
-    """How a supervisor closes a warning."""
-
-    INTERVIEW = "interview"  # 约谈
-    RECTIFICATION = "rectification"  # 责令整改
-    PENALTY_POINTS = "penalty-points"  # 记分
-    PUBLIC_NOTICE = "public-notice"  # 通报
-    FALSE_ALARM = "false-alarm"  # 误报: needs a note saying why
-
-    @property
-    def name_zh(self) -> str:
-        return _DISPOSITION_ZH[self]
-
-    @classmethod
-    def parse(cls, text: str) -> Disposition:
-        """From the code or the Chinese name; ValueError naming the accepted values."""
-        wanted = text.strip() if isinstance(text, str) else text
-        for disposition, zh in _DISPOSITION_ZH.items():
-            if wanted in (disposition.value, zh):
-                return disposition
-        accepted = ", ".join(f"{d.value} ({zh})" for d, zh in _DISPOSITION_ZH.items())
-        raise ValueError(f"disposition {text!r}: use {accepted}")
-
-
-_DISPOSITION_ZH = {Disposition.INTERVIEW: "约谈", Disposition.RECTIFICATION: "责令整改",
-                   Disposition.PENALTY_POINTS: "记分", Disposition.PUBLIC_NOTICE: "通报",
-                   Disposition.FALSE_ALARM: "误报"}
-
-
 @dataclass(frozen=True, slots=True)
 class WarningFinding:
     """One warning the evaluator finds, for `Store.apply_warnings`.
@@ -1045,6 +982,11 @@ class WarningEvent:
     detail: dict[str, Any]
 
 
+@asynccontextmanager
+async def _always_held() -> AsyncIterator[bool]:
+    yield True
+
+
 MAX_WARNING_PAGE = 10_000  # list_warnings rows per call, as list_commands
 MAX_ATTENDANCE_PAGE = 10_000  # iter_attendance_days rows per page
 
@@ -1103,11 +1045,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_devices(
         self, *, after_serial: str = "", limit: int = 1000, project_code: str | None = None,
-        region_code: str | None = None, online: bool | None = None,
+        region_code: str | None = None, online: bool | None = None, region_scope: str | None = None,
     ) -> list[Device]:
         """Devices ordered by serial, starting after `after_serial` (paging), at most
-        `limit`; each filter that is not None must match exactly. Raises ValueError for
-        a negative limit."""
+        `limit`; each filter that is not None must match exactly. `region_scope` keeps the
+        devices whose region that node covers (lmg.protocol.regions.covers: a city its
+        counties, never a code prefix; UnknownRegion for a node outside the tree). Raises
+        ValueError for a negative limit."""
 
     @abc.abstractmethod
     async def set_device_enabled(self, serial: str, enabled: bool) -> None:
@@ -1193,6 +1137,15 @@ class Store(abc.ABC):
     # the gateway follows signals; the ids are the signals' ids.
 
     @abc.abstractmethod
+    async def announce_sessions(self, sessions: Mapping[str, tuple[str, int]]) -> int:
+        """Signal (kind TAKEOVER, one signal for the lot) that these devices authenticated
+        in the calling process: {serial: (session token, authenticated at ms)}. Every other
+        gateway process ends its session of each serial that connected before that time
+        and is not that token. Returns the signal's id; 0 and nothing written for an empty
+        mapping. Raises ValueError for a token that is not 1-64 characters or a negative time.
+        """
+
+    @abc.abstractmethod
     async def end_device_sessions(self, serial: str, reason: SessionEndReason) -> int:
         """Signal that the device's open session must end; return the signal's id.
 
@@ -1246,10 +1199,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_projects(
         self, *, after_code: str = "", limit: int = 1000, region_prefix: str = "",
+        region_scope: str | None = None,
     ) -> list[Project]:
         """Projects ordered by code after `after_code`, at most `limit` (0..10,000);
-        `region_prefix` keeps the regions that start with it ("62" Gansu, "6201" Lanzhou).
-        Raises ValueError for a bad limit or prefix."""
+        `region_prefix` keeps the regions that start with it ("62" Gansu, "6201" Lanzhou:
+        which includes 兰州新区 620171, so it is no supervisor's scope); `region_scope` keeps
+        the projects whose region that node covers (as `list_devices`). Raises ValueError for
+        a bad limit, prefix or scope."""
 
     # the roster ----------------------------------------------------------------------
     @abc.abstractmethod
@@ -1415,14 +1371,16 @@ class Store(abc.ABC):
     async def list_punches(
         self, *, project_code: str | None = None, device_serial: str | None = None,
         worker_id: str | None = None, since_ms: int | None = None, until_ms: int | None = None,
-        after_id: int = 0, limit: int = 1000,
+        after_id: int = 0, limit: int = 1000, region_scope: str | None = None,
     ) -> list[PunchListing]:
         """Accepted punches with id > `after_id`, ordered by id (the order stored), at most
         `limit` (0..MAX_PUNCH_PAGE, else ValueError). A short page is the last one; pass
         the last id of a page as the next `after_id`.
 
         Filters that are not None must all match: `project_code` is the device's,
-        `since_ms` (inclusive) and `until_ms` (exclusive) bound punch_time_ms.
+        `since_ms` (inclusive) and `until_ms` (exclusive) bound punch_time_ms,
+        `region_scope` keeps the punches of devices whose region that node covers (as
+        `list_devices`; a punch of a device not provisioned is in no region).
         """
 
     # photos --------------------------------------------------------------------------
@@ -1461,6 +1419,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def mark_photos_forwarded(self, sha256s: Sequence[bytes], now_ms: int) -> int:
         """Record that the province holds these photos; returns how many were not marked yet."""
+
+    @abc.abstractmethod
+    async def adopt_local_photos(self, limit: int = 1000) -> int:
+        """PostgreSQL: move up to `limit` photo and face files this node wrote under its data
+        dir before version 7 into the shared table, so every node reads them; returns how
+        many (0: none left). SQLite: 0, its files are where they belong."""
+
+    @abc.abstractmethod
+    async def purge_forwarded_photos(self, now_ms: int, limit: int = 1000) -> int:
+        """Delete the bytes of up to `limit` photos the province confirmed more than
+        `photo_forwarded_retention_ms` before `now_ms` (0: keep for ever); return how many.
+        The `photos` row stays, marked purged: the photo counts as stored (a device is not
+        asked for it again) and `get_photo` returns None. Bytes that are also a roster face
+        are kept. Never touches a photo not yet forwarded."""
 
     # outbox --------------------------------------------------------------------------
     @abc.abstractmethod
@@ -1544,10 +1516,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_commands(
         self, *, device_serial: str | None = None, state: CommandState | None = None,
-        after_id: int = 0, limit: int = 100,
+        after_id: int = 0, limit: int = 100, region_scope: str | None = None,
     ) -> list[Command]:
         """Commands with id > after_id in id order, at most `limit` (0..MAX_COMMAND_PAGE);
-        filters that are not None must match."""
+        filters that are not None must match; `region_scope` keeps the commands of devices
+        whose region that node covers (as `list_devices`)."""
 
     @abc.abstractmethod
     async def count_commands_by_state(self) -> dict[CommandState, int]:
@@ -1698,6 +1671,13 @@ class Store(abc.ABC):
         included, ordered by project then worker: who punches under a key post."""
 
     # supervision: warnings -----------------------------------------------------------
+    def evaluation_lock(self) -> AbstractAsyncContextManager[bool]:
+        """`async with store.evaluation_lock() as held:` - whether this process may run a
+        scheduled evaluation now. PostgreSQL (several `--workers`, several nodes): a
+        session-level advisory try-lock held for the block, False at once if another process
+        holds it. SQLite: one process writes, always True."""
+        return _always_held()
+
     @abc.abstractmethod
     async def apply_warnings(self, scope: EvaluationScope, findings: Sequence[WarningFinding],
                              now_ms: int) -> ApplyResult:

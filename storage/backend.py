@@ -9,7 +9,7 @@ Rules kept here so both backends keep them identically:
   that a verified blob exists (table `photos`), which is what links it to punches.
 - Faces use the same `BlobStore` (content-addressed, so a face is stored once however
   often it is put); the `faces` row is written after the blob, so a row means the bytes
-  are on disk.
+  are stored (SQLite: files under the data dir; PostgreSQL: `photo_blobs`, every node's).
 - Every argument of a downlink call is checked here, in the caller's task, before the
   backend opens a transaction: a ValueError names the field and nothing is written.
 """
@@ -18,20 +18,22 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import hashlib
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from lmg.protocol.regions import covered_codes
 from lmg.storage.api import (
     COMMAND_ERROR_CHARS, COMMAND_PAYLOAD_MAX_BYTES, FACE_FORMATS, FACE_MIN_BYTES, MAX_COMMAND_PAGE,
     MAX_PUNCH_PAGE, MAX_ROSTER_PAGE, OPERATOR_COMMAND_TYPES, SECRET_BYTES, SHA256_BYTES, U32_MAX,
-    ApiToken, Command, CommandState, Department, MessageType, Project, Punch, PunchIn, PunchListing, PunchOutcome,
+    ApiToken, Command, CommandState, Department, Device, MessageType, Project, Punch, PunchIn, PunchListing, PunchOutcome,
     SessionEnd, SessionEndReason, Signal, SignalKind, Store, Worker, WorkerIn, check_api_token_fields,
     check_limit, check_project_code, check_project_fields, check_region_prefix, check_worker,
     scopes_from_text, scopes_text, wall_clock_ms,
@@ -136,6 +138,40 @@ class BackendStore(Store):
     async def prune_partial_photos(self, now_ms: int) -> int:
         return await self.photos.prune(now_ms)
 
+    @abc.abstractmethod
+    async def _purgeable_photos(self, forwarded_before_ms: int, limit: int) -> list[bytes]:
+        """Hashes of photos forwarded before that time, not purged yet and not a face."""
+
+    @abc.abstractmethod
+    async def _mark_photos_purged(self, sha256s: list[bytes], now_ms: int) -> None: ...
+
+    async def adopt_local_photos(self, limit: int = 1000) -> int:
+        return 0  # PostgreSQL overrides: its photos moved from files into the database
+
+    async def purge_forwarded_photos(self, now_ms: int, limit: int = 1000) -> int:
+        retention = self.config.photo_forwarded_retention_ms
+        if retention == 0 or limit <= 0:
+            return 0
+        # Bytes first, then the mark: a crash in between leaves rows a later sweep marks.
+        purgeable = await self._purgeable_photos(now_ms - retention, limit)
+        for sha in purgeable:
+            await self.blobs.delete(sha.hex())
+        if purgeable:
+            await self._mark_photos_purged(purgeable, now_ms)
+        return len(purgeable)
+
+    # presence -------------------------------------------------------------------------
+    def _seen_since_ms(self) -> int:
+        """A device flagged online but not heard since this time is shown offline: its
+        node died (or lost the store) without writing it offline."""
+        return self.clock_ms() - self.config.presence_stale_ms
+
+    def _live(self, device: Device) -> Device:
+        """`device` as read, offline if its online flag is older than presence_stale_ms."""
+        if device.online and (device.last_seen_ms is None or device.last_seen_ms < self._seen_since_ms()):
+            return dataclasses.replace(device, online=False)
+        return device
+
     # faces --------------------------------------------------------------------------
     @abc.abstractmethod
     async def _face_size(self, sha256: bytes) -> int | None:
@@ -195,6 +231,24 @@ class BackendStore(Store):
         self, callback: Callable[[int], None], *, on_lost: Callable[[], None] | None = None,
     ) -> Callable[[], Awaitable[None]] | None:
         return await self._listen(lambda signal_id, _kind: callback(signal_id), on_lost)
+
+    async def announce_sessions(self, sessions: Mapping[str, tuple[str, int]]) -> int:
+        if not sessions:
+            return 0
+        detail: dict[str, list] = {}
+        for serial, (token, authenticated_ms) in sessions.items():
+            if type(serial) is not str or type(token) is not str or not 0 < len(token) <= 64:
+                raise ValueError(f"announce_sessions: {serial!r}: need a serial and a session token of 1-64 "
+                                 f"characters, got {token!r}")
+            check_int("authenticated_ms", authenticated_ms)
+            if authenticated_ms < 0:
+                raise ValueError(f"announce_sessions: {serial!r}: authenticated_ms {authenticated_ms} is negative")
+            detail[serial] = [token, authenticated_ms]
+        return await self._signal_takeover(orjson.dumps(detail).decode())
+
+    @abc.abstractmethod
+    async def _signal_takeover(self, detail: str) -> int:
+        """Write one TAKEOVER signal (and its NOTIFY on PostgreSQL); its id."""
 
     async def session_ends_after(self, after_id: int, limit: int = 1000) -> list[SessionEnd]:
         check_limit(limit)
@@ -476,6 +530,18 @@ def punch_listing(row: Sequence[Any]) -> PunchListing:
     return PunchListing(row[0], Punch(*row[1:11]), row[11])
 
 
+def scope_filter(region_scope: str | None, codes_in: str, column: str = "region_code") -> tuple[str, Any]:
+    """A (condition, value) pair for `where` that keeps the rows whose `column` (a region
+    code) the node `region_scope` covers: the node and the nodes below it
+    (lmg.protocol.regions.covered_codes, never a code prefix: 620171 兰州新区 is not
+    兰州市's). The codes go as ONE parameter, a JSON array, read by the dialect's
+    `codes_in` (its `{}` is the placeholder), so the statement is the same for any scope.
+    None: no condition. UnknownRegion for a node outside the tree."""
+    if region_scope is None:
+        return (column + " = {}", None)  # a None value: `where` leaves the condition out
+    return (f"{column} IN {codes_in}", orjson.dumps(sorted(covered_codes(region_scope))).decode())
+
+
 def where(conditions: Sequence[tuple[str, Any]], mark: Callable[[int], str]) -> tuple[str, list[Any]]:
     """" WHERE a AND b ..." and its parameters from (condition, value) pairs, leaving out
     those whose value is None. Each condition holds one `{}` where the dialect's
@@ -523,8 +589,14 @@ def audit_filters(limit: int, event: str | None, subject: str | None, since_ms: 
 
 
 def device_filters(after_serial: str, limit: int, project_code: str | None, region_code: str | None,
-                   online: bool | None) -> list[tuple[str, Any]]:
-    """The checked conditions of `list_devices`."""
+                   online: bool | None, seen_since_ms: int) -> list[tuple[str, Any]]:
+    """The checked conditions of `list_devices`; online means flagged online and heard
+    at or after `seen_since_ms` (BackendStore._seen_since_ms)."""
     check_limit(limit)
-    return [("serial > {}", after_serial), ("project_code = {}", project_code),
-            ("region_code = {}", region_code), ("online = {}", online)]
+    conditions: list[tuple[str, Any]] = [("serial > {}", after_serial), ("project_code = {}", project_code),
+                  ("region_code = {}", region_code)]
+    if online is True:
+        conditions += [("online = {}", True), ("last_seen_ms >= {}", seen_since_ms)]
+    elif online is False:
+        conditions.append(("(NOT online OR last_seen_ms IS NULL OR last_seen_ms < {})", seen_since_ms))
+    return conditions

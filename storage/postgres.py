@@ -51,15 +51,16 @@ from lmg.storage.backend import (
     check_face_sha, check_int, check_new_command, check_offset, check_roster_page, check_seq,
     checked_workers, command, command_filters, device_filters, missing_face, new_api_token,
     new_project, new_secret, project, project_filters, punch_filters, punch_listing, same_project,
-    session_end_reason, signal, where, worker,
+    session_end_reason, scope_filter, signal, where, worker,
 )
-from lmg.storage.blobs import BlobStore
+from lmg.storage.blobs import BlobStore, FileBlobStore
 from lmg.storage.config import StoreConfig
 from lmg.storage.errors import (
     DeviceExists, ProjectExists, StoreClosed, StoreUnavailable, TokenExists, UnknownDevice,
     UnknownProject,
 )
 from lmg.storage.migrations import POSTGRES_LEDGER, Migration, load_migrations, plan
+from lmg.storage.postgres_blobs import PostgresBlobStore
 from lmg.storage.postgres_supervision import PostgresSupervision
 from lmg.storage.roster import RosterPlan, plan_dates, plan_import, plan_removal, prune_floor
 
@@ -171,6 +172,12 @@ def _mark(n: int) -> str:
     return f"${n}"
 
 
+# A command's region is its device's.
+_COMMAND_REGION = "(SELECT d.region_code FROM devices d WHERE d.serial = commands.device_serial)"
+# A region scope's codes, one bound JSON array (storage/backend.py scope_filter).
+_CODES_IN = "(SELECT jsonb_array_elements_text({}::jsonb))"
+
+
 _INSERT_PROJECT = (f"INSERT INTO projects ({PROJECT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) "
                    f"ON CONFLICT (code) DO NOTHING")
 
@@ -202,6 +209,8 @@ class PostgresStore(PostgresSupervision, BackendStore):
 
     def __init__(self, location: Any, *, data_dir: str | os.PathLike[str], config: StoreConfig,
                  clock_ms: Callable[[], int], blobs: BlobStore | None) -> None:
+        if blobs is None:  # shared by every node of the database; files of before version 7 still read
+            blobs = PostgresBlobStore(self._connection, fallback=FileBlobStore(Path(data_dir) / "photos"))
         super().__init__(data_dir=data_dir, config=config, clock_ms=clock_ms, blobs=blobs,
                          batches_in_flight=config.group_commit_batches_in_flight_postgres)
         self.location = location
@@ -384,7 +393,7 @@ class PostgresStore(PostgresSupervision, BackendStore):
     async def list_punches(
         self, *, project_code: str | None = None, device_serial: str | None = None,
         worker_id: str | None = None, since_ms: int | None = None, until_ms: int | None = None,
-        after_id: int = 0, limit: int = 1000,
+        after_id: int = 0, limit: int = 1000, region_scope: str | None = None,
     ) -> list[PunchListing]:
         """See Store.list_punches.
 
@@ -398,6 +407,7 @@ class PostgresStore(PostgresSupervision, BackendStore):
         `pg_command_timeout_ms` (tens of millions of rows) fails with StoreUnavailable."""
         conditions = punch_filters(project_code, device_serial, worker_id, since_ms, until_ms,
                                    after_id, limit)
+        conditions.append(scope_filter(region_scope, _CODES_IN, "d.region_code"))
         clause, params = where(conditions, _mark)
         rows = await self._fetch(
             f"{PUNCH_LISTING_SELECT}{clause} ORDER BY p.id LIMIT ${len(params) + 1}", *params, limit)
@@ -419,25 +429,26 @@ class PostgresStore(PostgresSupervision, BackendStore):
 
     async def get_device(self, serial: str) -> Device | None:
         rows = await self._fetch(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE serial = $1", serial)
-        return _device(rows[0]) if rows else None
+        return self._live(_device(rows[0])) if rows else None
 
     async def get_devices(self, serials: Sequence[str]) -> dict[str, Device]:
         if not serials:
             return {}
         rows = await self._fetch(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE serial = ANY($1::text[])",
                                  list(serials))
-        return {row[0]: _device(row) for row in rows}
+        return {row[0]: self._live(_device(row)) for row in rows}
 
     async def list_devices(
         self, *, after_serial: str = "", limit: int = 1000, project_code: str | None = None,
-        region_code: str | None = None, online: bool | None = None,
+        region_code: str | None = None, online: bool | None = None, region_scope: str | None = None,
     ) -> list[Device]:
-        clause, params = where(device_filters(after_serial, limit, project_code, region_code, online),
-                               _mark)
+        clause, params = where(device_filters(after_serial, limit, project_code, region_code, online,
+                                              self._seen_since_ms())
+                               + [scope_filter(region_scope, _CODES_IN)], _mark)
         rows = await self._fetch(
             f"SELECT {DEVICE_COLUMNS} FROM devices{clause} ORDER BY serial LIMIT ${len(params) + 1}",
             *params, limit)
-        return [_device(row) for row in rows]
+        return [self._live(_device(row)) for row in rows]
 
     async def set_device_enabled(self, serial: str, enabled: bool) -> None:
         if enabled:
@@ -520,6 +531,15 @@ class PostgresStore(PostgresSupervision, BackendStore):
     # signals ------------------------------------------------------------------------
     async def end_device_sessions(self, serial: str, reason: SessionEndReason) -> int:
         return await self._end_sessions(serial, session_end_reason(reason), None)
+
+    async def adopt_local_photos(self, limit: int = 1000) -> int:
+        blobs = self.blobs
+        return await blobs.adopt_files(limit) if isinstance(blobs, PostgresBlobStore) else 0
+
+    async def _signal_takeover(self, detail: str) -> int:
+        async with self._connection() as conn:
+            async with conn.transaction():
+                return await self._signal(conn, SignalKind.TAKEOVER, "", detail)
 
     async def _signals_after(self, after_id: int, limit: int, kinds: tuple[str, ...]) -> list[Signal]:
         rows = await self._fetch(f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE id > $1 "
@@ -623,8 +643,9 @@ class PostgresStore(PostgresSupervision, BackendStore):
         return project(rows[0]) if rows else None
 
     async def list_projects(self, *, after_code: str = "", limit: int = 1000,
-                            region_prefix: str = "") -> list[Project]:
-        clause, params = where(project_filters(after_code, limit, region_prefix), _mark)
+                            region_prefix: str = "", region_scope: str | None = None) -> list[Project]:
+        clause, params = where(project_filters(after_code, limit, region_prefix)
+                               + [scope_filter(region_scope, _CODES_IN)], _mark)
         rows = await self._fetch(f"SELECT {PROJECT_COLUMNS} FROM projects{clause} ORDER BY code "
                                  f"LIMIT ${len(params) + 1}", *params, limit)
         return [project(row) for row in rows]
@@ -847,6 +868,17 @@ class PostgresStore(PostgresSupervision, BackendStore):
             "UPDATE photos SET forwarded_at_ms = $1 WHERE sha256 = ANY($2::bytea[]) AND forwarded_at_ms IS NULL",
             now_ms, [bytes(s) for s in sha256s]))
 
+    async def _purgeable_photos(self, forwarded_before_ms: int, limit: int) -> list[bytes]:
+        rows = await self._fetch(
+            "SELECT sha256 FROM photos ph WHERE forwarded_at_ms < $1 AND purged_at_ms IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM faces f WHERE f.sha256 = ph.sha256) "
+            "ORDER BY forwarded_at_ms LIMIT $2", forwarded_before_ms, limit)
+        return [bytes(row[0]) for row in rows]
+
+    async def _mark_photos_purged(self, sha256s: list[bytes], now_ms: int) -> None:
+        await self._execute("UPDATE photos SET purged_at_ms = $1 WHERE sha256 = ANY($2::bytea[])",
+                            now_ms, sha256s)
+
     async def _punch_photo_sha(self, device_serial: str, record_no: int) -> bytes | None:
         rows = await self._fetch(
             "SELECT p.photo_sha256 FROM punches p JOIN photos ph ON ph.sha256 = p.photo_sha256 "
@@ -958,8 +990,10 @@ class PostgresStore(PostgresSupervision, BackendStore):
         return command(rows[0]) if rows else None
 
     async def list_commands(self, *, device_serial: str | None = None, state: CommandState | None = None,
-                            after_id: int = 0, limit: int = 100) -> list[Command]:
-        clause, params = where(command_filters(device_serial, state, after_id, limit), _mark)
+                            after_id: int = 0, limit: int = 100,
+                            region_scope: str | None = None) -> list[Command]:
+        clause, params = where(command_filters(device_serial, state, after_id, limit)
+                               + [scope_filter(region_scope, _CODES_IN, _COMMAND_REGION)], _mark)
         rows = await self._fetch(f"SELECT {COMMAND_COLUMNS} FROM commands{clause} ORDER BY id "
                                  f"LIMIT ${len(params) + 1}", *params, limit)
         return [command(row) for row in rows]

@@ -57,7 +57,7 @@ from lmg.storage.backend import (
     check_completion, check_face_sha, check_int, check_new_command, check_offset,
     check_roster_page, check_seq, checked_workers, command, command_filters, device_filters,
     missing_face, new_api_token, new_project, new_secret, project, project_filters, punch_filters,
-    punch_listing, same_project, session_end_reason, signal, where, worker,
+    punch_listing, same_project, session_end_reason, scope_filter, signal, where, worker,
 )
 from lmg.storage.blobs import BlobStore
 from lmg.storage.config import StoreConfig
@@ -457,6 +457,12 @@ def _mark(_: int) -> str:
     return "?"
 
 
+# A command's region is its device's.
+_COMMAND_REGION = "(SELECT d.region_code FROM devices d WHERE d.serial = commands.device_serial)"
+# A region scope's codes, one bound JSON array (storage/backend.py scope_filter).
+_CODES_IN = "(SELECT value FROM json_each({}))"
+
+
 def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" * len(values))
 
@@ -590,7 +596,7 @@ class SqliteStore(SqliteSupervision, BackendStore):
     async def list_punches(
         self, *, project_code: str | None = None, device_serial: str | None = None,
         worker_id: str | None = None, since_ms: int | None = None, until_ms: int | None = None,
-        after_id: int = 0, limit: int = 1000,
+        after_id: int = 0, limit: int = 1000, region_scope: str | None = None,
     ) -> list[PunchListing]:
         """See Store.list_punches.
 
@@ -605,6 +611,7 @@ class SqliteStore(SqliteSupervision, BackendStore):
         scan never delays the gateway's reads."""
         conditions = punch_filters(project_code, device_serial, worker_id, since_ms, until_ms,
                                    after_id, limit)
+        conditions.append(scope_filter(region_scope, _CODES_IN, "d.region_code"))
         clause, params = where(conditions, _mark)
         self._check_open()
         rows = await self._scans.run(
@@ -627,7 +634,7 @@ class SqliteStore(SqliteSupervision, BackendStore):
 
     async def get_device(self, serial: str) -> Device | None:
         rows = await self._query(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE serial = ?", (serial,))
-        return _device(rows[0]) if rows else None
+        return self._live(_device(rows[0])) if rows else None
 
     async def get_devices(self, serials: Sequence[str]) -> dict[str, Device]:
         if not serials:
@@ -638,17 +645,18 @@ class SqliteStore(SqliteSupervision, BackendStore):
         rows = await self._query(
             f"SELECT {DEVICE_COLUMNS} FROM devices WHERE serial IN (SELECT value FROM json_each(?))",
             (orjson.dumps(list(serials)).decode(),))
-        return {row[0]: _device(row) for row in rows}
+        return {row[0]: self._live(_device(row)) for row in rows}
 
     async def list_devices(
         self, *, after_serial: str = "", limit: int = 1000, project_code: str | None = None,
-        region_code: str | None = None, online: bool | None = None,
+        region_code: str | None = None, online: bool | None = None, region_scope: str | None = None,
     ) -> list[Device]:
-        clause, params = where(device_filters(after_serial, limit, project_code, region_code, online),
-                               _mark)
+        clause, params = where(device_filters(after_serial, limit, project_code, region_code, online,
+                                              self._seen_since_ms())
+                               + [scope_filter(region_scope, _CODES_IN)], _mark)
         rows = await self._query(
             f"SELECT {DEVICE_COLUMNS} FROM devices{clause} ORDER BY serial LIMIT ?", (*params, limit))
-        return [_device(row) for row in rows]
+        return [self._live(_device(row)) for row in rows]
 
     async def set_device_enabled(self, serial: str, enabled: bool) -> None:
         if enabled:
@@ -694,6 +702,9 @@ class SqliteStore(SqliteSupervision, BackendStore):
         reason = session_end_reason(reason)
         return await self._write(_end_sessions, serial, reason.value, self.clock_ms())
 
+    async def _signal_takeover(self, detail: str) -> int:
+        return await self._write(_signal, SignalKind.TAKEOVER, "", detail, self.clock_ms())
+
     async def _signals_after(self, after_id: int, limit: int, kinds: tuple[str, ...]) -> list[Signal]:
         rows = await self._query(
             f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE id > ? AND kind IN ({_marks(kinds)}) "
@@ -736,8 +747,9 @@ class SqliteStore(SqliteSupervision, BackendStore):
         return project(rows[0]) if rows else None
 
     async def list_projects(self, *, after_code: str = "", limit: int = 1000,
-                            region_prefix: str = "") -> list[Project]:
-        clause, params = where(project_filters(after_code, limit, region_prefix), _mark)
+                            region_prefix: str = "", region_scope: str | None = None) -> list[Project]:
+        clause, params = where(project_filters(after_code, limit, region_prefix)
+                               + [scope_filter(region_scope, _CODES_IN)], _mark)
         rows = await self._query(f"SELECT {PROJECT_COLUMNS} FROM projects{clause} ORDER BY code LIMIT ?",
                                  (*params, limit))
         return [project(row) for row in rows]
@@ -880,6 +892,17 @@ class SqliteStore(SqliteSupervision, BackendStore):
         return await self._write(_rowcount_many, "UPDATE photos SET forwarded_at_ms = ? "
                                  "WHERE sha256 = ? AND forwarded_at_ms IS NULL", [(now_ms, sha) for sha in sha256s])
 
+    async def _purgeable_photos(self, forwarded_before_ms: int, limit: int) -> list[bytes]:
+        rows = await self._query(
+            "SELECT sha256 FROM photos ph WHERE forwarded_at_ms < ? AND purged_at_ms IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM faces f WHERE f.sha256 = ph.sha256) "
+            "ORDER BY forwarded_at_ms LIMIT ?", (forwarded_before_ms, limit))
+        return [row[0] for row in rows]
+
+    async def _mark_photos_purged(self, sha256s: list[bytes], now_ms: int) -> None:
+        await self._write(_rowcount_many, "UPDATE photos SET purged_at_ms = ? WHERE sha256 = ?",
+                          [(now_ms, sha) for sha in sha256s])
+
     async def _punch_photo_sha(self, device_serial: str, record_no: int) -> bytes | None:
         rows = await self._query(
             "SELECT p.photo_sha256 FROM punches p JOIN photos ph ON ph.sha256 = p.photo_sha256 "
@@ -954,8 +977,10 @@ class SqliteStore(SqliteSupervision, BackendStore):
         return command(rows[0]) if rows else None
 
     async def list_commands(self, *, device_serial: str | None = None, state: CommandState | None = None,
-                            after_id: int = 0, limit: int = 100) -> list[Command]:
-        clause, params = where(command_filters(device_serial, state, after_id, limit), _mark)
+                            after_id: int = 0, limit: int = 100,
+                            region_scope: str | None = None) -> list[Command]:
+        clause, params = where(command_filters(device_serial, state, after_id, limit)
+                               + [scope_filter(region_scope, _CODES_IN, _COMMAND_REGION)], _mark)
         rows = await self._query(f"SELECT {COMMAND_COLUMNS} FROM commands{clause} ORDER BY id LIMIT ?",
                                  (*params, limit))
         return [command(row) for row in rows]

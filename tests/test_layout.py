@@ -28,7 +28,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ("protocol", "storage", "server", "simulators", "bench")
-SERVER_ENTRY_POINTS = {"lmg.server.gateway", "lmg.server.forwarding"}
+SERVER_ENTRY_POINTS = {"lmg.server.gateway", "lmg.server.forwarding", "lmg.server.supervision"}
 
 
 def packages_on_disk() -> set[str]:

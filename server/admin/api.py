@@ -15,6 +15,14 @@ the code. Rules kept here:
   carries `next`, the cursor of the following page, or null at the end.
 - Handlers get an `ApiRequest` (validated inputs, the token, the peer, the gateway) and
   return a model, a `(status, model)` pair or an aiohttp response (bytes of a photo).
+- Region scope (issue 15, docs/supervision.md "API and CLI"): a token with a region (every
+  supervisor's token, 住建 or 人社) sees what that node of lmg.protocol.regions covers, and
+  nothing else; an operator's token (no department, no region) sees everything. The rule
+  lives here, in `ApiRequest`: lists pass `list_scope` to the store, a read or change of
+  one thing checks `sees` and answers the route's own 404 when it is outside (never 403:
+  that would confirm the thing exists), a creation outside is 403 (the region is the
+  caller's own input), and a route declared `operators_only` (forwarding, dead letters,
+  the audit log) refuses a supervisor's token with 403 saying why.
 """
 
 from __future__ import annotations
@@ -22,17 +30,21 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from lmg.protocol.regions import covers, is_known
 
 if TYPE_CHECKING:
     from lmg.server.gateway.gateway import Gateway
     from lmg.storage import ApiToken
 
 PAGE_DEFAULT, PAGE_MAX = 100, 1000  # a page of 1000 devices is ~300 KB of JSON
+# `ApiRequest.list_scope` when the token's region and the filter's do not meet: the list is empty.
+NOWHERE = ""
 
 
 class ApiError(Exception):
@@ -64,6 +76,30 @@ class Output(BaseModel):
 class ErrorBody(Output):
     error: str = Field(description="short machine-readable code, e.g. bad_request, unauthorized, not_found")
     message: str = Field(description="what was wrong and what to do")
+
+
+def one_of(values: list[Any], what: str) -> AfterValidator:
+    """A check that a value is one of the schema's `enum` (which pydantic does not enforce by
+    itself): a 400 naming the accepted values, instead of a store error."""
+    def check(value: Any) -> Any:
+        if value is not None and value not in values:
+            shown = ", ".join(map(str, values)) if len(values) <= 12 else f"one of the {len(values)} the schema lists"
+            raise ValueError(f"{what} {value!r}: use {shown}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _known_region(value: str | None) -> str | None:
+    if value is not None and not is_known(value):
+        raise ValueError(f"region {value!r} is not a region of Gansu (lmg.protocol.regions: 620102 a county, 620100 "
+                         "a city, 620171 兰州新区, 620000 the province)")
+    return value
+
+
+# A region filter of a query: a node of lmg.protocol.regions (the schema lists them as its
+# enum; this makes an unknown code a 400 rather than the store's UnknownRegion).
+RegionFilter = Annotated[str | None, AfterValidator(_known_region)]
 
 
 class PageQuery(Strict):
@@ -145,6 +181,49 @@ class ApiRequest:
         """Who acts, for the audit log: the token's name."""
         return f"token:{self.token.name}" if self.token is not None else "anonymous"
 
+    @property
+    def region(self) -> str | None:
+        """The node of lmg.protocol.regions the token is limited to; None: not limited (an
+        operator's token, or a route without a token)."""
+        return self.token.region_code if self.token is not None else None
+
+    @property
+    def department(self) -> str | None:
+        """The supervisor's department code (construction 住建, labour 人社); None for an operator."""
+        department = self.token.department if self.token is not None else None
+        return None if department is None else str(department)
+
+    def sees(self, region_code: str) -> bool:
+        """Whether the token may see a thing of `region_code` (a device's, a project's, a
+        warning's): its region covers it (never a code prefix: 620171 兰州新区 is not
+        兰州市's), or it is not limited. The caller answers its own 404 when not."""
+        return self.region is None or covers(self.region, region_code)
+
+    def list_scope(self, wanted: str | None = None) -> str | None:
+        """The region scope to list with: the narrower of the token's region and a `wanted`
+        region filter (nodes of a tree either nest or are apart), None for no limit, or
+        NOWHERE when the two are apart (the caller answers an empty page)."""
+        mine = self.region
+        if mine is None or wanted is None:
+            return wanted if mine is None else mine
+        if covers(mine, wanted):
+            return wanted
+        return mine if covers(wanted, mine) else NOWHERE
+
+    def may_create_in(self, region_code: str) -> None:
+        """403 unless the token's region covers `region_code`, where something is to be made."""
+        if not self.sees(region_code):
+            raise ApiError(403, "forbidden", f"this token is limited to region {self.region}, which does not "
+                                             f"cover {region_code}; use a token of that region or above")
+
+    def require_operator(self) -> None:
+        """403 for a supervisor's token (one with a department or a region) on an operators' route."""
+        if self.token is not None and (self.token.department is not None or self.token.region_code is not None):
+            raise ApiError(403, "forbidden", f"this route is the platform operators' (forwarding to the province, "
+                                             f"dead letters, the audit log), not a supervisor's; token "
+                                             f"{self.token.name!r} is limited to region {self.token.region_code}: "
+                                             f"use an operator's token (lmg token create without --department)")
+
 
 Handler = Callable[[ApiRequest], Awaitable[Any]]
 
@@ -166,6 +245,7 @@ class Route:
     errors: tuple[int, ...] = ()  # answers besides success that this route gives on purpose
     description: str = ""
     name: str = ""
+    operators_only: bool = False  # refused to supervisors' (region-limited) tokens: ApiRequest.require_operator
 
     def operation_id(self) -> str:
         return self.name or self.handler.__name__
@@ -184,14 +264,15 @@ class ApiRoutes:
               path_model: type[BaseModel] | None = None, query_model: type[BaseModel] | None = None,
               body_model: type[BaseModel] | None = None, response_model: Any = None,
               response_content: str = "application/json", status: int = 200, errors: tuple[int, ...] = (),
-              description: str = "") -> Callable[[Handler], Handler]:
+              description: str = "", operators_only: bool = False) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             params = set(_PATH_PARAM.findall(path))
             declared = set(path_model.model_fields) if path_model else set()
             if params != declared:
                 raise TypeError(f"{method} {path}: path parameters {sorted(params)} but model fields {sorted(declared)}")
             self.routes.append(Route(method, path, handler, scope, summary, tag, path_model, query_model, body_model,
-                                     response_model, response_content, status, errors, description))
+                                     response_model, response_content, status, errors, description,
+                                     operators_only=operators_only))
             return handler
 
         return register

@@ -9,6 +9,8 @@ Rules kept here:
 - The listener binds loopback by default (`admin` setting). With no active token in the
   store it refuses to listen on any other address, and says why: an API nobody can
   authenticate to must not face a network.
+- A supervisor's token sees only what its region covers (api.py `ApiRequest`: lists are
+  scoped, anything outside answers 404) and is refused the operators' routes with 403.
 - 401 without a valid token, 403 without the scope; both are written to the audit log
   with the token's name (or why there was none), as is every change made through the
   API. A presented token is never logged or echoed.
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 
-from lmg.server.admin import devices, forwarding, projects, punches, tokens
+from lmg.server.admin import devices, forwarding, projects, punches, supervision, tokens
 from lmg.server.admin.api import ApiError, ApiRequest, ApiRoutes, Output, Route, error_response, parse, render
 from lmg.server.admin.openapi import document
 
@@ -90,13 +92,15 @@ async def metrics(request: ApiRequest) -> web.Response:
 def all_routes() -> list[Route]:
     """Every route of the listener, in the order the document lists them."""
     return [*health.routes, *devices.routes.routes, *projects.routes.routes, *punches.routes.routes,
-            *forwarding.routes.routes]
+            *supervision.routes.routes, *forwarding.routes.routes]
 
 
 def _handler(route: Route, gateway: Gateway) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         token = await _authenticate(request, route, gateway) if route.scope is not None else None
         api_request = ApiRequest(request, gateway, token)
+        if route.operators_only:
+            api_request.require_operator()
         await parse(route, request, api_request)
         return render(route, await route.handler(api_request))
 

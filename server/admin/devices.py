@@ -6,6 +6,8 @@ once, on this node and every other one: the store records a session end with the
 signals.py); this process also acts on it directly, without waiting for its poll.
 The device gets GOODBYE DEVICE_DISABLED, CREDENTIALS_CHANGED or CLOSED_BY_OPERATOR.
 Secrets are shown once, when made; every change is audited with the token's name.
+A supervisor's token sees and changes only the devices its region covers (a device's
+region is its own `region`); any other serial answers 404, as an unknown one does.
 """
 
 from __future__ import annotations
@@ -85,10 +87,16 @@ def device_out(device: Device, request: ApiRequest) -> DeviceOut:
                      session_open_here=device.serial in request.gateway.sessions)
 
 
-async def _device(request: ApiRequest, serial: str) -> Device:
+def no_device(serial: str) -> ApiError:
+    """The one answer for a serial that is unknown or outside the token's region."""
+    return ApiError(404, "not_found", f"no device {serial}; GET /api/v1/devices lists them")
+
+
+async def scoped_device(request: ApiRequest, serial: str) -> Device:
+    """The device, if it exists and the token's region covers it; else the 404 of `no_device`."""
     device = await request.store.get_device(serial)
-    if device is None:
-        raise ApiError(404, "not_found", f"no device {serial}; GET /api/v1/devices lists them")
+    if device is None or not request.sees(device.region_code):
+        raise no_device(serial)
     return device
 
 
@@ -98,8 +106,9 @@ async def _device(request: ApiRequest, serial: str) -> Device:
 async def list_devices(request: ApiRequest) -> Page[DeviceOut]:
     q: DeviceQuery = request.query
     after = q.after or ""
+    scope = request.list_scope()  # the token's region, or None
     devices = await request.store.list_devices(after_serial=after, limit=q.limit, project_code=q.project,
-                                               region_code=q.region, online=q.online)
+                                               region_code=q.region, online=q.online, region_scope=scope)
     items = [device_out(d, request) for d in devices]
     return Page[DeviceOut](items=items, next=devices[-1].serial if len(devices) == q.limit else None)
 
@@ -107,14 +116,16 @@ async def list_devices(request: ApiRequest) -> Page[DeviceOut]:
 @routes.route("GET", "/api/v1/devices/{serial}", scope="read", tag=TAG, summary="one device",
               path_model=DevicePath, response_model=DeviceOut, errors=(404,))
 async def get_device(request: ApiRequest) -> DeviceOut:
-    return device_out(await _device(request, request.path.serial), request)
+    return device_out(await scoped_device(request, request.path.serial), request)
 
 
 @routes.route("POST", "/api/v1/devices", scope="write", tag=TAG, summary="provision a device",
               body_model=DeviceCreate, response_model=DeviceCreated, status=201, errors=(400, 409, 415),
-              description="Returns the device's secret this once.")
+              description="Returns the device's secret this once. A supervisor's token provisions only in "
+                          "the regions it covers (403 otherwise).")
 async def add_device(request: ApiRequest) -> DeviceCreated:
     body: DeviceCreate = request.body
+    request.may_create_in(body.region)
     try:
         device = await request.store.add_device(body.serial, project_code=body.project, region_code=body.region)
     except DeviceExists:
@@ -133,18 +144,19 @@ async def add_device(request: ApiRequest) -> DeviceCreated:
               description="Disabling ends the device's open session at once with GOODBYE DEVICE_DISABLED.")
 async def change_device(request: ApiRequest) -> DeviceOut:
     serial, enabled = request.path.serial, request.body.enabled
+    await scoped_device(request, serial)
     try:
         if enabled:
             await request.store.enable_device(serial)
         else:
             await request.store.disable_device(serial)
     except UnknownDevice:
-        raise ApiError(404, "not_found", f"no device {serial}; GET /api/v1/devices lists them") from None
+        raise no_device(serial) from None
     if not enabled:
         request.gateway.end_device_session(serial, SessionEndReason.DISABLED)
     await request.store.audit("device_enabled" if enabled else "device_disabled", serial, {"by": request.actor},
                               request.peer)
-    return device_out(await _device(request, serial), request)
+    return device_out(await scoped_device(request, serial), request)
 
 
 @routes.route("POST", "/api/v1/devices/{serial}/secret", scope="write", tag=TAG, summary="rotate the secret",
@@ -153,10 +165,11 @@ async def change_device(request: ApiRequest) -> DeviceOut:
                           "CREDENTIALS_CHANGED. The new secret is shown this once.")
 async def rotate_secret(request: ApiRequest) -> SecretOut:
     serial = request.path.serial
+    await scoped_device(request, serial)
     try:
         secret = await request.store.rotate_device_secret(serial)
     except UnknownDevice:
-        raise ApiError(404, "not_found", f"no device {serial}; GET /api/v1/devices lists them") from None
+        raise no_device(serial) from None
     request.gateway.end_device_session(serial, SessionEndReason.SECRET_ROTATED)
     await request.store.audit("device_rotate_secret", serial, {"by": request.actor}, request.peer)
     return SecretOut(serial=serial, secret=secret.hex())
@@ -168,10 +181,11 @@ async def rotate_secret(request: ApiRequest) -> SecretOut:
                                          "device; the device may reconnect at once.")
 async def close_session(request: ApiRequest) -> SessionClosed:
     serial = request.path.serial
+    await scoped_device(request, serial)
     try:
         await request.store.end_device_sessions(serial, SessionEndReason.CLOSED_BY_OPERATOR)
     except UnknownDevice:
-        raise ApiError(404, "not_found", f"no device {serial}; GET /api/v1/devices lists them") from None
+        raise no_device(serial) from None
     closed = request.gateway.end_device_session(serial, SessionEndReason.CLOSED_BY_OPERATOR)
     await request.store.audit("device_session_closed", serial, {"by": request.actor}, request.peer)
     return SessionClosed(serial=serial, closed_here=closed)

@@ -1,7 +1,8 @@
 """`/api/v1/forwarding` and `/api/v1/audit`: the outbox to the province, and the audit log.
 
 The same figures and actions as `lmg forward status|dead-letters|retry` and the audit
-table, for operators who work through the API. Requeueing dead letters is audited with
+table, for operators who work through the API: every route here is `operators_only`, a
+supervisor's (region-limited) token is refused with 403. Requeueing dead letters is audited with
 the token's name.
 """
 
@@ -67,15 +68,15 @@ class AuditOut(Output):
     address: str | None
 
 
-@routes.route("GET", "/api/v1/forwarding/status", scope="read", tag="forwarding", summary="outbox status",
-              response_model=OutboxStatusOut)
+@routes.route("GET", "/api/v1/forwarding/status", scope="read", tag="forwarding", operators_only=True,
+              summary="outbox status", response_model=OutboxStatusOut)
 async def outbox_status(request: ApiRequest) -> OutboxStatusOut:
     status = await request.store.outbox_status(wall_clock_ms())
     return OutboxStatusOut(pending=status.pending, oldest_age_s=round(status.oldest_age_s, 3),
                            dead_letters=status.dead_letters)
 
 
-@routes.route("GET", "/api/v1/forwarding/dead-letters", scope="read", tag="forwarding",
+@routes.route("GET", "/api/v1/forwarding/dead-letters", scope="read", tag="forwarding", operators_only=True,
               summary="records the province refused", query_model=PageQuery, response_model=Page[DeadLetterOut],
               errors=(400,), description="Oldest first. Fix the cause, then requeue them.")
 async def dead_letters(request: ApiRequest) -> Page[DeadLetterOut]:
@@ -88,7 +89,7 @@ async def dead_letters(request: ApiRequest) -> Page[DeadLetterOut]:
     return Page[DeadLetterOut](items=rows, next=str(rows[-1].id) if len(rows) == q.limit else None)
 
 
-@routes.route("POST", "/api/v1/forwarding/requeues", scope="write", tag="forwarding",
+@routes.route("POST", "/api/v1/forwarding/requeues", scope="write", tag="forwarding", operators_only=True,
               summary="send dead letters again", body_model=Requeue, response_model=Requeued, status=201,
               errors=(400, 415))
 async def requeue(request: ApiRequest) -> Requeued:
@@ -101,7 +102,7 @@ async def requeue(request: ApiRequest) -> Requeued:
     return Requeued(requeued=count)
 
 
-@routes.route("GET", "/api/v1/audit", scope="read", tag="audit", summary="the audit log",
+@routes.route("GET", "/api/v1/audit", scope="read", tag="audit", operators_only=True, summary="the audit log",
               query_model=AuditQuery, response_model=Page[AuditOut], errors=(400,),
               description="Newest first: logins, failed authentications, every change and who made it.")
 async def audit_log(request: ApiRequest) -> Page[AuditOut]:

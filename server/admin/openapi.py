@@ -92,7 +92,9 @@ def document(routes: list[Route], *, version: str) -> dict[str, Any]:
         if route.scope is not None:
             operation["x-lmg-scope"] = route.scope
             operation["description"] = (route.description + " " if route.description else "") + \
-                f"Needs a token with the `{route.scope}` scope."
+                f"Needs a token with the `{route.scope}` scope." + \
+                (" Operators' tokens only: a supervisor's (region-limited) token gets 403." if route.operators_only
+                 else "")
         elif route.description:
             operation["description"] = route.description
         if route.body_model is not None:

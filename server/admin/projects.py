@@ -5,6 +5,10 @@ ID numbers in a roster are masked unless the token has `pii`. A command is queue
 store and delivered by whichever gateway holds the device's session (docs/downlink.md);
 `GET /api/v1/commands/{id}` follows it through queued, sent, acked, failed, expired or
 cancelled. Every change is audited with the token's name.
+
+A supervisor's token sees the projects its region covers (a project's `region`) and the
+commands of the devices it covers (a device's `region`, as /api/v1/devices); anything
+else answers 404, as an unknown code or id does.
 """
 
 from __future__ import annotations
@@ -16,20 +20,23 @@ from typing import Any
 from pydantic import Field, JsonValue
 
 from lmg.protocol.identity import mask_id_number
+from lmg.protocol.regions import all_regions
 from lmg.server.admin.api import (
+    NOWHERE,
     ApiError,
     ApiRequest,
     ApiRoutes,
     Output,
     Page,
     PageQuery,
+    RegionFilter,
     Strict,
     cursor_value,
     seal,
     unseal,
 )
 from lmg.server.downlink.commands import COMMAND_TYPES
-from lmg.server.admin.devices import REGION, SERIAL, DevicePath
+from lmg.server.admin.devices import REGION, SERIAL, DevicePath, scoped_device
 from lmg.storage import ProjectExists, UnknownDevice
 
 routes = ApiRoutes()
@@ -47,7 +54,9 @@ class ProjectPath(Strict):
 class ProjectQuery(PageQuery):
     after: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$",
                               description="the `next` of the previous page (a project code)")
-    region: str | None = Field(None, pattern=r"^\d{2,6}$", description="this region and below: 62, 6201, 620102")
+    region: RegionFilter = Field(None, pattern=r"^\d{6}$", description="this region and the regions below it "
+                               "(lmg.protocol.regions: 620100 兰州市 with its counties, not 620171 兰州新区)",
+                               json_schema_extra={"enum": list[JsonValue](sorted(r.code for r in all_regions()))})
 
 
 class ProjectOut(Output):
@@ -137,31 +146,47 @@ def project_out(p: Any) -> ProjectOut:
                       roster_version=p.roster_version)
 
 
-async def _project(request: ApiRequest, code: str) -> Any:
+async def scoped_project(request: ApiRequest, code: str) -> Any:
+    """The project, if it exists and the token's region covers it; else 404 (the same answer)."""
     project = await request.store.get_project(code)
-    if project is None:
+    if project is None or not request.sees(project.region_code):
         raise ApiError(404, "not_found", f"no project {code}; GET /api/v1/projects lists them")
     return project
+
+
+async def scoped_command(request: ApiRequest, command_id: int) -> Any:
+    """The command, if it exists and its device is in the token's region; else 404."""
+    command = await request.store.get_command(command_id)
+    if command is not None and request.region is not None:
+        device = await request.store.get_device(command.device_serial)
+        command = command if device is not None and request.sees(device.region_code) else None
+    if command is None:
+        raise ApiError(404, "not_found", f"no command {command_id}")
+    return command
 
 
 @routes.route("GET", "/api/v1/projects", scope="read", tag="projects", summary="list projects",
               query_model=ProjectQuery, response_model=Page[ProjectOut], errors=(400,))
 async def list_projects(request: ApiRequest) -> Page[ProjectOut]:
     q: ProjectQuery = request.query
-    rows = await request.store.list_projects(after_code=q.after or "", limit=q.limit, region_prefix=q.region or "")
+    scope = request.list_scope(q.region)
+    if scope == NOWHERE:
+        return Page[ProjectOut](items=[], next=None)
+    rows = await request.store.list_projects(after_code=q.after or "", limit=q.limit, region_scope=scope)
     return Page[ProjectOut](items=[project_out(p) for p in rows], next=rows[-1].code if len(rows) == q.limit else None)
 
 
 @routes.route("GET", "/api/v1/projects/{code}", scope="read", tag="projects", summary="one project",
               path_model=ProjectPath, response_model=ProjectOut, errors=(404,))
 async def get_project(request: ApiRequest) -> ProjectOut:
-    return project_out(await _project(request, request.path.code))
+    return project_out(await scoped_project(request, request.path.code))
 
 
 @routes.route("POST", "/api/v1/projects", scope="write", tag="projects", summary="add a project",
               body_model=ProjectCreate, response_model=ProjectOut, status=201, errors=(400, 409, 415))
 async def add_project(request: ApiRequest) -> ProjectOut:
     body: ProjectCreate = request.body
+    request.may_create_in(body.region)
     try:
         project = await request.store.add_project(body.code, name=body.name, region_code=body.region,
                                                   enterprise=body.enterprise, enterprise_uscc=body.uscc,
@@ -179,7 +204,7 @@ async def add_project(request: ApiRequest) -> ProjectOut:
               description="Ordered by ID number. Resident ID numbers are masked unless the token has `pii`.")
 async def roster(request: ApiRequest) -> Page[WorkerOut]:
     q: WorkerQuery = request.query
-    await _project(request, request.path.code)
+    await scoped_project(request, request.path.code)
     workers = await request.store.list_workers(request.path.code, on_roster_only=not q.all,
                                                after_worker_id=unseal(q.after), limit=q.limit)
     pii = request.has_scope("pii")
@@ -212,6 +237,7 @@ async def send_command(request: ApiRequest) -> CommandOut:
         arguments = arguments_from_json(body.type, body.arguments)
     except ValueError as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
+    await scoped_device(request, serial)
     ttl_s = body.expires_s if body.expires_s is not None else request.gateway.settings.gateway.command_ttl_s
     now = time.time_ns() // 1_000_000
     try:
@@ -229,10 +255,7 @@ async def send_command(request: ApiRequest) -> CommandOut:
 @routes.route("GET", "/api/v1/commands/{id}", scope="read", tag="commands", summary="one command",
               path_model=CommandPath, response_model=CommandOut, errors=(404,))
 async def get_command(request: ApiRequest) -> CommandOut:
-    command = await request.store.get_command(request.path.id)
-    if command is None:
-        raise ApiError(404, "not_found", f"no command {request.path.id}")
-    return command_out(command)
+    return command_out(await scoped_command(request, request.path.id))
 
 
 @routes.route("GET", "/api/v1/commands", scope="read", tag="commands", summary="list commands",
@@ -242,8 +265,9 @@ async def list_commands(request: ApiRequest) -> Page[CommandOut]:
     from lmg.storage import CommandState
 
     q: CommandQuery = request.query
+    scope = request.list_scope()  # the token's region, or None
     rows = await request.store.list_commands(device_serial=q.device, state=CommandState(q.status) if q.status else None,
-                                             after_id=cursor_value(q.after), limit=q.limit)
+                                             after_id=cursor_value(q.after), limit=q.limit, region_scope=scope)
     return Page[CommandOut](items=[command_out(c) for c in rows], next=str(rows[-1].id) if len(rows) == q.limit else None)
 
 
@@ -252,6 +276,7 @@ async def list_commands(request: ApiRequest) -> Page[CommandOut]:
               description="Only a queued or sent command can be cancelled.")
 async def cancel_command(request: ApiRequest) -> CommandOut:
     command_id = request.path.id
+    await scoped_command(request, command_id)
     if not await request.store.cancel_command(command_id):
         command = await request.store.get_command(command_id)
         if command is None:

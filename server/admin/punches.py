@@ -3,6 +3,8 @@
 Personal data is scoped: a resident ID number is shown as its first 6 and last 4
 characters unless the token has `pii`, and a punch's photo (a face) needs `pii`. A
 worker filter takes the full number either way: it finds records, it shows nothing.
+A supervisor's token sees the punches of the devices its region covers; a photo of any
+other punch answers 404, as a missing one does.
 """
 
 from __future__ import annotations
@@ -64,9 +66,10 @@ async def list_punches(request: ApiRequest) -> Page[PunchOut]:
     q: PunchQuery = request.query
     if q.since is not None and q.until is not None and q.until <= q.since:
         raise ApiError(400, "bad_request", "until must be after since")
+    scope = request.list_scope()  # the token's region, or None
     rows = await request.store.list_punches(project_code=q.project, device_serial=q.device, worker_id=q.worker,
                                             since_ms=q.since, until_ms=q.until, after_id=cursor_value(q.after),
-                                            limit=q.limit)
+                                            limit=q.limit, region_scope=scope)
     pii = request.has_scope("pii")
     return Page[PunchOut](items=[punch_out(r, pii) for r in rows],
                           next=str(rows[-1].id) if len(rows) == q.limit else None)
@@ -78,7 +81,9 @@ async def list_punches(request: ApiRequest) -> Page[PunchOut]:
 async def punch_photo(request: ApiRequest) -> web.Response:
     if not request.has_scope("read"):
         raise ApiError(403, "forbidden", "this token lacks the read scope; a photo needs read and pii")
-    photo = await request.store.get_punch_photo(request.path.serial, request.path.record_no)
+    device = await request.store.get_device(request.path.serial) if request.region is not None else None
+    visible = request.region is None or (device is not None and request.sees(device.region_code))
+    photo = await request.store.get_punch_photo(request.path.serial, request.path.record_no) if visible else None
     if photo is None:
         raise ApiError(404, "not_found", "no photo for that punch (no such punch, or its photo was never uploaded)")
     kind = "image/png" if photo.startswith(b"\x89PNG") else "image/jpeg"

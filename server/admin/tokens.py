@@ -14,8 +14,10 @@ Scopes, each granted on its own (none implies another):
 | `write` | every change: provision, enable, disable, rotate, close a session, requeue dead letters |
 | `pii` | resident ID numbers in full and punch photos (with `read`) |
 
-A later issue adds region-scoped tokens (a supervisor sees one county, city or the
-province); the store keeps a region code per token for that.
+A supervisor's token also carries a department (住建 or 人社) and a region: through every
+route it sees only what that region covers (a county its county, a city its counties, the
+province everything; api.py `ApiRequest`), and the operators' routes refuse it. An
+operator's token has neither and is not limited (docs/supervision.md "API and CLI").
 """
 
 from __future__ import annotations

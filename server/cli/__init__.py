@@ -51,6 +51,9 @@ COMMANDS = {
     "project": "lmg.server.cli.project",
     "roster": "lmg.server.cli.roster",
     "command": "lmg.server.cli.command",
+    "bid": "lmg.server.cli.bid",
+    "warnings": "lmg.server.cli.warnings",
+    "supervision": "lmg.server.cli.supervision",
     "sim": "lmg.simulators.cli",
     "bench": "lmg.bench.cli",
 }

@@ -39,6 +39,13 @@ def run(args) -> int:
         settings = load_settings(flags, config_file=args.config)
     except SettingsError as exc:
         raise UsageError(str(exc)) from None
+    if settings.gateway.supervision:  # a bad rules file stops the start, every problem listed
+        from lmg.server.supervision.rules import RulesError, load_rules
+
+        try:
+            load_rules(settings.gateway.supervision_rules_file)
+        except RulesError as exc:
+            raise UsageError(str(exc)) from None
     from lmg.server.logs import setup_logging  # JSON lines or key=value, masked (server/logs.py)
     setup_logging(settings.gateway.log_level, settings.gateway.log_format)
     if args.workers != 1:

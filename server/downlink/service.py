@@ -84,6 +84,7 @@ log = logging.getLogger("lmg.downlink")
 
 CHINA = timezone(timedelta(hours=8))  # China Standard Time: no daylight saving since 1991
 TICK_MAX_S = 1.0  # the timer loop's period at most: resends are due in tens of seconds
+PRUNE_INTERVAL_S = 3600.0  # retention is counted in days: an hourly delete keeps the tables near their bound
 # construct (the encoder of the §4.5 messages until they get generated fast codecs, as the
 # punch path has) leaves 3 cyclic objects per frame built. With the gateway's young-generation
 # threshold of 50,000 (server/gateway/collector.py) a push piled ~45,000 of them into one
@@ -194,7 +195,8 @@ class DownlinkService:
         s = self.settings
         self._tasks = [loop.create_task(self._tick_loop()),
                        loop.create_task(self._every(s.command_expiry_sweep_s, self.expire_commands)),
-                       loop.create_task(self._every(s.roster_dates_sweep_s, self.apply_roster_dates))]
+                       loop.create_task(self._every(s.roster_dates_sweep_s, self.apply_roster_dates)),
+                       loop.create_task(self._every(PRUNE_INTERVAL_S, self.prune))]
         return self._tasks
 
     async def close(self, timeout_s: float) -> None:
@@ -571,6 +573,23 @@ class DownlinkService:
             self.gateway.count("downlink_commands_expired", expired)
             log.info("%d commands expired before their devices answered", expired)
         return expired
+
+    async def prune(self) -> tuple[int, int]:
+        """Delete signals older than `signal_retention_s` and departed workers' rows older
+        than `roster_tombstone_retention_days` (every PRUNE_INTERVAL_S); return both counts.
+        Every process may run it: each delete is idempotent."""
+        now_ms = self.gateway.now_ms()
+        s = self.settings
+        try:
+            signals = await self.store.prune_signals(now_ms - int(s.signal_retention_s * 1000))
+            tombstones = await self.store.prune_roster_tombstones(
+                now_ms - s.roster_tombstone_retention_days * 86_400_000, today=china_today(now_ms))
+        except StoreError as exc:
+            self.gateway.repeats.warning(log, "downlink_sweep", "pruning signals and tombstones failed: %s", exc)
+            return 0, 0
+        if signals or tombstones:
+            log.info("pruned %d signals and %d departed workers' rows", signals, tombstones)
+        return signals, tombstones
 
     async def apply_roster_dates(self) -> list[str]:
         """Put on or take off the roster the workers whose entry or exit date today reached

@@ -37,18 +37,20 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from lmg.protocol import DeviceStatus, Goodbye, ResultCode, encode
+from lmg.protocol import DeviceStatus, Goodbye, PunchRecord, ResultCode, encode
 from lmg.server.downlink.service import DownlinkService
 from lmg.server.gateway.admission import AcceptRate, Admission
+from lmg.server.gateway.auth_audit import AuditRow, FailureAudit, clean
 from lmg.server.gateway.deadlines import DeadlineWheel
 from lmg.server.gateway.devices import DeviceLookup
 from lmg.server.gateway.lockout import AuthGuard
+from lmg.server.gateway.photo_slots import UploadSlots
 from lmg.server.gateway.presence import PresenceBook
 from lmg.server.gateway.session import Authenticated, AuthFailed
 from lmg.server.gateway.signals import GOODBYE_REASONS, SignalFollower, SignalHandlers
 from lmg.server.logs import RepeatedWarnings
 from lmg.server.settings import Settings, parse_host_port
-from lmg.storage import Device, SessionEndReason, Store, StoreError, open_store
+from lmg.storage import Device, Punch, SessionEndReason, Store, StoreError, open_store
 
 if TYPE_CHECKING:
     from lmg.server.forwarding.forwarder import ForwarderStats
@@ -81,10 +83,22 @@ class Gateway:
         self.group_records = settings.store.group_commit_max_records
         self.admission = Admission(gateway.max_connections, gateway.max_connections_per_address,
                                    AcceptRate(gateway.accept_rate, gateway.accept_burst, time.monotonic()))
-        self.guard = AuthGuard()
+        self.guard = AuthGuard(pair_failures=gateway.lockout_pair_failures,
+                               address_failures=gateway.lockout_address_failures,
+                               address_window_ms=int(gateway.lockout_address_window_s * 1000),
+                               base_ms=int(gateway.lockout_base_s * 1000), max_ms=int(gateway.lockout_max_s * 1000))
+        self.failure_audit = FailureAudit(int(gateway.auth_audit_window_s * 1000))
+        self.photo_max_bytes = settings.store.photo_max_bytes  # checked at the punch, the query and the chunk
+        self.photo_slots = UploadSlots(gateway.photo_uploads_per_device, int(gateway.photo_upload_idle_s * 1000))
         self.wheel = DeadlineWheel()
         self.presence = PresenceBook()
         self.sessions: dict[str, TerminalLink] = {}  # serial -> authenticated link
+        # Sessions authenticated here since the last announcement (serial -> token, auth ms),
+        # for other processes to end their older ones; only where several can share the
+        # store (PostgreSQL): one SQLite store has one gateway process.
+        self.announcing = getattr(store, "dialect", "") == "postgres"
+        self._announce: dict[str, tuple[str, int]] = {}
+        self._moved_away: set[TerminalLink] = set()  # ended because the device is online on another node
         self.links: set[TerminalLink] = set()
         self.counters: Counter[str] = Counter()  # event name -> count; folded into the metrics
         self.connections: Counter[tuple[str, str]] = Counter()  # (transport, state) -> open now
@@ -112,6 +126,7 @@ class Gateway:
         self._settled: asyncio.Future[None] | None = None
         self._background: list[asyncio.Task[Any]] = []
         self.signals: SignalFollower | None = None
+        self.supervision: Any = None  # a SupervisionSchedule when the gateway evaluates warnings
         self.downlink = DownlinkService(self)
         self._forwarder: asyncio.Task[Any] | None = None
         self._forward_stop = asyncio.Event()
@@ -138,18 +153,24 @@ class Gateway:
         transport = link.transport_name
         self.count("connections_opened_" + transport)
         self.connections[(transport, UNAUTHENTICATED)] += 1
-        self.wheel.add(link, link.deadline_ms())
+        link.wheel_buckets.append(self.wheel.add(link, link.deadline_ms()))
 
     def link_closed(self, link: TerminalLink, reason: str) -> None:
         """`link` is gone; `reason` is the session's close reason in lower case, or
         peer_closed (counted as closed_<reason>)."""
         self.links.discard(link)
         self.admission.closed(link.peer_host)
+        for bucket in link.wheel_buckets:  # released now, not when its deadline comes
+            self.wheel.discard(link, bucket)
+        link.wheel_buckets.clear()
         self.count("closed_" + reason)
         serial = link.serial
         if serial and self.sessions.get(serial) is link:
             del self.sessions[serial]
-            self.presence.note(serial, self.now_ms(), False)
+            if link in self._moved_away:  # online on the other node: writing offline here would undo that
+                self._moved_away.discard(link)
+            else:
+                self.presence.note(serial, self.now_ms(), False)
             self.connections[(link.transport_name, AUTHENTICATED)] -= 1
         else:
             self.connections[(link.transport_name, UNAUTHENTICATED)] -= 1
@@ -172,13 +193,44 @@ class Gateway:
         self.connections[(transport, UNAUTHENTICATED)] -= 1
         self.connections[(transport, AUTHENTICATED)] += 1
         # the heartbeat grace may end before the auth deadline the link is filed under
-        self.wheel.add(link, link.deadline_ms())
+        link.wheel_buckets.append(self.wheel.add(link, link.deadline_ms()))
         self.guard.succeeded(link.peer_host, action.serial)
         self.presence.note(action.serial, self.now_ms(), True, firmware=action.firmware, address=link.peer_host)
+        if self.announcing:
+            self._announce[action.serial] = (link.session.nonce.hex(), self.now_ms())
         self.count("authenticated")
         if session_log.isEnabledFor(logging.INFO):
             session_log.info("authenticated", extra={**link.log_fields(), "result": "ok", "firmware": action.firmware})
         self.downlink.session_started(link)
+
+    async def announce_sessions(self) -> None:
+        """Tell the other processes and nodes which devices authenticated here since the
+        last call (one TAKEOVER signal), so they end their older sessions of them. A failed
+        write keeps the sessions for the next call, without overwriting newer ones."""
+        if not self._announce:
+            return
+        batch, self._announce = self._announce, {}
+        try:
+            await self.store.announce_sessions(batch)
+            self.count("session_announcements")
+        except StoreError as exc:
+            self.repeats.warning(log, "announce", "announcing %d new sessions to other nodes failed: %s",
+                                 len(batch), exc)
+            self._announce = {**batch, **self._announce}
+
+    def sessions_taken_over(self, sessions: dict[str, list], signalled_ms: int) -> None:
+        """Another process announced sessions ({serial: [token, authenticated at ms]}): end
+        with GOODBYE TAKEOVER each local session of those devices that connected before
+        the new one authenticated (ours announced, and a newer one here, are left alone)."""
+        for serial, (token, authenticated_ms) in sessions.items():
+            link = self.sessions.get(serial)
+            if link is None or link.closed or link.session.nonce.hex() == token:
+                continue
+            if link.connected_ms >= authenticated_ms:
+                continue  # the device came back here after: this session is the newer
+            self.count("takeovers")  # the same event as a takeover within this process
+            self._moved_away.add(link)
+            link.take_over()
 
     def end_device_session(self, serial: str, reason: SessionEndReason, before_ms: int | None = None) -> bool:
         """End the local session of `serial` that connected before `before_ms` (default: now)
@@ -195,15 +247,35 @@ class Gateway:
         return True
 
     def auth_failed(self, link: TerminalLink, action: AuthFailed) -> None:
+        """A refused authentication: counted, fed to the lockout guard, audited in bounded
+        form (auth_audit.py: one row per source and window, with a count) and every lockout
+        it starts audited on its own (`auth_lockout`)."""
         now = self.now_ms()
-        # a terminal retrying while locked out is audited but does not lengthen its own lock
-        newly_locked = [] if action.reason is ResultCode.LOCKED_OUT else self.guard.failed(link.peer_host, action.serial, now)
+        # a terminal retrying while locked out neither lengthens its own lock nor counts
+        # towards its address's (docs/protocol.md 5.2)
+        started = [] if action.reason is ResultCode.LOCKED_OUT else self.guard.failed(link.peer_host, action.serial, now)
         self.count(f"auth_failed_{action.reason.name.lower()}")
-        if session_log.isEnabledFor(logging.INFO):
-            session_log.info("authentication refused", extra={**link.log_fields(), "result": action.reason.name.lower(),
-                                                                "locked": len(newly_locked) or None})
-        detail = {"reason": action.reason.name, "locked": [k for k, _ in newly_locked]}
-        self.spawn(self._audit("auth_failed", action.serial, detail, link.peer_host))
+        # an unauthenticated peer's doing: at info, and at most one line per interval (a
+        # flood of HELLOs is one line saying how many were left out; the audit counts them all)
+        self.repeats.log(session_log, logging.INFO, "auth_refused", "authentication refused",
+                         extra={**link.log_fields(), "serial": clean(action.serial), "result": action.reason.name.lower(),
+                                "locked": [lock.scope for lock in started] or None})
+        rows = self.failure_audit.failed(link.peer_host, action.serial, action.reason.name, now)
+        for lock in started:
+            self.count(f"lockouts_{lock.scope}")
+            rows.append(AuditRow("auth_lockout", clean(lock.serial), {
+                "scope": lock.scope, "failures": lock.failures, "until_ms": lock.until_ms,
+                "retry_after_s": -(-(lock.until_ms - now) // 1000)}, lock.address))
+        self._write_audit(rows)
+
+    def _write_audit(self, rows: list[AuditRow]) -> None:
+        for row in rows:
+            self.count("audit_rows_" + row.event)
+            self.spawn(self._audit(row.event, row.subject, row.detail, row.address))
+
+    async def flush_failure_audit(self) -> None:
+        """Write the aggregated rows of the failure windows that ended (a loop-wide timer)."""
+        self._write_audit(self.failure_audit.due(self.now_ms()))
 
     def seen(self, serial: str, now_ms: int) -> None:
         """An authenticated terminal was heard at `now_ms` (every pass of every link)."""
@@ -249,6 +321,29 @@ class Gateway:
             self.repeats.warning(log, "store", "store failed for %d records: %s", count, exc,
                                  extra={"serial": serial or None})
 
+    def check_duplicates(self, serial: str, records: list[PunchRecord], address: str) -> None:
+        """Records answered DUPLICATE: compare them with what the store holds, off the hot
+        path, so a record number reused with other content (a terminal that lost its counter)
+        is visible to operators: `lmg_punches_conflicting_total` and one `punch_conflict`
+        audit row per store call. The terminal still gets DUPLICATE (docs/protocol.md 6.4)."""
+        self.spawn(self._check_duplicates(serial, records[:MAX_DUPLICATE_CHECKS], address))
+
+    async def _check_duplicates(self, serial: str, records: list[PunchRecord], address: str) -> None:
+        conflicts: list[int] = []
+        for record in records:
+            try:
+                stored = await self.store.get_punch(serial, record.record_no)
+            except StoreError:
+                return  # a sick store is reported by the punches themselves
+            if stored is not None and not _same_punch(stored, record):
+                conflicts.append(record.record_no)
+        if conflicts:
+            self.count("punches_conflicting", len(conflicts))
+            self.repeats.warning(log, "punch_conflict", "%d record numbers reused with other content",
+                                 len(conflicts), extra={"serial": serial})
+            self._write_audit([AuditRow("punch_conflict", serial, {"record_nos": conflicts[:20],
+                                                                   "count": len(conflicts)}, address)])
+
     async def lookup_device(self, serial: str) -> Device | None:
         """The provisioned device (storage `Device`) or None; raises StoreError.
 
@@ -286,12 +381,14 @@ class Gateway:
         while True:
             await asyncio.sleep(resolution)
             now = self.now_ms()
+            current = self.wheel.current_bucket(now)
             for link in dict.fromkeys(self.wheel.due(now)):  # filed twice after auth: handle and refile once
+                link.wheel_buckets[:] = [b for b in link.wheel_buckets if b > current]  # the rest were emptied
                 if link.closed:
                     continue
                 link.tick(now)
                 if not link.closed:
-                    self.wheel.add(link, link.deadline_ms())
+                    link.wheel_buckets.append(self.wheel.add(link, link.deadline_ms()))
 
     async def _every(self, interval_s: float, work: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         while True:
@@ -321,7 +418,48 @@ class Gateway:
             log.info("deleted %d partial photo uploads older than %d h", pruned,
                      self.settings.store.photo_partial_ttl_ms // 3_600_000)
             self.count("partial_photos_pruned", pruned)
+        await self.purge_forwarded_photos()
+        await self.adopt_local_photos()
         return pruned
+
+    async def adopt_local_photos(self) -> int:
+        """PostgreSQL: move the photo files this node wrote before version 7 into the
+        database, 1000 at a time until none is left (one insert each, ~4 ms: 250 a second
+        on one connection beside the punches); SQLite: nothing. Runs with the partial-upload
+        sweep; the first one after an upgrade moves the backlog."""
+        adopted = 0
+        while True:
+            try:
+                batch = await self.store.adopt_local_photos(1000)
+            except StoreError as exc:
+                self.repeats.warning(log, "adopt", "moving photo files into the database failed: %s", exc)
+                break
+            adopted += batch
+            if batch < 1000:
+                break
+        if adopted:
+            log.info("moved %d photo files of before version 7 into the database, where every node reads them",
+                     adopted)
+        return adopted
+
+    async def purge_forwarded_photos(self) -> int:
+        """Delete the bytes of photos forwarded over `photo_forwarded_retention_ms` ago,
+        1000 at a time until none is left; runs with the partial-upload sweep. Every node
+        may run it: the rows it reads are the same, a second delete finds nothing."""
+        purged = 0
+        while True:
+            try:
+                batch = await self.store.purge_forwarded_photos(self.now_ms(), 1000)
+            except StoreError as exc:
+                self.repeats.warning(log, "purge", "deleting forwarded photos past their retention failed: %s", exc)
+                break
+            purged += batch
+            if batch < 1000:
+                break
+        if purged:
+            log.info("deleted the bytes of %d forwarded photos older than %d days", purged,
+                     self.settings.store.photo_forwarded_retention_ms // 86_400_000)
+        return purged
 
     # -- listeners ------------------------------------------------------------------------
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -358,7 +496,8 @@ class Gateway:
             admin_server = await start_admin(self, admin[0], admin[1])
             self.servers.append(admin_server)
             self.listening["admin"] = admin_server.sockets[0].getsockname()[:2]
-        handlers = SignalHandlers(self.end_device_session, self.downlink.command_signal, self.downlink.roster_signal)
+        handlers = SignalHandlers(self.end_device_session, self.downlink.command_signal, self.downlink.roster_signal,
+                                  self.sessions_taken_over)
         self.signals = SignalFollower(self.store, handlers, settings.signal_poll_s)
         await self.signals.start()  # first: where the signals stand, then what is pending (no gap)
         await self.downlink.start()
@@ -368,9 +507,20 @@ class Gateway:
             loop.create_task(self._deadline_loop()),
             loop.create_task(self._every(settings.presence_flush_s, self.flush_presence)),
             loop.create_task(self._every(settings.partial_photo_sweep_s, self.prune_partial_photos)),
+            *([loop.create_task(self._every(settings.session_announce_s, self.announce_sessions))]
+              if self.announcing else []),
+            loop.create_task(self._every(max(1.0, settings.auth_audit_window_s / 4), self.flush_failure_audit)),
         ]
         if self.metrics is not None:
             self._background += self.metrics.tasks(loop)
+        if settings.supervision:  # key-personnel warnings (server/supervision/service.py)
+            from lmg.server.supervision.rules import load_rules
+            from lmg.server.supervision.service import SupervisionSchedule, evaluation_pool
+
+            self.supervision = SupervisionSchedule(self.store, load_rules(settings.supervision_rules_file),
+                                                   clock_ms=self.now_ms, interval_s=settings.supervision_evaluate_s,
+                                                   executor=evaluation_pool())
+            self._background.append(loop.create_task(self.supervision.run_every()))
         if self.settings.forward.enabled():
             from lmg.server.forwarding import run_forwarder
             from lmg.server.forwarding.forwarder import ForwarderStats
@@ -423,6 +573,7 @@ class Gateway:
             except asyncio.TimeoutError:
                 log.warning("%d connections still had punches at the store when shutdown_grace_s ended",
                             len(self._unsettled))
+        self._write_audit(self.failure_audit.flush())  # the open windows' counts, before the store closes
         pending = [t for t in self.tasks if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=remaining())
@@ -454,6 +605,18 @@ class Gateway:
 
 
 _OK, _DUPLICATE = int(ResultCode.OK), int(ResultCode.DUPLICATE)
+# Duplicates compared with the store per store call: a resent window is 8, a re-uploaded
+# backlog batch up to 500; 50 reads show a conflict without doubling a backlog's store work.
+MAX_DUPLICATE_CHECKS = 50
+
+
+def _same_punch(stored: Punch, record: PunchRecord) -> bool:
+    """True if the stored punch holds what `record` says (the fields a terminal sends)."""
+    sha = record.photo_sha256 if record.photo_size else None
+    return (stored.worker_id == record.worker_id and stored.punch_time_ms == min(record.punch_time_ms, 2**63 - 1)
+            and stored.direction == record.direction and stored.verify_mode == record.verify_mode
+            and stored.temperature_dc == record.temperature_dc and stored.photo_size == record.photo_size
+            and stored.photo_sha256 == sha)
 
 
 @functools.cache

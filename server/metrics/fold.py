@@ -102,6 +102,13 @@ class Families:
         self.authentications = counter(
             "lmg_authentications", "Authentication results: ok, or the refusal (bad_signature, unknown_device, "
             "device_disabled, locked_out).", ("result",))
+        self.lockouts = counter(
+            "lmg_lockouts", "Lockouts started by failed authentications, by scope (pair: one serial at one address; "
+            "address: every serial from an address but those that authenticated from it before).", ("scope",))
+        self.audit_rows = counter(
+            "lmg_audit_rows", "Audit rows the gateway wrote, by event: auth_failed (at most two per source "
+            "address and auth_audit_window_s, with a count), auth_lockout (one per lockout), punch_conflict (record "
+            "numbers reused with other content, one per store call).", ("event",))
         # frames
         self.frames_in = counter(
             "lmg_frames_in", "Whole, checksum-verified frames decoded from terminals, by message type.", ("type",))
@@ -122,10 +129,18 @@ class Families:
             "lmg_punches_rejected", "Punch records refused, by reason (the result code in the ACK: invalid_worker_id, "
             "time_in_future, time_too_old, invalid_direction, invalid_verify_mode, invalid_temperature).",
             ("reason",))
+        self.punches_conflicting = counter(
+            "lmg_punches_conflicting", "Punch records answered DUPLICATE whose content differs from the stored record "
+            "of that number (a terminal reusing record numbers: the new content is not stored); each store call's "
+            "conflicts are also an audit row, punch_conflict.")
         self.photo_bytes_stored = counter(
             "lmg_photo_bytes_stored", "Bytes of photo chunks appended to uploads (chunks that advanced an upload).")
         self.photos_stored = counter(
             "lmg_photos_stored", "Photos completed and verified against their SHA-256.")
+        self.photo_refusals = counter(
+            "lmg_photo_refusals", "PHOTO_CHUNKs and PHOTO_QUERYs refused before the store, by reason "
+            "(photo_not_announced: no stored punch of the device announces that photo; photo_too_large; "
+            "photo_uploads_busy: the device has photo_uploads_per_device uploads in progress).", ("reason",))
         self.partial_photos_pruned = counter(
             "lmg_partial_photos_pruned", "Partial photo uploads deleted after photo_partial_ttl_ms without progress.")
         # the store
@@ -174,6 +189,10 @@ class Families:
             "the province).")
         self.forward_photos_sent = counter(
             "lmg_forward_photos_sent", "Photos sent to the provincial system.")
+        self.forward_warnings = counter(
+            "lmg_forward_warnings", "Versions of supervision warnings the forwarder settled, by result (accepted: the "
+            "province holds it; rejected: refused as invalid or not sendable, logged as an error and not sent again "
+            "until the warning changes; retried: its request failed and is tried again).", ("result",))
         # downlink, the event loop, everything else
         self.downlink_commands = gauge(
             "lmg_downlink_commands", "Operator commands in the store by state (queued, sent, acked, failed, expired, "
@@ -213,9 +232,11 @@ class Families:
 COUNTER_NAMES: dict[str, tuple[str, dict[str, str]] | None] = {
     "authenticated": ("authentications", {"result": "ok"}),
     "takeovers": ("takeovers", {}),
+    "session_announcements": None,  # about 10 a second per process on PostgreSQL: a cost, not an event to watch
     "slow_reader_closed": ("slow_readers_closed", {}),
     "punches_stored": ("punches_stored", {}),
     "punches_duplicate": ("punches_duplicate", {}),
+    "punches_conflicting": ("punches_conflicting", {}),
     "punches_committed": None,  # the sum of lmg_punches_{stored,duplicate,rejected}_total: not twice
     "photo_bytes_stored": ("photo_bytes_stored", {}),
     "photos_stored": ("photos_stored", {}),
@@ -236,6 +257,9 @@ COUNTER_PREFIXES: tuple[tuple[str, str, str], ...] = (
     ("closed_", "connections_closed", "reason"),
     ("refused_", "connections_refused", "reason"),
     ("auth_failed_", "authentications", "result"),
+    ("lockouts_", "lockouts", "scope"),
+    ("audit_rows_", "audit_rows", "event"),
+    ("photo_refused_", "photo_refusals", "reason"),
     ("sessions_ended_", "sessions_ended", "reason"),
     ("decode_error_", "decode_errors", "kind"),
     ("punches_rejected_", "punches_rejected", "reason"),
@@ -317,6 +341,8 @@ class GatewayMetrics:
                 self._add(("forward_records", result), value, lambda key: f.forward_records.labels(key[1]))
             self._add(("forward_dead_letters",), stats.dead_lettered, lambda key: f.forward_dead_letters)
             self._add(("forward_photos_sent",), stats.photos_sent, lambda key: f.forward_photos_sent)
+            for result, value in list(stats.warnings.items()):
+                self._add(("forward_warnings", result), value, lambda key: f.forward_warnings.labels(key[1]))
         _add_tally(f.ack_latency_seconds, self.ack_latency)
         _add_tally(f.group_commit_batch_records, self.commit_records)
         _add_tally(f.group_commit_seconds, self.commit_seconds)

@@ -283,16 +283,16 @@ class RunningGateway:
 
 @pytest.fixture
 async def start_gateway(tmp_path):
-    """Factory: `await start_gateway(wrap=None, **config_overrides)` -> RunningGateway."""
+    """Factory: `await start_gateway(wrap=None, clock_ms=None, **config_overrides)` -> RunningGateway."""
     running: list[RunningGateway] = []
 
-    async def start(*, wrap=None, **overrides) -> RunningGateway:
+    async def start(*, wrap=None, clock_ms=None, **overrides) -> RunningGateway:
         data_dir = tmp_path / f"gateway{len(running)}"
         config = Settings.from_keys({**BASE_CONFIG, "data_dir": str(data_dir), **overrides})
         data_dir.mkdir()
         store = await open_store(config.store_url(), data_dir=config.gateway.data_dir, config=config.store)
         device = await store.add_device("GS-TEST-000001", project_code=PROJECT, region_code="620100")
-        gateway = Gateway(config, wrap(store) if wrap else store)
+        gateway = Gateway(config, wrap(store) if wrap else store, **({"clock_ms": clock_ms} if clock_ms else {}))
         await gateway.start()
         gw = RunningGateway(gateway, store, config, DeviceCredentials(device.serial, device.secret, PROJECT))
         running.append(gw)

@@ -172,3 +172,10 @@ def test_the_settings_import_no_cycle():
                    "lmg.storage.config"):
         done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
+
+
+def test_presence_stale_ms_below_the_heartbeat_grace_is_refused():
+    # Devices would flicker offline between heartbeats on every node's admin API.
+    with pytest.raises(SettingsError, match="presence_stale_ms = 60000 would show live devices offline.*95000 ms"):
+        Settings.from_keys({"presence_stale_ms": 60_000})
+    assert Settings.from_keys({"presence_stale_ms": 40_000, "heartbeat_interval_s": 10, "presence_flush_s": 1.0})

@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from lmg.storage import DUPLICATE, STORED, DeviceExists, Outcome, Presence, PunchIn, UnknownDevice
+from lmg.storage import DUPLICATE, STORED, DeviceExists, Outcome, Presence, PunchIn, StoreConfig, UnknownDevice
 
 T0 = 1_700_000_000_000
 
@@ -191,7 +191,8 @@ async def test_list_devices_pages_by_serial(store):
     assert [d.serial for d in await store.list_devices(after_serial="LMG1", limit=1)] == ["LMG2"]
 
 
-async def test_presence_batch_updates_many_devices_in_one_call(store):
+async def test_presence_batch_updates_many_devices_in_one_call(backend):
+    store = await backend.open(clock_ms=lambda: T0 + 10)  # online is read against the store's clock
     for n in range(3):
         await store.add_device(f"LMG{n}", project_code="P", region_code="620100")
     updated = await store.update_presence([
@@ -207,6 +208,26 @@ async def test_presence_batch_updates_many_devices_in_one_call(store):
     await store.update_presence([Presence("LMG0", T0 + 9, False)])
     d0 = await store.get_device("LMG0")
     assert (d0.online, d0.firmware, d0.roster_version) == (False, "2.1.0", 9)
+
+
+async def test_a_device_whose_node_died_is_shown_offline_after_presence_stale_ms(backend):
+    # Its node wrote it online and then nothing more (killed, or cut from the store): the
+    # flag alone kept it online for ever, on every node's admin API. Online is the flag
+    # and a last-seen time within presence_stale_ms of the store's clock.
+    clock = [T0]
+    store = await backend.open(config=StoreConfig(presence_stale_ms=95_000), clock_ms=lambda: clock[0])
+    for serial in ("LIVE", "DEAD"):
+        await store.add_device(serial, project_code="P", region_code="620100")
+    await store.update_presence([Presence("LIVE", T0, True), Presence("DEAD", T0, True)])
+    clock[0] = T0 + 95_000
+    assert (await store.get_device("DEAD")).online  # exactly at the limit: still online
+    clock[0] = T0 + 95_001
+    await store.update_presence([Presence("LIVE", T0 + 95_000, True)])  # its node is alive and flushes
+    assert [(d.serial, d.online) for d in (await store.get_devices(["DEAD", "LIVE"])).values()] in (
+        [("DEAD", False), ("LIVE", True)], [("LIVE", True), ("DEAD", False)])
+    assert (await store.get_device("DEAD")).last_seen_ms == T0  # the stored time is kept as it was
+    assert [d.serial for d in await store.list_devices(online=True)] == ["LIVE"]
+    assert [d.serial for d in await store.list_devices(online=False)] == ["DEAD"]
 
 
 # ----------------------------------------------------------------------------- outbox

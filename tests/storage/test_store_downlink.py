@@ -10,6 +10,7 @@ import random
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 
+import orjson
 import pytest
 
 from lmg.protocol import MessageType
@@ -444,7 +445,10 @@ async def test_faces_are_stored_once_in_the_blob_store(backend):
     assert await store.put_face(photo) == sha  # once: same bytes, same key
     assert await store.get_face(sha) == photo and await store.face_size(sha) == len(photo)
     blobs = [p for p in (backend.data_dir / "photos").rglob("*") if p.is_file()]
-    assert [p.name for p in blobs] == [sha.hex()]
+    if backend.name == "sqlite":  # files under the data dir; PostgreSQL: rows every node reads
+        assert [p.name for p in blobs] == [sha.hex()]
+    else:
+        assert blobs == [] and await store._fetch("SELECT sha256 FROM photo_blobs") == [(sha,)]
     small_png = png(b"p", FACE_MIN_BYTES)
     assert await store.face_size(await store.put_face(small_png)) == FACE_MIN_BYTES
     other = bytes(32)
@@ -751,3 +755,18 @@ async def test_two_nodes_changing_one_roster_hand_out_each_version_once(pg_urls,
     finally:
         for store in (a, b, reader):
             await store.close()
+
+
+async def test_sessions_authenticated_in_one_process_are_announced_in_one_takeover_signal(store):
+    # Issue 17: a device that reconnects to another node must lose its session here; the
+    # node that took it announces its new sessions, many in one signal.
+    first = await store.last_signal_id()
+    assert await store.announce_sessions({}) == 0 and await store.last_signal_id() == first  # nothing: no row
+    signal_id = await store.announce_sessions({"LMG1": ("ab" * 16, 1_000), "LMG2": ("cd" * 16, 1_001)})
+    [signal] = await store.signals_after(first)
+    assert (signal.id, signal.kind, signal.subject) == (signal_id, SignalKind.TAKEOVER, "")
+    assert orjson.loads(signal.detail) == {"LMG1": ["ab" * 16, 1_000], "LMG2": ["cd" * 16, 1_001]}
+    assert await store.session_ends_after(first) == []  # not a session end: those are operators' doing
+    for bad in ({"LMG1": ("", 1)}, {"LMG1": ("x" * 65, 1)}, {"LMG1": ("ab", -1)}):
+        with pytest.raises(ValueError):
+            await store.announce_sessions(bad)

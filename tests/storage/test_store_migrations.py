@@ -11,6 +11,7 @@ import pytest
 
 from lmg.protocol import MessageType
 from lmg.storage import CommandState, SchemaTooNew
+from lmg.storage.blobs import FileBlobStore
 from lmg.storage.migrations import load_migrations
 from lmg.storage.postgres import PostgresStore
 from lmg.storage.sqlite import SqliteStore
@@ -26,8 +27,10 @@ async def _open_with(backend, migrations):
     if backend.name == "sqlite":
         return await SqliteStore.open(parse_store_url(backend.url).sqlite_path,
                                       data_dir=backend.data_dir, migrations=migrations)
+    # Before version 7 a PostgreSQL node kept photo bytes as files under its data dir.
+    files = FileBlobStore(backend.data_dir / "photos") if len(migrations) < 7 else None
     return await PostgresStore.open(parse_store_url(backend.url), data_dir=backend.data_dir,
-                                    migrations=migrations)
+                                    migrations=migrations, blobs=files)
 
 
 async def test_version_1_database_upgrades_in_place_and_keeps_its_data(backend):
@@ -63,6 +66,27 @@ async def test_photos_stored_before_version_3_count_as_forwarded(backend):
     backend.opened.append(new)
     assert await new.get_photo(sha) == photo
     assert await new.unforwarded_photos(2**62, 10) == []
+
+
+async def test_photo_files_of_before_version_7_are_still_read_and_purged(backend):
+    """Migration 7 puts PostgreSQL photo bytes in `photo_blobs`; files an older node
+    wrote stay on its disk and are read after the table (nothing is copied at upgrade)."""
+    dialect = "sqlite" if backend.name == "sqlite" else "postgres"
+    full = load_migrations(dialect)
+    old = await _open_with(backend, full[:6])
+    photo = os.urandom(64)
+    sha = hashlib.sha256(photo).digest()
+    assert await old.photo_append("LMG0001", sha, len(photo), 0, photo) == len(photo)
+    await old.close()
+
+    new = await backend.open()
+    backend.opened.append(new)
+    assert await new.schema_version() == full[-1].version
+    assert await new.get_photo(sha) == photo and await new.unforwarded_photos(2**62, 10) == [sha]
+    await new.mark_photos_forwarded([sha], 1)
+    assert await new.purge_forwarded_photos(2**62) == 1
+    assert await new.get_photo(sha) is None
+    assert not [p for p in (backend.data_dir / "photos").rglob("*") if p.is_file()]  # the file went too
 
 
 async def test_version_3_devices_upgrade_with_no_address_and_nothing_to_end(backend):

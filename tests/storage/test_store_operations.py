@@ -306,7 +306,8 @@ def test_device_and_presence_keep_their_positional_and_keyword_forms():
     assert Presence("S", T0, True, "fw", 2).address is None
 
 
-async def test_list_devices_filters_by_project_region_and_online(store):
+async def test_list_devices_filters_by_project_region_and_online(backend):
+    store = await backend.open(clock_ms=lambda: T0 + 10)  # online is read against the store's clock
     for serial, project, region in (("A1", "PA", "620100"), ("A2", "PA", "620200"),
                                     ("B1", "PB", "620100"), ("B2", "PB", "620100")):
         await store.add_device(serial, project_code=project, region_code=region)

@@ -26,10 +26,12 @@ async def test_a_project_is_added_listed_by_region_and_read_and_a_second_add_is_
     status, body = await api.call("POST", "/api/v1/projects", as_="writer", json={**PROJECT, "code": "X", "region": "62"})
     assert status == 400 and "region" in body["message"]
     assert (await api.call("POST", "/api/v1/projects", as_="reader", json={**PROJECT, "code": "Y"}))[0] == 403
-    status, body = await api.call("GET", "/api/v1/projects", as_="reader", params={"region": "6201"})
+    # the region filter is the region tree (a city and its counties), not a code prefix
+    status, body = await api.call("GET", "/api/v1/projects", as_="reader", params={"region": "620100"})
     assert [p["code"] for p in body["items"]] == [PROJECT["code"]]
-    status, body = await api.call("GET", "/api/v1/projects", as_="reader", params={"region": "6202"})
+    status, body = await api.call("GET", "/api/v1/projects", as_="reader", params={"region": "620200"})
     assert body["items"] == []
+    assert (await api.call("GET", "/api/v1/projects", as_="reader", params={"region": "6201"}))[0] == 400
     assert (await api.call("GET", f"/api/v1/projects/{PROJECT['code']}", as_="reader"))[1]["name"] == PROJECT["name"]
     status, body = await api.call("GET", "/api/v1/projects/NOPE", as_="reader")
     assert status == 404 and "/api/v1/projects" in body["message"]

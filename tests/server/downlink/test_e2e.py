@@ -17,6 +17,7 @@ from datetime import date
 import pytest
 
 from lmg.protocol import MessageType, ResultCode
+from lmg.protocol.roster_file import china_date
 from lmg.server.cli.device import _list as device_list
 from lmg.server.downlink.commands import COMMAND_TYPES, encode_arguments, parse_arguments
 from lmg.simulators.device import TerminalDevice
@@ -222,6 +223,27 @@ async def test_a_command_for_an_offline_device_waits_and_one_past_its_expiry_exp
     terminal = await gw.terminal()
     await wait_for(lambda: _is(gw.store, waiting, CommandState.ACKED), what="the waiting command delivered")
     assert terminal.device.door_opens == []
+
+
+async def test_the_hourly_sweep_prunes_old_signals_and_tombstones_past_their_retention(start_gateway):
+    moment = [now_ms()]
+    gw = await start_gateway(clock_ms=lambda: moment[0], **FAST)
+    store = gw.store
+    await add_project(store, 2, faces=False)
+    today = china_date(moment[0])
+    assert await store.remove_worker(PROJECT, worker_id_for(2), exit_date=today, today=today)
+    gone = await store.get_worker(PROJECT, worker_id_for(2))
+    assert not gone.on_roster and (await store.get_project(PROJECT)).roster_floor == 0
+
+    moment[0] += 86_400_000 + 1_000  # a day and a second: the signals, not the tombstone (90 days)
+    signals, tombstones = await gw.gateway.downlink.prune()
+    assert signals >= 2 and tombstones == 0  # the import's and the removal's ROSTER signals at least
+    assert await store.get_worker(PROJECT, worker_id_for(2)) is not None
+    moment[0] += 90 * 86_400_000
+    assert await gw.gateway.downlink.prune() == (0, 1)
+    assert await store.get_worker(PROJECT, worker_id_for(2)) is None
+    assert (await store.get_project(PROJECT)).roster_floor == gone.version  # below it: a full resync
+    assert await store.get_worker(PROJECT, worker_id_for(1)) is not None  # on the roster: never pruned
 
 
 async def test_no_answer_is_sent_again_and_fails_after_command_max_sends(start_gateway):

@@ -118,9 +118,13 @@ async def test_the_forwarders_figures_are_folded(gw):
 
     stats = ForwarderStats(acked=7, retried=3, held_back=2, dead_lettered=1, photos_sent=4)
     stats.attempts.update({"ok": 5, "http_500": 2, "timeout": 1})
+    stats.warning("accepted", 3)
+    stats.warning("retried")
     gw.gateway.forward_stats = stats
     m = scrape(gw.gateway)
     assert value(m, "lmg_forward_attempts_total", result="ok") == 5
+    assert value(m, "lmg_forward_warnings_total", result="accepted") == 3
+    assert value(m, "lmg_forward_warnings_total", result="retried") == 1
     assert value(m, "lmg_forward_attempts_total", result="http_500") == 2
     assert value(m, "lmg_forward_records_total", result="accepted") == 7
     assert value(m, "lmg_forward_records_total", result="held_back") == 2
