@@ -45,7 +45,9 @@ def register(subparsers: Any) -> None:
     imp.set_defaults(handler=lambda a: run_on_store(_import, a, create=True))
 
     lst = group.add_parser("list", help="list projects")
-    lst.add_argument("--region", default="", help="only this region and below: 62 (Gansu), 6201 (Lanzhou), 620102")
+    lst.add_argument("--region", default="", help="only the projects this region covers (the tree of docs/regions.md, "
+                                                  "not a code prefix): 620000 Gansu, 620100 兰州市 and its counties "
+                                                  "(not 兰州新区 620171), 620102 城关区")
     add_store_options(lst)
     lst.set_defaults(handler=lambda a: run_on_store(_list, a, create=False))
 
@@ -118,10 +120,15 @@ def report(args: argparse.Namespace, counts: dict[str, int], errors: list[RowErr
 
 
 async def _list(store: Any, args: argparse.Namespace) -> int:
+    from lmg.protocol.regions import is_known
+
+    if args.region and not is_known(args.region):
+        raise UsageError(f"--region {args.region!r} is not a region of Gansu's tree (docs/regions.md): give a "
+                         "6-digit code such as 620000, 620100 or 620102")
     projects, after = [], ""
     while True:
         try:
-            page = await store.list_projects(after_code=after, limit=1000, region_prefix=args.region)
+            page = await store.list_projects(after_code=after, limit=1000, region_scope=args.region or None)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         projects += page

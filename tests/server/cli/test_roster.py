@@ -55,6 +55,20 @@ def test_projects_import_is_idempotent_and_names_bad_rows(tmp_path, capsys):
     assert [p["code"] for p in orjson.loads(out)] == ["P-3"]
 
 
+def test_project_list_by_region_follows_the_tree_not_the_code_prefix(tmp_path, capsys):
+    data = tmp_path / "data"
+    csv = tmp_path / "projects.csv"
+    # 兰州新区 620171 starts with 6201 but is not 兰州市's: a prefix match would list it under 620100
+    csv.write_text("code,name,region\nP-CG,城关,620102\nP-XQ,新区,620171\nP-TS,天水,620502\n", encoding="utf-8")
+    assert lmg(capsys, data, "project", "import", str(csv))[0] == 0
+    listed = {region: [p["code"] for p in orjson.loads(lmg(capsys, data, "project", "list", "--region", region,
+                                                           "--json")[1])]
+              for region in ("620100", "620171", "620000")}
+    assert listed == {"620100": ["P-CG"], "620171": ["P-XQ"], "620000": ["P-CG", "P-TS", "P-XQ"]}
+    code, _, err = lmg(capsys, data, "project", "list", "--region", "6201")
+    assert code == 2 and "not a region" in err
+
+
 def test_roster_import_with_photos_then_again_changes_nothing(site, tmp_path, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
