@@ -21,8 +21,19 @@ driven in alternating closed-loop phases (on, off, off, on, ...) so drift of the
 both alike. Timings on a shared 2-core box are noisy: the figures to read are the ratios
 to the baseline measured in the same run.
 
+Efficiency, which the load generator sharing the cores cannot move: acks per CPU-second
+of the server's own processes (utime + stime from /proc/<pid>/stat of every process of the
+server: the gateway's supervisor, workers and SQLite writer; the bare server; Mosquitto) in
+the closed-loop phase, and the gateway's ratio to the bare server and to Mosquitto.
+
+Two more phases: the store comparison (closed loop on SQLite, on PostgreSQL, on PostgreSQL
+with `--workers 2`, one run) and outage recovery (bench/load_outage.py: terminals come back
+at once with hours of punches and photos, against the disk's fsync'd rate). `--phase
+outage` runs that phase alone (results load-{quick,full}-outage.{md,json}).
+
 Results go to bench/results/load-quick.{md,json} or load-full.{md,json}; `--json` prints
-the summary object (baseline_acks_per_s, gateway_acks_per_s, p99_ms, rss_per_conn_kib, ...).
+the summary object (baseline_acks_per_s, gateway_acks_per_s, p99_ms, rss_per_conn_kib,
+gateway_acks_per_cpu_s, outage_acked_s, disk_photo_mb_per_s, ...).
 """
 
 from __future__ import annotations
@@ -39,24 +50,37 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 NAME = "load"
 HELP = "throughput, latency, memory, storm and backlog of the gateway against a bare server (and Mosquitto)"
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# Sizes: --quick must finish within 3 minutes on a 2-core box, servers' start-up included.
+# Sizes: --quick's matrix must finish within 3 minutes on a 2-core box, servers' start-up
+# included; its store comparison and outage phase add about 2 minutes more on an idle box.
 # The open-loop latency phases run the fleet in `latency_fleet_processes` processes: one
 # process cannot offer half the baseline's rate to 256 terminals one frame at a time (the
 # bare server, driven so, showed p99 137 ms at 24.8k of 27.5k/s asked; with two, 19 ms).
 # `metrics_rounds`: pairs of closed-loop phases (metrics on, metrics off) for the metrics cost,
 # run in ABBA order; `metrics_load_s` each.
+# `stores_s`: each closed-loop phase of the store comparison (SQLite, PostgreSQL on 1 and 2
+# workers). `outage_*`: the outage-recovery phase (bench/load_outage.py); `disk_files`: the
+# fsync'd 30 KB files written beside it for the disk's rate (3,000 = 92 MB, ~10 s on a disk
+# of 10 MB/s; 500 = 15 MB for --quick).
 QUICK = dict(load_devices=64, load_s=6.0, warmup_s=1.0, idle_devices=2000, storm_devices=2000,
              backlog_devices=20, backlog_records=5000, backlog_batch=100, fleet_processes=1,
-             latency_fleet_processes=2, workers_devices=0, metrics_rounds=6, metrics_load_s=5.0)
+             latency_fleet_processes=2, workers_devices=0, metrics_rounds=6, metrics_load_s=5.0,
+             stores_s=5.0, outage_devices=200, outage_hours=2.0, outage_photo_share=0.3, outage_batch=60,
+             outage_workers=2, outage_store="auto", outage_fleet_processes=1, outage_cap_s=300.0, disk_files=500)
 FULL = dict(load_devices=256, load_s=20.0, warmup_s=2.0, idle_devices=15000, storm_devices=15000,
             backlog_devices=100, backlog_records=10000, backlog_batch=250, fleet_processes=2,
             latency_fleet_processes=2, metrics_rounds=6, metrics_load_s=10.0,
-            workers_devices=100_000, workers=6, hold_s=600.0, workers_storm_devices=20_000)
+            workers_devices=100_000, workers=6, hold_s=600.0, workers_storm_devices=20_000,
+            stores_s=10.0, outage_devices=10_000, outage_hours=2.0, outage_photo_share=0.3, outage_batch=60,
+            outage_workers=2, outage_store="postgres", outage_fleet_processes=2, outage_cap_s=1500.0,
+            disk_files=3000)
+PHASES = ("all", "outage")  # --phase: the whole run, or the outage-recovery phase alone
+DEFAULT_PG_DSN = "postgresql://127.0.0.1:5432/test"  # LMG_TEST_PG_DSN overrides it
 # The many-connection phase (full run): `--workers` gateway processes on PostgreSQL, the fleet
 # spread so that no process holds 20,000 descriptors and no (source, destination) address
 # pair needs more than ~28,000 ephemeral ports.
@@ -97,6 +121,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--connections", type=int, help="full run: terminals held on --workers (default 100000)")
     parser.add_argument("--hold-s", type=float, help="full run: how long to hold them (default 600)")
     parser.add_argument("--workers", type=int, help="full run: gateway processes for the held terminals (default 6)")
+    parser.add_argument("--phase", choices=PHASES, default="all",
+                        help="all (default), or only the outage-recovery phase (results go to load-*-outage.*)")
+    parser.add_argument("--outage-devices", type=int,
+                        help="terminals that come back after the outage (default 10000; --quick 200)")
+    parser.add_argument("--outage-hours", type=float, help="hours of punches each brings back (default 2)")
+    parser.add_argument("--outage-cap-s", type=float,
+                        help="cap on the outage phase: upload and forwarding (default 1500; --quick 300)")
+    parser.add_argument("--outage-store", choices=("auto", "postgres", "sqlite"),
+                        help="store of the outage phase (full run: postgres; --quick: auto, PostgreSQL if it answers)")
 
 
 # --- servers ------------------------------------------------------------------------------------
@@ -161,13 +194,19 @@ class Server:
         self.pids = pids or [proc.pid]
         self.admin_port = admin_port
 
+    def members(self) -> list[int]:
+        """The server's processes: the one started, its workers, and their living helpers
+        (the `--workers` supervisor, each worker's SQLite writer process), each once."""
+        return sorted({p for pid in (self.proc.pid, *self.pids) for p in family(pid)})
+
     def rss_kib(self) -> int:
         """Resident memory of the server's processes and their helpers."""
-        return int(_sum_living([p for pid in self.pids for p in family(pid)], rss_kib))
+        return int(_sum_living(self.members(), rss_kib))
 
     def cpu_s(self) -> float:
-        """CPU seconds of the server's processes and their living helpers so far."""
-        return _sum_living([p for pid in self.pids for p in family(pid)], cpu_s)
+        """CPU seconds (utime + stime in /proc/<pid>/stat) of the server's processes and their
+        living helpers so far: the load generator's own CPU is not in it."""
+        return _sum_living(self.members(), cpu_s)
 
     def __enter__(self):
         return self
@@ -292,10 +331,11 @@ async def fleet_run(server: Server, devices: list, **spec) -> dict:
     from lmg.simulators.fleet import FleetSpec, run_fleet
 
     processes = spec.pop("processes", 1)
+    on_progress = spec.pop("on_progress", None)
     fleet = FleetSpec(host="127.0.0.1", port=server.port, devices=devices, **spec)
     cpu_before = server.cpu_s()
     box_before = box_times()
-    summary = await run_fleet(fleet, processes)
+    summary = await run_fleet(fleet, processes, on_progress=on_progress)
     summary["server_cpu_s"] = round(server.cpu_s() - cpu_before, 2)
     summary.update(box_share(box_before, box_times()))
     return summary
@@ -517,10 +557,34 @@ async def latency_ladder(gateway: Server, devices: list, load: dict, baseline_ra
 
 
 def headline(result: dict) -> dict:
-    """The flat figures `--json` promises, with the targets beside them."""
+    """The flat figures `--json` promises, with the targets beside them: those of the phases
+    that ran (`--phase outage` runs only the outage-recovery phase)."""
+    out: dict = {}
+    if "gateway" in result:
+        out.update(_matrix_headline(result))
+    if "stores" in result:
+        out.update(_stores_headline(result["stores"]))
+    if "outage" in result:
+        outage = result["outage"]
+        out.update({key: outage.get(name) for key, name in OUTAGE_HEADLINE.items()})
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def _matrix_headline(result: dict) -> dict:
     base = result["baseline"]["acks_per_s"] or 0
     gw = result["gateway"]["acks_per_s"] or 0
     mq = (result.get("mosquitto") or {}).get("acks_per_s")
+    # efficiency: acks per CPU-second of the server's processes only, whatever the load generator cost
+    gw_cpu, base_cpu = result["gateway"]["acks_per_server_cpu_s"], result["baseline"]["acks_per_server_cpu_s"]
+    efficiency = {"gateway_acks_per_cpu_s": gw_cpu, "baseline_acks_per_cpu_s": base_cpu,
+                  "gateway_to_baseline_per_cpu": _ratio(gw_cpu, base_cpu)}
+    if result.get("mosquitto"):  # it ran
+        mq_cpu = result["mosquitto"]["acks_per_server_cpu_s"]
+        efficiency.update({"mosquitto_acks_per_cpu_s": mq_cpu, "gateway_to_mosquitto_per_cpu": _ratio(gw_cpu, mq_cpu)})
     return {
         "baseline_acks_per_s": base,
         "gateway_acks_per_s": gw,
@@ -541,7 +605,23 @@ def headline(result: dict) -> dict:
         "metrics_on_acks_per_server_cpu_s": (result.get("metrics_cost") or {}).get("on", {}).get("acks_per_server_cpu_s"),
         "metrics_off_acks_per_server_cpu_s": (result.get("metrics_cost") or {}).get("off", {}).get("acks_per_server_cpu_s"),
         "metrics_cost_ratio": (result.get("metrics_cost") or {}).get("ratio"),
+        **efficiency,
     }
+
+
+# headline key -> key of the outage phase's result (bench/load_outage.py)
+OUTAGE_HEADLINE = {"outage_devices": "devices", "outage_store": "store", "outage_workers": "workers",
+                   "outage_acked_s": "acked_s", "outage_photos_s": "photos_s", "outage_forwarded_s": "forwarded_s",
+                   "outage_photo_mb_per_s": "photo_mb_per_s", "disk_photo_mb_per_s": "disk_photo_mb_per_s",
+                   "outage_peak_rss_mib": "peak_rss_mib", "outage_wal_mb": "wal_mb", "outage_error": "error"}
+
+
+def _stores_headline(stores: dict) -> dict:
+    out = {}
+    for name, _, _ in STORE_VARIANTS:
+        out[f"{name}_acks_per_s"] = stores.get(name, {}).get("acks_per_s")
+        out[f"{name}_acks_per_cpu_s"] = stores.get(name, {}).get("acks_per_server_cpu_s")
+    return out
 
 
 def machine() -> dict:
@@ -565,45 +645,48 @@ def markdown(report: dict) -> str:
     def verdict(ok: bool | None) -> str:
         return "–" if ok is None else ("met" if ok else "missed")
 
-    lat = r["latency_at_half_baseline"]["latency_ms"]
-    bare_lat = r["baseline"]["latency_at_half"]["latency_ms"]
-    rows = [
-        ("acked punches/s, bare baseline", cell(h["baseline_acks_per_s"]), "reference", "–"),
-        ("acked punches/s, gateway (SQLite, fsync)", cell(h["gateway_acks_per_s"]),
-         f">= 0.6x baseline (is {cell(h['gateway_to_baseline'])}x)",
-         verdict(h["gateway_to_baseline"] >= TARGETS["gateway_to_baseline"] if h["gateway_to_baseline"] else None)),
-        ("PUBACKs/s, Mosquitto QoS 1", cell(mq and mq["acks_per_s"]), "reference", "–"),
-        (f"ack latency p50 / p99 / p99.9 at {r['latency_at_half_baseline']['rate']:,}/s, bare server (open loop)",
-         f"{cell(bare_lat['p50_ms'])} / {cell(bare_lat['p99_ms'])} / {cell(bare_lat['p999_ms'])} ms",
-         "reference: client and box", "–"),
-        (f"ack latency p50 / p99 / p99.9 at {r['latency_at_half_baseline']['rate']:,}/s, gateway "
-         f"(CPU steal {r['latency_at_half_baseline']['box_steal_pct']}%)",
-         f"{cell(lat['p50_ms'])} / {cell(lat['p99_ms'])} / {cell(lat['p999_ms'])} ms", "p99 <= 25 ms",
-         verdict(lat["p99_ms"] <= TARGETS["p99_ms"] if lat["p99_ms"] is not None else None)),
-        *([(f"ack latency p50 / p99 / p99.9 at {r['latency_at_half_gateway']['rate']:,}/s (half the gateway's own rate)",
-            "{} / {} / {} ms".format(*(cell(r["latency_at_half_gateway"]["latency_ms"][k])
-                                       for k in ("p50_ms", "p99_ms", "p999_ms"))), "information", "–")]
-          if r.get("latency_at_half_gateway") else []),
-        *[(f"ack latency p50 / p99 / p99.9 at {step['rate']:,}/s (lower rates until p99 meets its target)",
-           "{} / {} / {} ms".format(*(cell(step["latency_ms"][k]) for k in ("p50_ms", "p99_ms", "p999_ms"))),
-           "information", "–") for step in (r.get("latency_ladder") or {}).get("steps", [])],
-        ("server CPU s per 1,000 acks (gateway / bare)",
-         f"{cell(_per_k(r['gateway']))} / {cell(_per_k(r['baseline']))}", "–", "–"),
-        (f"RSS per idle authenticated connection ({r['idle']['connections']:,})",
-         f"{cell(h['rss_per_conn_kib'])} KiB (bare {cell(h['bare_rss_per_conn_kib'])})", "<= 5 KiB",
-         verdict(h["rss_per_conn_kib"] <= TARGETS["rss_per_conn_kib"])),
-        (f"storm: {h['storm_devices']:,} drop and reconnect", f"{cell(h['storm_s'])} s until all authenticated",
-         "20,000 within 10 s", verdict(h["storm_s"] is not None and h["storm_s"] <= TARGETS["storm_s"])
-         if h["storm_devices"] >= 20000 else "smaller N"),
-        (f"backlog: {r['backlog']['backlog_records']:,} records", f"{cell(h['backlog_records_per_s'])} records/s",
-         ">= 100,000/s", verdict((h["backlog_records_per_s"] or 0) >= TARGETS["backlog_records_per_s"])),
-        *([("acks per server CPU-second, metrics on (scraped every "
-            f"{r['metrics_cost']['scrape_interval_s']:g} s) / off, {r['metrics_cost']['rounds']} alternating pairs",
-            f"{cell(h['metrics_on_acks_per_server_cpu_s'])} / {cell(h['metrics_off_acks_per_server_cpu_s'])} "
-            f"({cell(h['metrics_cost_ratio'])}x)", ">= 0.95x",
-            verdict(h["metrics_cost_ratio"] >= TARGETS["metrics_cost_ratio"] if h["metrics_cost_ratio"] else None))]
-          if r.get("metrics_cost") else []),
-    ]
+    rows: list[tuple[str, str, str, str]] = []
+    if "gateway" in r:
+        lat = r["latency_at_half_baseline"]["latency_ms"]
+        bare_lat = r["baseline"]["latency_at_half"]["latency_ms"]
+        rows += [
+            ("acked punches/s, bare baseline", cell(h["baseline_acks_per_s"]), "reference", "–"),
+            ("acked punches/s, gateway (SQLite, fsync)", cell(h["gateway_acks_per_s"]),
+             f">= 0.6x baseline (is {cell(h['gateway_to_baseline'])}x)",
+             verdict(h["gateway_to_baseline"] >= TARGETS["gateway_to_baseline"] if h["gateway_to_baseline"] else None)),
+            ("PUBACKs/s, Mosquitto QoS 1", cell(mq and mq["acks_per_s"]), "reference", "–"),
+            (f"ack latency p50 / p99 / p99.9 at {r['latency_at_half_baseline']['rate']:,}/s, bare server (open loop)",
+             f"{cell(bare_lat['p50_ms'])} / {cell(bare_lat['p99_ms'])} / {cell(bare_lat['p999_ms'])} ms",
+             "reference: client and box", "–"),
+            (f"ack latency p50 / p99 / p99.9 at {r['latency_at_half_baseline']['rate']:,}/s, gateway "
+             f"(CPU steal {r['latency_at_half_baseline']['box_steal_pct']}%)",
+             f"{cell(lat['p50_ms'])} / {cell(lat['p99_ms'])} / {cell(lat['p999_ms'])} ms", "p99 <= 25 ms",
+             verdict(lat["p99_ms"] <= TARGETS["p99_ms"] if lat["p99_ms"] is not None else None)),
+            *([(f"ack latency p50 / p99 / p99.9 at {r['latency_at_half_gateway']['rate']:,}/s (half the gateway's own rate)",
+                "{} / {} / {} ms".format(*(cell(r["latency_at_half_gateway"]["latency_ms"][k])
+                                           for k in ("p50_ms", "p99_ms", "p999_ms"))), "information", "–")]
+              if r.get("latency_at_half_gateway") else []),
+            *[(f"ack latency p50 / p99 / p99.9 at {step['rate']:,}/s (lower rates until p99 meets its target)",
+               "{} / {} / {} ms".format(*(cell(step["latency_ms"][k]) for k in ("p50_ms", "p99_ms", "p999_ms"))),
+               "information", "–") for step in (r.get("latency_ladder") or {}).get("steps", [])],
+            ("server CPU s per 1,000 acks (gateway / bare)",
+             f"{cell(_per_k(r['gateway']))} / {cell(_per_k(r['baseline']))}", "–", "–"),
+            (f"RSS per idle authenticated connection ({r['idle']['connections']:,})",
+             f"{cell(h['rss_per_conn_kib'])} KiB (bare {cell(h['bare_rss_per_conn_kib'])})", "<= 5 KiB",
+             verdict(h["rss_per_conn_kib"] <= TARGETS["rss_per_conn_kib"])),
+            (f"storm: {h['storm_devices']:,} drop and reconnect", f"{cell(h['storm_s'])} s until all authenticated",
+             "20,000 within 10 s", verdict(h["storm_s"] is not None and h["storm_s"] <= TARGETS["storm_s"])
+             if h["storm_devices"] >= 20000 else "smaller N"),
+            (f"backlog: {r['backlog']['backlog_records']:,} records", f"{cell(h['backlog_records_per_s'])} records/s",
+             ">= 100,000/s", verdict((h["backlog_records_per_s"] or 0) >= TARGETS["backlog_records_per_s"])),
+            *([("acks per server CPU-second, metrics on (scraped every "
+                f"{r['metrics_cost']['scrape_interval_s']:g} s) / off, {r['metrics_cost']['rounds']} alternating pairs",
+                f"{cell(h['metrics_on_acks_per_server_cpu_s'])} / {cell(h['metrics_off_acks_per_server_cpu_s'])} "
+                f"({cell(h['metrics_cost_ratio'])}x)", ">= 0.95x",
+                verdict(h["metrics_cost_ratio"] >= TARGETS["metrics_cost_ratio"] if h["metrics_cost_ratio"] else None))]
+              if r.get("metrics_cost") else []),
+        ]
+    rows += _efficiency_rows(h) + _stores_rows(r.get("stores")) + _outage_rows(r.get("outage"))
     w = r.get("workers")
     if w and "error" in w:
         rows.append(("many connections on --workers", f"failed: {w['error']}", "100,000 for 10 min", "missed"))
@@ -626,6 +709,63 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cell(value, unit: str = "") -> str:
+    return "–" if value is None else f"{value:,}{unit}" if isinstance(value, (int, float)) else str(value)
+
+
+def _efficiency_rows(h: dict) -> list[tuple[str, str, str, str]]:
+    if "gateway_acks_per_cpu_s" not in h:
+        return []
+    mq = "mosquitto_acks_per_cpu_s" in h
+    measured = (f"{_cell(h['gateway_acks_per_cpu_s'])} / {_cell(h['baseline_acks_per_cpu_s'])}"
+                + (f" / {_cell(h['mosquitto_acks_per_cpu_s'])}" if mq else "")
+                + f" (gateway {_cell(h['gateway_to_baseline_per_cpu'])}x bare"
+                + (f", {_cell(h['gateway_to_mosquitto_per_cpu'])}x Mosquitto)" if mq else ")"))
+    return [("acks per server CPU-second, closed loop: gateway / bare" + (" / Mosquitto" if mq else ""),
+             measured, "information: the servers' CPU only", "–")]
+
+
+def _stores_rows(stores: dict | None) -> list[tuple[str, str, str, str]]:
+    if not stores:
+        return []
+    cells = []
+    for name, kind, workers in STORE_VARIANTS:
+        part = stores.get(name) or {}
+        label = f"{'PostgreSQL' if kind == 'postgres' else 'SQLite'} x{workers}"
+        if "skipped" in part or "error" in part:
+            cells.append(f"{label}: {part.get('skipped') or part.get('error')}")
+        else:
+            cells.append(f"{label} {_cell(part.get('acks_per_s'))}/s ({_cell(part.get('acks_per_server_cpu_s'))} per "
+                         f"CPU-s, {_cell(part.get('to_sqlite'))}x SQLite)")
+    return [(f"acked punches/s by store, closed loop {stores['devices']} terminals, same run (CPU: the gateway's "
+             "processes, not PostgreSQL's)", "; ".join(cells),
+             "information", "–")]
+
+
+def _outage_rows(o: dict | None) -> list[tuple[str, str, str, str]]:
+    if not o:
+        return []
+    if "error" in o:
+        return [("outage recovery", f"failed: {o['error']}", "–", "–")]
+    what = (f"outage recovery: {o['devices']:,} terminals x {o['punches_per_device']} punches "
+            f"({o['hours']:g} h), {o['photo_share']:.0%} with {o['photo_bytes'] // 1024} KB photos, "
+            f"{o['store']} x{o['workers']}")
+    photos = o["photos"]
+    cut = "" if o.get("complete", True) else (
+        f" (cut at the {o['cap_s']:g}-s cap: {o['acked'] + o['duplicates']:,} of {o['records']:,} punches answered, "
+        f"{photos['confirmed']:,} of {photos['announced']:,} photos stored, {o['province_records']:,} records and "
+        f"{o['province_photos']:,} photos at the province)")
+    return [
+        (what, f"all acked {_cell(o['acked_s'])} s; photos stored {_cell(o['photos_s'])} s; "
+               f"at the province {_cell(o['forwarded_s'])} s{cut}", "information", "–"),
+        (f"outage photos: {photos['confirmed']:,} stored ({_cell(o['photo_mb'])} MB)",
+         f"{_cell(o['photo_mb_per_s'])} MB/s, disk fsync'd 30 KB files {_cell(o['disk_photo_mb_per_s'])} MB/s "
+         f"({_cell(o['photo_to_disk'])}x)" + (f"; the server's WAL (all databases) {_cell(o['wal_mb'])} MB" if o.get("wal_mb") is not None else ""),
+         "the disk's rate is the limit", "–"),
+        ("outage: gateway peak RSS (all its processes)", f"{_cell(o['peak_rss_mib'])} MiB", "information", "–"),
+    ]
+
+
 def _per_k(section: dict) -> float | None:
     rate = section.get("acks_per_server_cpu_s")
     return round(1000 / rate, 3) if rate else None
@@ -637,14 +777,27 @@ def run(args) -> int:
     from lmg.server.gateway import tune_collector
 
     tune_collector()  # the fleet runs in this process for most phases: same settings as the gateway
-    sizes = dict(QUICK if args.quick else FULL)
-    for key, value in (("workers_devices", args.connections), ("hold_s", args.hold_s), ("workers", args.workers)):
+    sizes: dict[str, Any] = dict(QUICK if args.quick else FULL)
+    for key, value in (("workers_devices", args.connections), ("hold_s", args.hold_s), ("workers", args.workers),
+                       ("outage_devices", args.outage_devices), ("outage_hours", args.outage_hours),
+                       ("outage_store", args.outage_store), ("outage_cap_s", args.outage_cap_s)):
         if value is not None:
             sizes[key] = value
+    if sizes["outage_devices"] < 1 or sizes["outage_hours"] <= 0 or sizes["outage_cap_s"] <= 0:
+        raise SystemExit("--outage-devices must be at least 1, --outage-hours and --outage-cap-s above 0")
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     started = time.monotonic()
-    result = uvloop.run(matrix(sizes, mosquitto=not args.no_mosquitto, log=log))
-    if not args.quick and sizes.get("workers_devices"):
+    everything = args.phase == "all"
+    result = uvloop.run(matrix(sizes, mosquitto=not args.no_mosquitto, log=log)) if everything else {"sizes": sizes}
+    if everything:
+        result["stores"] = uvloop.run(stores_compare(sizes, log=log))
+    from lmg.bench.load_outage import outage_run
+
+    try:
+        result["outage"] = uvloop.run(outage_run(sizes, log=log))
+    except Exception as exc:  # noqa: BLE001 - the rest of the run is still worth writing
+        result["outage"] = {"error": f"{type(exc).__name__}: {exc}"}
+    if everything and not args.quick and sizes.get("workers_devices"):
         try:
             result["workers"] = uvloop.run(workers_run(sizes, log=log))
         except Exception as exc:  # noqa: BLE001 - the rest of the matrix is still worth writing
@@ -654,7 +807,7 @@ def run(args) -> int:
               "headline": headline(result), "result": result}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "load-quick" if args.quick else "load-full"
+    stem = ("load-quick" if args.quick else "load-full") + ("" if everything else f"-{args.phase}")
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out / f"{stem}.md").write_text(markdown(report), encoding="utf-8")
     if args.json:
@@ -664,6 +817,45 @@ def run(args) -> int:
     return 0
 
 
+# The store comparison: (name, store, gateway processes).
+STORE_VARIANTS = (("sqlite_1", "sqlite", 1), ("postgres_1", "postgres", 1), ("postgres_2", "postgres", 2))
+
+
+async def stores_compare(sizes: dict, *, log) -> dict:
+    """Closed-loop acks/s and acks per server CPU-second of the gateway on SQLite (one
+    process), on PostgreSQL in one process and on `--workers 2`, one after the other in this
+    run, driven by the same fleet (`load_devices` terminals, `stores_s` each). A PostgreSQL
+    variant is skipped, with the reason, when PostgreSQL does not answer."""
+    from lmg.bench.load_outage import drop_schema, pg_reachable
+
+    dsn = os.environ.get("LMG_TEST_PG_DSN", DEFAULT_PG_DSN)
+    why_not = await pg_reachable(dsn)
+    load = dict(scenario="rush", duration_s=sizes["stores_s"], warmup_s=sizes["warmup_s"], window=8, batch_size=1)
+    out: dict = {"devices": sizes["load_devices"], "phase_s": sizes["stores_s"],
+                 "cpu_note": "the gateway's processes only: PostgreSQL's own backends are not counted"}
+    for name, kind, workers in STORE_VARIANTS:
+        if kind == "postgres" and why_not:
+            out[name] = {"skipped": why_not}
+            continue
+        schema = f"bench_stores_{os.urandom(4).hex()}"
+        store = f"{dsn}?schema={schema}" if kind == "postgres" else ""
+        with tempfile.TemporaryDirectory(prefix="lmg-bench-stores-") as work:
+            try:
+                devices = await provision(store or None, work, "ST", sizes["load_devices"])
+                with start_gateway(work, store=store, workers=workers) as gateway:
+                    log(f"gateway on {kind}, {workers} process(es): closed-loop load")
+                    summary = await fleet_run(gateway, devices, **load, processes=sizes["fleet_processes"])
+                out[name] = {**throughput(summary), "store": kind, "workers": workers}
+                log(f"  {out[name]['acks_per_s']} acks/s, {out[name]['acks_per_server_cpu_s']} per server CPU-second")
+            finally:
+                if kind == "postgres":
+                    await drop_schema(dsn, schema)
+    base = out["sqlite_1"]["acks_per_s"]
+    for name, _, _ in STORE_VARIANTS:
+        out[name]["to_sqlite"] = _ratio(out[name].get("acks_per_s"), base) if "skipped" not in out[name] else None
+    return out
+
+
 async def workers_run(sizes: dict, *, log) -> dict:
     """On `lmg serve --workers` over PostgreSQL: a storm of `workers_storm_devices`, then
     `workers_devices` authenticated terminals with the server's heartbeat held for `hold_s`."""
@@ -671,7 +863,7 @@ async def workers_run(sizes: dict, *, log) -> dict:
 
     count, workers, hold_s = sizes["workers_devices"], sizes["workers"], sizes["hold_s"]
     storm_n = min(sizes.get("workers_storm_devices", count), count)
-    dsn = os.environ.get("LMG_TEST_PG_DSN", "postgresql://127.0.0.1:5432/test")
+    dsn = os.environ.get("LMG_TEST_PG_DSN", DEFAULT_PG_DSN)
     store = f"{dsn}?schema=bench_load_{_secrets.token_hex(4)}"
     processes = max(1, -(-count // TERMINALS_PER_FLEET_PROCESS))
     sources = [f"127.0.0.{i}" for i in range(1, max(2, -(-count // TERMINALS_PER_SOURCE_ADDRESS)) + 1)]

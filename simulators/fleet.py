@@ -23,6 +23,20 @@ terminal's connections, and keeps faces as hashes only (no bytes). The punch pat
 nothing for it: ACK and NACK are matched first, and only other frames are looked up in
 COMMAND_TYPES, one set lookup. The summary gives the spread of roster versions and sizes.
 
+Photos (section 6.5, `photo_share` of the punches, `photo_bytes` each): the punch announces
+the photo's size and SHA-256; once an ACK row answers it OK or DUPLICATE the photo joins the
+terminal's queue, and the terminal uploads one photo at a time, one frame of it in flight
+(simulators/photo_upload.py makes the frames and reads the PHOTO_STATUS answers), in chunks
+of at most `photo_chunk_bytes` that fit AUTH_RESULT's `max_frame_size`. A photo frame takes
+a place in the window ahead of punches, or a closed loop would never leave it one. After a
+lost connection or an unanswered frame the upload asks with PHOTO_QUERY where to resume.
+Photo bytes are made again from (serial, record_no) for every chunk (`synthetic_photo`), so
+hours of punches cost 32-byte hashes, not photos. The summary counts photos announced,
+started, confirmed and refused, and photo bytes sent and confirmed.
+
+Frames the fleet cannot decode (a bad checksum, an unknown type) are counted (`bad_frames`)
+and answered with NACK when their seq is readable, on TCP and WebSocket alike.
+
 Dialects, so one fleet drives each server of the load benchmark with the same behaviour:
 `lmg` (the gateway), `bare` (the baseline server: no handshake, answers matched in order,
 which the protocol guarantees, section 6.2) and `mqtt` (QoS 1 PUBLISH of the same punch
@@ -35,6 +49,7 @@ reports a bounded object however many answers it timed, and processes' histogram
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import math
 import os
@@ -56,12 +71,15 @@ from lmg.protocol import (
     Auth,
     AuthResult,
     Challenge,
+    MAX_FRAME_SIZE,
     FrameDecoder,
     Goodbye,
     Heartbeat,
     Hello,
     MessageType,
     Nack,
+    PhotoChunk,
+    PhotoStatus,
     ProtocolError,
     Punch,
     PunchBatch,
@@ -74,6 +92,7 @@ from lmg.protocol.auth import auth_mac
 from lmg.protocol.codes import Capability
 from lmg.simulators import mqtt
 from lmg.simulators.device import COMMAND_TYPES, TerminalDevice
+from lmg.simulators.photo_upload import DEFAULT_CHUNK_BYTES, PhotoUpload, Step, chunk_limit
 from lmg.simulators.terminal import worker_id_for
 
 if TYPE_CHECKING:
@@ -93,6 +112,30 @@ CHAOS_KINDS = ("garbage", "oversize", "silent", "deaf")
 RECORD_NO_LIMIT = (1 << 31) - 1
 # The counter each command type adds to, named once rather than formatted per frame.
 COMMAND_COUNTERS = {kind: f"command_{MessageType(kind).name.lower()}" for kind in COMMAND_TYPES}
+# The summary's "photos" object: its key -> the counter it reads.
+PHOTO_COUNTERS = {"announced": "photos_announced", "started": "photos_started", "confirmed": "photos_confirmed",
+                  "refused": "photos_refused", "bytes_sent": "photo_bytes_sent",
+                  "bytes_confirmed": "photo_bytes_confirmed", "chunks_sent": "photo_chunks_sent",
+                  "queries": "photo_queries", "retries": "photo_retries"}
+# What an in-flight entry holds instead of records when the frame is a PHOTO_CHUNK or PHOTO_QUERY.
+PHOTO_FRAME = "photo"
+PHOTO_MAX_BYTES = 2 << 20  # the server's default photo limit (docs/protocol.md 4.1); larger is refused
+ACCEPTED = frozenset({ResultCode.OK, ResultCode.DUPLICATE})  # a punch whose photo may be uploaded (6.5)
+
+
+@functools.lru_cache(maxsize=4)
+def _photo_fill(size: int) -> bytes:
+    # incompressible, as a JPEG is: PostgreSQL's TOAST compression must not flatter the figures
+    return random.Random(size).randbytes(size)
+
+
+def synthetic_photo(serial: str, record_no: int, size: int) -> bytes:
+    """A `size`-byte face snapshot for punch `record_no` of `serial`: a JPEG start marker and
+    the two names, then random bytes shared by all photos of that size. Unique per punch
+    (photos are stored once per SHA-256) and made again on demand, so a terminal holding
+    hours of punches keeps 32-byte hashes, not photos."""
+    head = b"\xff\xd8\xff\xe0" + f"{serial}:{record_no}:".encode()
+    return (head + _photo_fill(size))[:size]
 
 
 def fleet_secret(serial: str, seed: str = "lmg-fleet") -> bytes:
@@ -172,6 +215,10 @@ class FleetSpec:
     window: int = 8  # frames in flight per terminal (the protocol's maximum)
     heartbeat_s: float = 0.0  # 0 = what AUTH_RESULT says; < 0 = none
     backlog_records: int = 1000  # backlog: records each terminal holds when it comes back
+    backlog_span_s: float = 0.0  # backlog: punch times spread over this many seconds before now (the outage)
+    photo_share: float = 0.0  # share of punches with a face snapshot (lmg dialect), uploaded after their ACK
+    photo_bytes: int = 30 * 1024  # size of each snapshot
+    photo_chunk_bytes: int = DEFAULT_CHUNK_BYTES  # data per PHOTO_CHUNK, capped by AUTH_RESULT's max_frame_size
     chaos_share: float = 0.2  # chaos: this share of terminals misbehave
     source_addresses: list = field(default_factory=list)
     connect_concurrency: int = 256  # handshakes in flight: beyond the listen backlog SYNs are dropped
@@ -181,7 +228,19 @@ class FleetSpec:
     ack_timeout_s: float = 15.0
     first_record: int = 1
     progress_s: float = 1.0
-    wait_for_go: bool = False  # storm: wait for "storm" on stdin (several processes drop together)
+    wait_for_go: bool = False  # storm, backlog: wait for "go" on stdin (several processes start together)
+
+    def __post_init__(self) -> None:
+        """Raise ValueError naming the field and what to do."""
+        if not 0.0 <= self.photo_share <= 1.0:
+            raise ValueError(f"photo share must be between 0 and 1 (a share of punches), not {self.photo_share}")
+        if self.photo_share and self.dialect != "lmg":
+            raise ValueError(f"photos are uploaded in the lmg dialect only, not {self.dialect!r}: use photo share 0")
+        if self.photo_share and not 1 <= self.photo_bytes <= PHOTO_MAX_BYTES:
+            raise ValueError(f"a photo must be 1..{PHOTO_MAX_BYTES} bytes (the server's default limit), "
+                             f"not {self.photo_bytes}")
+        if self.photo_chunk_bytes < 1:
+            raise ValueError(f"photo chunks must carry at least 1 byte, not {self.photo_chunk_bytes}")
 
 
 # Linux: bind() picks no port until connect(). A bind(ip, 0) otherwise searches for a port
@@ -276,9 +335,10 @@ def _ws_wire_class() -> Callable[[Terminal], WSListener]:
         def on_ws_frame(self, transport, frame) -> None:
             if frame.msg_type is WSMsgType.BINARY:
                 try:
-                    self.terminal.on_frame(decode_frame(frame.get_payload_as_bytes()))
-                except ProtocolError:
-                    pass
+                    item = decode_frame(frame.get_payload_as_bytes())
+                except ProtocolError as exc:  # counted and answered as on TCP (section 6.9)
+                    item = exc
+                self.terminal.on_frame(item)
             elif frame.msg_type is WSMsgType.CLOSE:
                 transport.disconnect()
 
@@ -322,6 +382,14 @@ class Terminal:
         self.heartbeat_s = 30.0
         self.worker_ids = fleet.worker_ids
         self._device: TerminalDevice | None = None  # made by the first command; see `device`
+        # Photos (section 6.5): acknowledged punches' (record_no, sha256) waiting to upload, the
+        # one upload under way, the seq of its frame in flight (at most one), a pause after
+        # "try later" (a call_later handle), and the chunk size AUTH_RESULT allows.
+        self.photos: deque = deque()
+        self.upload: PhotoUpload | None = None
+        self.photo_seq: int | None = None
+        self.photo_pause: asyncio.TimerHandle | None = None
+        self.chunk_bytes = min(fleet.spec.photo_chunk_bytes, chunk_limit(MAX_FRAME_SIZE))
 
     @property
     def device(self) -> TerminalDevice:
@@ -331,11 +399,19 @@ class Terminal:
         return self._device
 
     # -- records ---------------------------------------------------------------------------
-    def new_record(self) -> PunchRecord:
+    def new_record(self, at_ms: int | None = None) -> PunchRecord:
+        """The next punch (at `at_ms`, Unix ms; now by default), with a photo for `photo_share` of them."""
         record_no = self.next_record
         self.next_record += 1
         worker = self.worker_ids[(self.index * 7 + record_no) % len(self.worker_ids)]
-        return PunchRecord(record_no, time.time_ns() // 1_000_000, worker, 1 + record_no % 2, 1, 365, 0, bytes(32))
+        at = time.time_ns() // 1_000_000 if at_ms is None else at_ms
+        fleet = self.fleet
+        if fleet.photo_share and fleet.rng.random() < fleet.photo_share:
+            size = fleet.spec.photo_bytes
+            sha = hashlib.sha256(synthetic_photo(self.serial, record_no, size)).digest()
+            fleet.stats["photos_announced"] += 1
+            return PunchRecord(record_no, at, worker, 1 + record_no % 2, 1, 365, size, sha)
+        return PunchRecord(record_no, at, worker, 1 + record_no % 2, 1, 365, 0, bytes(32))
 
     def offer(self) -> None:
         """A worker passed the turnstile: one new record into the offline buffer."""
@@ -343,11 +419,15 @@ class Terminal:
         self.pump()
 
     def pump(self) -> None:
-        """Send buffered records while the window allows."""
+        """Send buffered records while the window allows; a photo frame goes first, as a
+        closed loop would otherwise keep the window full of punches and starve the photos."""
         if self.state != "online":
             return
         spec = self.fleet.spec
         window, batch = spec.window, spec.batch_size
+        if self.photo_seq is None and self.photo_pause is None and (self.upload or self.photos) \
+                and len(self.inflight) < window:
+            self._send_photo()
         buffer = self.buffer
         while len(self.inflight) < window:
             if not buffer:
@@ -381,6 +461,87 @@ class Terminal:
         except (RuntimeError, OSError):  # the transport is closing: on_lost puts the records back
             pass
 
+    # -- photos ----------------------------------------------------------------------------
+    def _queue_photos(self, records: list, results: list) -> None:
+        """Punches answered OK or DUPLICATE that announce a photo: their photos go up next."""
+        for record, result in zip(records, results):
+            if record.photo_size and result in ACCEPTED:
+                self.photos.append((record.record_no, record.photo_sha256))
+
+    def _send_photo(self) -> None:
+        """The current upload's next frame (starting the next photo's upload if none is under way)."""
+        stats = self.fleet.stats
+        upload = self.upload
+        if upload is None:
+            record_no, sha = self.photos.popleft()
+            upload = self.upload = PhotoUpload(record_no, sha, self.fleet.spec.photo_bytes, self.chunk_bytes)
+            stats["photos_started"] += 1
+        upload.chunk_size = self.chunk_bytes  # this session's AUTH_RESULT may allow another size
+        frame = upload.next_frame(synthetic_photo(self.serial, upload.record_no, upload.total_size))
+        seq = self._next_seq()
+        self.inflight[seq] = (PHOTO_FRAME, time.monotonic())
+        self.photo_seq = seq
+        self.fleet.busy.add(self)
+        if isinstance(frame, PhotoChunk):
+            stats["photo_chunks_sent"] += 1
+            stats["photo_bytes_sent"] += len(frame.data)
+        else:
+            stats["photo_queries"] += 1
+        try:
+            self.wire.write(encode(frame._replace(seq=seq)))  # type: ignore[union-attr]  # online: connected
+        except (RuntimeError, OSError):  # the transport is closing: on_lost restarts the upload
+            pass
+
+    def _photo_answered(self, status: PhotoStatus) -> None:
+        upload = self.upload
+        if upload is None or self.photo_seq is None or status.photo_sha256 != upload.sha256:
+            return  # the answer to a frame already given up on (answer timeout)
+        self._photo_frame_done()
+        stats = self.fleet.stats
+        before = upload.confirmed
+        step = upload.on_status(status)
+        stats["photo_bytes_confirmed"] += upload.confirmed - before
+        if step is Step.DONE:
+            stats["photos_confirmed"] += 1
+            self.upload = None
+        elif step is Step.GIVE_UP:
+            stats["photos_refused"] += 1
+            stats[f"photo_refused_{_code_name(status.result).lower()}"] += 1
+            self.upload = None
+        elif step is Step.RETRY_LATER:
+            self._photo_later(status.result)
+
+    def _photo_nacked(self, code: int) -> None:
+        """A NACK answered the photo frame: try later, or drop the photo (a final refusal)."""
+        self._photo_frame_done()
+        if code in RETRY_LATER:
+            self._photo_later(code)
+        else:
+            self.fleet.stats["photos_refused"] += 1
+            self.fleet.stats[f"photo_refused_{_code_name(code).lower()}"] += 1
+            self.upload = None
+
+    def _photo_frame_done(self) -> None:
+        self.inflight.pop(self.photo_seq, None)
+        self.photo_seq = None
+        if not self.inflight:
+            self.fleet.busy.discard(self)
+
+    def _photo_later(self, code: int) -> None:
+        self.fleet.stats["photo_retries"] += 1
+        self.fleet.stats[f"photo_retry_{_code_name(code).lower()}"] += 1
+        self.photo_pause = asyncio.get_running_loop().call_later(RETRY_PAUSE_S * random.uniform(0.5, 1.5),
+                                                                 self._photo_resume)
+
+    def _photo_resume(self) -> None:
+        self.photo_pause = None
+        self.pump()
+
+    def settled(self) -> tuple[bool, bool]:
+        """(every punch answered, every photo uploaded or refused): nothing left to send."""
+        punches = not self.buffer and self.supply == 0 and len(self.inflight) == (self.photo_seq is not None)
+        return punches, punches and not self.photos and self.upload is None
+
     def heartbeat(self) -> None:
         if self.state != "online" or self.fleet.spec.dialect != "lmg":
             return
@@ -412,12 +573,21 @@ class Terminal:
             records, sent_at = entry
             if records is None:
                 self.fleet.stats["heartbeats_acked"] += 1
+            elif records is PHOTO_FRAME:  # only a NACK answers a photo frame by its seq
+                self.inflight[seq] = entry  # _photo_nacked takes it out
+                self._photo_nacked(item.result if isinstance(item, Nack) else ResultCode.MALFORMED_BODY)
             elif isinstance(item, Nack):
                 self._nacked(records, item.result)
             elif self.fleet.spec.dialect == "bare":
                 self.fleet.answered(records, [ResultCode.OK] * len(records), sent_at)
             else:
-                self.fleet.answered(records, [row.result for row in item.results], sent_at)
+                results = [row.result for row in item.results]
+                self.fleet.answered(records, results, sent_at)
+                if self.fleet.photo_share:
+                    self._queue_photos(records, results)
+            self.pump()
+        elif type(item) is PhotoStatus:
+            self._photo_answered(item)
             self.pump()
         elif item.msg_type in COMMAND_TYPES:
             self._command(item)
@@ -429,6 +599,7 @@ class Terminal:
             if self.waiter is not None and not self.waiter.done():
                 if item.result == ResultCode.OK:
                     self.heartbeat_s = item.heartbeat_interval_s
+                    self.chunk_bytes = min(self.fleet.spec.photo_chunk_bytes, chunk_limit(item.max_frame_size))
                     self.waiter.set_result(True)
                 else:
                     self.waiter.set_exception(Refused(item.result))
@@ -478,10 +649,15 @@ class Terminal:
             stats["records_refused"] += len(records)
 
     def requeue_inflight(self) -> int:
-        """Put unanswered records back at the front of the buffer (they are resent)."""
-        records = [r for entry in self.inflight.values() if entry[0] for r in entry[0]]
+        """Put unanswered records back at the front of the buffer (they are resent); an
+        unanswered photo frame makes the upload ask where to resume (PHOTO_QUERY)."""
+        records = [r for entry in self.inflight.values() if type(entry[0]) is list for r in entry[0]]
         self.inflight.clear()
         self.fleet.busy.discard(self)
+        if self.photo_seq is not None:
+            self.photo_seq = None
+            if self.upload is not None:
+                self.upload.restart()
         if records:
             records.sort(key=lambda r: r.record_no)
             self.buffer.extendleft(reversed(records))
@@ -492,6 +668,8 @@ class Terminal:
         self.state = "offline"
         if was_online:
             self.fleet.went_offline(self)
+        if self.upload is not None:
+            self.upload.restart()  # the next session asks where to resume (6.5)
         resent = self.requeue_inflight()
         if not self.fleet.stopping:  # at the end of a run they stay in the buffer, unsent
             self.fleet.stats["resends"] += resent
@@ -601,6 +779,8 @@ class Fleet:
         self.spec = spec
         self.emit = emit or (lambda kind, data: None)
         self.go = go
+        self.photo_share = spec.photo_share
+        self.rng = random.Random()  # which punches carry a photo
         self.stats: Counter = Counter()
         self.latency = Histogram()  # punch/batch ACK latency, measured window only
         self.auth_latency = Histogram()  # connect + handshake
@@ -633,6 +813,11 @@ class Fleet:
         self.storm_t0: float | None = None
         self.storm_last: float | None = None
         self.backlog_done_s: float | None = None
+        # wall clock (time.time()) when a drained run started and when its punches, then its
+        # photos, were all answered: processes' spans are taken from the earliest start
+        self.drain_t0: float | None = None
+        self.punches_done_wall: float | None = None
+        self.photos_done_wall: float | None = None
         self.started = 0.0
 
     def ws_wire(self, terminal: Terminal) -> WSListener:
@@ -780,8 +965,14 @@ class Fleet:
         self.started = time.monotonic()
         wall_started = time.time()
         if spec.scenario == "backlog":
-            for terminal in self.terminals:
-                terminal.buffer.extend(terminal.new_record() for _ in range(spec.backlog_records))
+            now_ms, n = time.time_ns() // 1_000_000, spec.backlog_records
+            step_ms = spec.backlog_span_s * 1000 / n if n else 0.0
+            for terminal in self.terminals:  # punches spread over the outage, the newest now
+                terminal.buffer.extend(terminal.new_record(now_ms - int((n - 1 - k) * step_ms)) for k in range(n))
+            if spec.wait_for_go and self.go is not None:  # several processes come back together
+                self.emit("ready", {"online": 0})
+                await self.go.wait()
+            self.started = time.monotonic()
         tasks = [loop.create_task(t.run()) for t in self.terminals]
         tasks += [loop.create_task(self._chaos_client(i, kind, serial)) for i, (kind, serial, _) in enumerate(self.chaos)]
         tickers = [loop.create_task(self._heartbeats()), loop.create_task(self._answer_timeouts()),
@@ -792,7 +983,8 @@ class Fleet:
                 self.measuring = True
                 self.measure_started = time.monotonic()
                 await self._wait_drained(spec.duration_s)
-                self.backlog_done_s = time.monotonic() - self.measure_started
+                if self.punches_done_wall is not None:
+                    self.backlog_done_s = self.punches_done_wall - self.drain_t0  # type: ignore[operator]  # set by _wait_drained
             else:
                 await self._wait_all_online(spec.connect_phase_s)
                 connect_s = time.monotonic() - self.started
@@ -836,11 +1028,18 @@ class Fleet:
             self.stats["connect_phase_timeouts"] += 1
 
     async def _wait_drained(self, cap_s: float) -> None:
+        """Until every terminal has had a session and has nothing left to send (punches
+        answered, then photos uploaded), or `cap_s`; notes when each came true."""
+        self.drain_t0 = time.time()
         deadline = time.monotonic() + cap_s
         while time.monotonic() < deadline:
-            if all(not t.buffer and not t.inflight and t.supply == 0 for t in self.terminals) and \
-                    all(t.sessions for t in self.terminals):
-                return
+            if all(t.sessions for t in self.terminals):
+                states = [t.settled() for t in self.terminals]
+                if self.punches_done_wall is None and all(p for p, _ in states):
+                    self.punches_done_wall = time.time()
+                if all(photos for _, photos in states):
+                    self.photos_done_wall = time.time()
+                    return
             await asyncio.sleep(0.05)
         self.stats["drain_timeouts"] += 1
 
@@ -878,6 +1077,8 @@ class Fleet:
             "storm_t0": self.storm_t0, "storm_last": self.storm_last, "backlog_s": self.backlog_done_s,
             "records_backlog": len(self.terminals) * self.spec.backlog_records if self.spec.scenario == "backlog" else 0,
             "wall_started": wall_started, "roster": self.roster_spread(),
+            "drain_t0": self.drain_t0, "punches_done_wall": self.punches_done_wall,
+            "photos_done_wall": self.photos_done_wall,
         }
 
 
@@ -904,6 +1105,9 @@ def merge_summaries(parts: list[dict], spec: FleetSpec, processes: int) -> dict:
         "answer_timeouts": counters["answer_timeouts"], "reconnects": counters["reconnects"],
         "connect_failures": counters["connect_failures"], "unexpected_disconnects": counters["unexpected_disconnects"],
         "heartbeats_sent": counters["heartbeats_sent"], "heartbeats_acked": counters["heartbeats_acked"],
+        "bad_frames": counters["bad_frames"],
+        "photos": {"share": spec.photo_share, "bytes_each": spec.photo_bytes if spec.photo_share else 0,
+                   **{key: counters[name] for key, name in PHOTO_COUNTERS.items()}},
         "measured_s": round(measured_s, 3),
         "acks_per_s": round(counters["measured_records"] / measured_s, 1) if measured_s else None,
         "latency_ms": latency.summary(), "auth_latency_ms": auth.summary(),
@@ -925,14 +1129,27 @@ def merge_summaries(parts: list[dict], spec: FleetSpec, processes: int) -> dict:
         out["storm_complete"] = complete
     if spec.scenario == "backlog":
         records = sum(p["records_backlog"] for p in parts)
-        # processes run side by side: the slowest one's time is the fleet's
-        span = max((p["backlog_s"] or 0) for p in parts)
+        # processes run side by side, from the earliest start to the last one done
+        span = _span(parts, "punches_done_wall")
         out["backlog_records"] = records
-        out["backlog_s"] = round(span, 3)
+        out["backlog_s"] = round(span, 3) if span is not None else None
         out["backlog_records_per_s"] = round(records / span, 1) if span else None
+        starts = [p["drain_t0"] for p in parts if p.get("drain_t0") is not None]
+        out["drain_t0"] = min(starts) if starts else None  # wall clock: when the terminals came back
+        photos_span = _span(parts, "photos_done_wall")
+        out["backlog_photos_s"] = round(photos_span, 3) if photos_span is not None else None
     if spec.scenario == "chaos":
         out["chaos"] = {k[len("chaos_"):]: v for k, v in sorted(counters.items()) if k.startswith("chaos_")}
     return out
+
+
+def _span(parts: list[dict], done: str) -> float | None:
+    """Seconds from the earliest `drain_t0` to the latest `done` wall time; None if a part never got there."""
+    ends = [p.get(done) for p in parts]
+    starts = [p["drain_t0"] for p in parts if p.get("drain_t0") is not None]
+    if not parts or not starts or any(end is None for end in ends):
+        return None
+    return max(ends) - min(starts)  # type: ignore[type-var]  # None ruled out above
 
 
 def split_spec(spec: FleetSpec, processes: int) -> list[FleetSpec]:
@@ -963,9 +1180,9 @@ async def _run_processes(spec: FleetSpec, parts: list[FleetSpec], on_progress) -
     latest: list[dict] = [{} for _ in parts]
     ready = [False] * len(parts)
     summaries: list[dict | None] = [None] * len(parts)
-    storm = spec.scenario == "storm" and len(parts) > 1
+    together = spec.scenario in ("storm", "backlog") and len(parts) > 1  # started by one "go"
     for part in parts:
-        if storm:
+        if together:
             part.wait_for_go = True
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "lmg.simulators.fleet", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -990,10 +1207,10 @@ async def _run_processes(spec: FleetSpec, parts: list[FleetSpec], on_progress) -
                     on_progress({**merged, "p99_ms": max(p99) if p99 else None, "processes": len(parts)})
             elif kind == "ready":
                 ready[i] = True
-                if storm and all(ready):
+                if together and all(ready):
                     for other in procs:
                         assert other.stdin is not None  # a pipe, as asked
-                        other.stdin.write(b"storm\n")
+                        other.stdin.write(b"go\n")
                         await other.stdin.drain()
             elif kind == "summary":
                 summaries[i] = message["data"]
@@ -1035,7 +1252,7 @@ async def _worker_main() -> None:
     if spec.wait_for_go:
         async def listen() -> None:
             while line := await reader.readline():
-                if line.strip() == b"storm":
+                if line.strip() == b"go":
                     go.set()
         control = loop.create_task(listen())
     else:

@@ -3,7 +3,10 @@
 Used by the tests, by `lmg sim terminals`, and by vendors who want to see a conforming
 peer. It behaves as the spec asks of real firmware: HELLO/CHALLENGE/AUTH, heartbeats,
 punches kept until an ACK row answers them, resend of unanswered records (same
-record_no) after a reconnect, a bounded window of frames in flight.
+record_no) after a reconnect with the back-off of simulators/reconnect.py (server-named waits
+honoured), a bounded window of frames in flight, GOODBYE TERMINAL_LEAVING when it leaves
+(`close(leaving=True)`). The long-lived terminal with timers and a state file is
+simulators/firmware.py.
 
 Commands from the server (§6.7) are answered at any time, also while the terminal's own
 requests wait: the reader hands every command frame (and every frame it cannot decode) to
@@ -31,12 +34,11 @@ from lmg.protocol import (
     Challenge,
     DeviceStatus,
     FrameDecoder,
+    Goodbye,
     Heartbeat,
     Hello,
     MessageType,
     Nack,
-    PhotoChunk,
-    PhotoQuery,
     PhotoStatus,
     ProtocolError,
     Punch,
@@ -50,17 +52,26 @@ from lmg.protocol.auth import auth_mac
 from lmg.protocol.codes import Capability
 from lmg.protocol.identity import check_digit
 from lmg.simulators.device import COMMAND_TYPES, TerminalDevice
+from lmg.simulators.reconnect import LOST, BackoffPolicy, Ending, reconnect_wait_s
+from lmg.simulators.photo_upload import DEFAULT_CHUNK_BYTES, PhotoUpload, Step
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
 
 
 class TerminalError(Exception):
-    """The server refused or dropped the terminal; `code` is the protocol's reason if known."""
+    """The server refused or dropped the terminal; `code` is the protocol's reason if known,
+    `wait_s` the seconds the server asked it to wait (AUTH_RESULT `retry_after_s`, GOODBYE
+    `reconnect_after_s`; 0 when none)."""
 
-    def __init__(self, message: str, code: ResultCode | None = None):
+    def __init__(self, message: str, code: ResultCode | None = None, wait_s: int = 0):
         super().__init__(message)
         self.code = code
+        self.wait_s = wait_s
+
+    def ending(self) -> Ending:
+        """How the attempt ended, for the reconnect schedule (simulators/reconnect.py)."""
+        return LOST if self.code is None else Ending(int(self.code), self.wait_s)
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,7 @@ class TerminalConnection:
         self.unsolicited: asyncio.Queue = asyncio.Queue()
         self.auth_result: AuthResult | None = None
         self.closed_reason: ResultCode | None = None
+        self.reconnect_after_s = 0  # from the server's GOODBYE, when it named a wait
         self._reader_task: asyncio.Task | None = None
         self._writer: asyncio.StreamWriter | None = None  # tcp
         self._ws: ClientConnection | None = None  # ws
@@ -203,6 +215,7 @@ class TerminalConnection:
             future = None
         if kind is MessageType.GOODBYE:
             self.closed_reason = ResultCode(item.reason) if item.reason in ResultCode._value2member_map_ else None
+            self.reconnect_after_s = item.reconnect_after_s
         if future is not None and not future.done():
             future.set_result(item)
         elif future is None:
@@ -294,39 +307,54 @@ class TerminalConnection:
         self.send(hello)
         reply = await asyncio.wait_for(waiter, self.timeout_s)
         if isinstance(reply, AuthResult):  # refused before the challenge
-            raise TerminalError(f"authentication refused: {ResultCode(reply.result).name}", ResultCode(reply.result))
+            raise TerminalError(f"authentication refused: {ResultCode(reply.result).name}", ResultCode(reply.result),
+                                reply.retry_after_s)
         assert isinstance(reply, Challenge)
         waiter = asyncio.get_running_loop().create_future()
         self.pending[-1] = waiter
         self.send(Auth(auth_mac(creds.secret, reply.nonce, creds.serial, self.firmware, 1)))
         result = await asyncio.wait_for(waiter, self.timeout_s)
         if result.result != ResultCode.OK:
-            raise TerminalError(f"authentication refused: {ResultCode(result.result).name}", ResultCode(result.result))
+            raise TerminalError(f"authentication refused: {ResultCode(result.result).name}", ResultCode(result.result),
+                                result.retry_after_s)
         self.auth_result = result
         return result
 
     async def heartbeat(self, pending_records: int = 0):
         return await self.request(Heartbeat(int(time.time() * 1000), pending_records, 0))
 
-    async def upload_photo(self, record_no: int, photo: bytes, chunk_size: int = 32768, resume: bool = True) -> PhotoStatus:
-        sha = hashlib.sha256(photo).digest()
-        offset = 0
+    async def upload_photo(self, record_no: int, photo: bytes, chunk_size: int = DEFAULT_CHUNK_BYTES,
+                           resume: bool = True) -> PhotoStatus:
+        """Upload `photo` for `record_no` (its punch acknowledged) as §6.5 says, first asking
+        where to resume when `resume`. Raises TerminalError on any result but OK and
+        PHOTO_OFFSET_MISMATCH, asyncio.TimeoutError when an answer does not come."""
+        upload = PhotoUpload(record_no, hashlib.sha256(photo).digest(), len(photo), chunk_size)
         if resume:
-            waiter = self.photo_waiters.setdefault(sha, asyncio.get_running_loop().create_future())
-            self.send(PhotoQuery(record_no, sha, len(photo)))
-            offset = (await asyncio.wait_for(waiter, self.timeout_s)).next_offset
-        status: PhotoStatus | None = None
-        while offset < len(photo):
+            upload.restart()
+        while True:
             waiter = asyncio.get_running_loop().create_future()
-            self.photo_waiters[sha] = waiter
-            self.send(PhotoChunk(record_no, sha, len(photo), offset, photo[offset : offset + chunk_size]))
+            self.photo_waiters[upload.sha256] = waiter
+            self.send(upload.next_frame(photo))
             status = await asyncio.wait_for(waiter, self.timeout_s)
+            step = upload.on_status(status)
+            if step is Step.DONE:
+                return status
             if status.result not in (ResultCode.OK, ResultCode.PHOTO_OFFSET_MISMATCH):
                 raise TerminalError(f"photo refused: {ResultCode(status.result).name}", ResultCode(status.result))
-            offset = status.next_offset
-        return status or PhotoStatus(sha, ResultCode.OK, len(photo))
 
-    async def close(self) -> None:
+    def ending(self) -> Ending:
+        """How this connection ended, for the reconnect schedule: the server's GOODBYE reason
+        and wait, or LOST when it gave none."""
+        return LOST if self.closed_reason is None else Ending(int(self.closed_reason), self.reconnect_after_s)
+
+    async def close(self, *, leaving: bool = False) -> None:
+        """Close the connection. `leaving`: an authenticated terminal says GOODBYE
+        TERMINAL_LEAVING first (§6.8), so the server knows the close was meant."""
+        if leaving and self.auth_result is not None and self.closed_reason is None:
+            try:
+                self.send(Goodbye(ResultCode.TERMINAL_LEAVING, 0))
+            except TerminalError:
+                pass  # the server closed first
         if self._writer is not None:
             self._writer.close()
             try:
@@ -365,29 +393,39 @@ async def upload_punches(connect, records: list[PunchRecord], *, batch_size: int
     """Deliver `records` until every one is answered, reconnecting as firmware would.
 
     `connect()` returns an authenticated TerminalConnection. Unanswered records are resent
-    (same record_no) on the next connection, after a back-off with jitter.
+    (same record_no) on the next connection. Waits follow docs/protocol.md §5.2/§6.8
+    (simulators/reconnect.py) with the base `backoff_s` and the cap 60 x `backoff_s` (the
+    document's 1 s and 60 s scaled for a test tool); a wait the server names
+    (`retry_after_s`, `reconnect_after_s`) is waited in full. Each connection ends with
+    GOODBYE TERMINAL_LEAVING.
     """
     import random
 
+    policy = BackoffPolicy(base_s=backoff_s, cap_s=60 * backoff_s)
     tally = UploadTally()
     outstanding = list(records)
-    attempt = 0
+    attempt = failures = 0
     while outstanding and attempt < max_attempts:
         attempt += 1
         try:
             connection = await connect()
-        except (TerminalError, OSError, asyncio.TimeoutError):
+        except (TerminalError, OSError, asyncio.TimeoutError) as exc:
             tally.errors += 1
-            await asyncio.sleep(backoff_s * (2 ** attempt) * random.uniform(0.5, 1.5))
+            failures += 1
+            if attempt < max_attempts:
+                ending = exc.ending() if isinstance(exc, TerminalError) else LOST
+                await asyncio.sleep(reconnect_wait_s(policy, failures, random.random(), ending))
             continue
         if attempt > 1:
             tally.reconnects += 1
+        failures = 0
         try:
             outstanding = await _send_all(connection, outstanding, batch_size, window, tally)
         finally:
-            await connection.close()
+            await connection.close(leaving=True)
         if outstanding:
-            await asyncio.sleep(backoff_s * random.uniform(0.5, 1.5))
+            failures = 1  # an authenticated session that ended: the base starts again (§6.8)
+            await asyncio.sleep(reconnect_wait_s(policy, failures, random.random(), connection.ending()))
     return tally
 
 
