@@ -51,6 +51,7 @@ from lmg.server.gateway.signals import GOODBYE_REASONS, SignalFollower, SignalHa
 from lmg.server.logs import RepeatedWarnings
 from lmg.server.settings import Settings, parse_host_port
 from lmg.storage import Device, Punch, SessionEndReason, Store, StoreError, open_store
+from lmg.storage.api import PunchMonths
 
 if TYPE_CHECKING:
     from lmg.server.forwarding.forwarder import ForwarderStats
@@ -62,6 +63,9 @@ log = logging.getLogger("lmg.gateway")
 session_log = logging.getLogger("lmg.session")  # the three lines of a session's life at info
 
 STORE_FAILURE_LOG_S = 5.0  # at most one "store failed" warning this often (RepeatedWarnings)
+# Months of punches are created months ahead and dropped after at least 90 days
+# (storage/postgres_partitions.py): hourly is plenty, and is what every node may afford.
+PUNCH_MONTHS_INTERVAL_S = 3600.0
 UNAUTHENTICATED, AUTHENTICATED = "unauthenticated", "authenticated"  # states of `connections`
 
 
@@ -422,6 +426,25 @@ class Gateway:
         await self.adopt_local_photos()
         return pruned
 
+    async def maintain_punch_months(self) -> PunchMonths | None:
+        """PostgreSQL: create the punch months ahead and drop those past punch_retention_days
+        whose every punch the province confirmed (hourly, on every node; SQLite: nothing).
+        A month past retention that still has punches in the outbox is held and named in a
+        warning: the province has not confirmed them, so they are not the gateway's to drop."""
+        try:
+            done = await self.store.maintain_punch_months(self.now_ms())
+        except StoreError as exc:
+            self.repeats.warning(log, "punch_months", "creating or dropping months of punches failed: %s", exc)
+            return None
+        if done.created or done.dropped:
+            log.info("punch months: %d created, dropped %s", done.created,
+                     ", ".join(m.strftime("%Y-%m") for m in done.dropped) or "none")
+        if done.held:
+            log.warning("punch months %s are past punch_retention_days but kept: some of their punches are not yet "
+                        "confirmed by the province (see `lmg forward status`)",
+                        ", ".join(m.strftime("%Y-%m") for m in done.held))
+        return done
+
     async def adopt_local_photos(self) -> int:
         """PostgreSQL: move the photo files this node wrote before version 7 into the
         database, 1000 at a time until none is left (one insert each, ~4 ms: 250 a second
@@ -507,6 +530,7 @@ class Gateway:
             loop.create_task(self._deadline_loop()),
             loop.create_task(self._every(settings.presence_flush_s, self.flush_presence)),
             loop.create_task(self._every(settings.partial_photo_sweep_s, self.prune_partial_photos)),
+            loop.create_task(self._every(PUNCH_MONTHS_INTERVAL_S, self.maintain_punch_months)),
             *([loop.create_task(self._every(settings.session_announce_s, self.announce_sessions))]
               if self.announcing else []),
             loop.create_task(self._every(max(1.0, settings.auth_audit_window_s / 4), self.flush_failure_audit)),

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from lmg.protocol import MessageType
-from lmg.storage import CommandState, SchemaTooNew
+from lmg.storage import CommandState, Outcome, SchemaTooNew
 from lmg.storage.blobs import FileBlobStore
 from lmg.storage.migrations import load_migrations
 from lmg.storage.postgres import PostgresStore
@@ -33,13 +33,31 @@ async def _open_with(backend, migrations):
                                     migrations=migrations, blobs=files)
 
 
+RECEIVED_MS = 1_795_000_000_000  # 2026-11-18: when the gateway of before version 9 received them
+
+
+async def store_punches_as_before_9(backend, old, records) -> None:
+    """Store punches (and their outbox rows) in a database older than version 9 as the
+    gateway of its time did: today's PostgreSQL insert path needs punch_keys (version 9)."""
+    if backend.name == "sqlite":
+        await old.store_punches(records)
+        return
+    await raw_sql(backend, "", "".join(
+        f'WITH p AS (INSERT INTO "{{schema}}".punches (device_serial, record_no, worker_id, punch_time_ms, direction, '
+        f"verify_mode, temperature_dc, photo_size, received_at_ms) VALUES ('{r.device_serial}', {r.record_no}, "
+        f"'{r.worker_id}', {r.punch_time_ms}, {r.direction}, {r.verify_mode}, {r.temperature_dc}, 0, {RECEIVED_MS}) "
+        f"RETURNING id) "
+        f'INSERT INTO "{{schema}}".outbox (punch_id, device_serial, next_attempt_at_ms, created_at_ms) '
+        f"SELECT id, '{r.device_serial}', 0, 0 FROM p;" for r in records))
+
+
 async def test_version_1_database_upgrades_in_place_and_keeps_its_data(backend):
     dialect = "sqlite" if backend.name == "sqlite" else "postgres"
     full = load_migrations(dialect)
     assert len(full) >= 2
     old = await _open_with(backend, full[:1])
     assert await old.schema_version() == 1
-    await old.store_punches([punch(record_no=n) for n in range(5)])
+    await store_punches_as_before_9(backend, old, [punch(record_no=n) for n in range(5)])
     await old.add_device("LMG0001", project_code="P", region_code="620102")
     await old.close()
 
@@ -49,6 +67,8 @@ async def test_version_1_database_upgrades_in_place_and_keeps_its_data(backend):
     assert await new.count_punches() == 5
     assert (await new.get_device("LMG0001")).region_code == "620102"
     assert await new.enqueue_command("LMG0001", MessageType.REBOOT, b'{"delay_s": 0}') > 0  # migration 2
+    assert (await new.store_punches([punch(record_no=4)]))[0].status is Outcome.DUPLICATE  # dedup kept (9)
+    assert (await new.outbox_status(2**62)).pending == 5
 
 
 async def test_photos_stored_before_version_3_count_as_forwarded(backend):
@@ -97,7 +117,7 @@ async def test_version_3_devices_upgrade_with_no_address_and_nothing_to_end(back
     assert [m.name for m in full][3] == "operations"
     old = await _open_with(backend, full[:3])
     await old.add_device("LMG0001", project_code="P", region_code="620102")
-    await old.store_punches([punch("LMG0001", n) for n in range(3)])
+    await store_punches_as_before_9(backend, old, [punch("LMG0001", n) for n in range(3)])
     await old.audit("device_added", "LMG0001")
     await old.close()
 

@@ -1,0 +1,3 @@
+-- Nothing on SQLite: PostgreSQL's punches are partitioned by month in this version
+-- (postgres/0009_punch_partitions.sql). A site's SQLite holds a few million punches, read
+-- through its two keys; both folders hold every version, so this one is kept empty.
