@@ -3,12 +3,13 @@
 Open to anyone who can reach it: `/healthz` (the process answers), `/readyz` (listeners
 up, store answering and writable; 503 otherwise), `/metrics` (Prometheus text; no
 personal data) and `/api/v1/openapi.json`. Everything else under `/api/v1/` needs an API
-token (`Authorization: Bearer lmg_...`, see tokens.py) with the route's scope.
+token (`Authorization: Bearer lmg_...`, see tokens.py) with the route's scope. `/console/`
+is the supervision console (server/console/: HTML pages, accounts and sessions of their own).
 
 Rules kept here:
-- The listener binds loopback by default (`admin` setting). With no active token in the
-  store it refuses to listen on any other address, and says why: an API nobody can
-  authenticate to must not face a network.
+- The listener binds loopback by default (`admin` setting). With no active token and no
+  enabled console account in the store it refuses to listen on any other address, and
+  says why: an API nobody can authenticate to must not face a network.
 - A supervisor's token sees only what its region covers (api.py `ApiRequest`: lists are
   scoped, anything outside answers 404) and is refused the operators' routes with 403.
 - 401 without a valid token, 403 without the scope; both are written to the audit log
@@ -176,6 +177,12 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/api/v1/openapi.json", openapi)
     for route in routes:
         app.router.add_route(route.method, route.path, _handler(route, gateway))
+    from lmg.server.console.app import build_console, favicon
+
+    # The supervision console (issue 16): HTML pages with sessions of their own. A sub-app,
+    # so its middleware answers every /console/ request (HTML errors, never this JSON).
+    app.add_subapp("/console/", build_console(gateway))
+    app.router.add_get("/favicon.ico", favicon)
     return app
 
 
@@ -228,12 +235,15 @@ class AdminServer:
 
 
 async def start_admin(gateway: Gateway, host: str, port: int) -> AdminServer:
-    """Listen on host:port; AdminRefused if that address is not loopback and no token exists."""
-    if not is_loopback(host) and await gateway.store.count_active_api_tokens() == 0:
+    """Listen on host:port; AdminRefused if that address is not loopback and neither a token nor an
+    enabled console account exists."""
+    if (not is_loopback(host) and await gateway.store.count_active_api_tokens() == 0
+            and not any(not a.disabled for a in await gateway.store.list_console_accounts())):
         raise AdminRefused(
-            f"the admin API would listen on {host}:{port}, beyond this machine, but no API token exists, so "
-            "nobody could authenticate: create one first (`lmg token create --name NAME --scope read`) or keep "
-            "the admin listener on loopback (--admin 127.0.0.1:9180)")
+            f"the admin API would listen on {host}:{port}, beyond this machine, but no API token exists and no "
+            "console account is enabled, so nobody could authenticate: create one first (`lmg token create "
+            "--name NAME --scope read`, or `lmg account create NAME ...` for the console) or keep the admin "
+            "listener on loopback (--admin 127.0.0.1:9180)")
     runner = web.AppRunner(build_app(gateway), access_log=None, handle_signals=False,
                            max_line_size=MAX_LINE_BYTES, max_field_size=MAX_FIELD_BYTES)
     await runner.setup()

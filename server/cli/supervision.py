@@ -186,67 +186,24 @@ def _applied(result: Any) -> dict[str, int]:
 
 # --- report --------------------------------------------------------------------------------------------------
 
-REPORT_COLUMNS = ("project_code", "region_code", "post", "post_name", "name", "id_number", "from_date", "to_date",
-                  "valid_days", "construction_days", "rate", "required_share")
-
-
 async def _report(store: Any, args: argparse.Namespace) -> int:
-    from lmg.protocol.identity import mask_id_number
     from lmg.protocol.regions import UnknownRegion
     from lmg.server.supervision.calendar import china_day
-    from lmg.server.supervision.report import presence_rows
-    from lmg.server.supervision.rules import RULES
-    from lmg.server.supervision.service import load_facts
+    from lmg.server.supervision.monthly_report import monthly_report, report_columns
 
     rules = _rules(args)
     month = args.month
     yesterday = china_day(_now_ms()) - timedelta(days=1)
     as_of = None if month.last <= yesterday else yesterday
-    projects: list[Any] = []
-    after = ""
     try:
-        while True:
-            page = await store.list_projects(after_code=after, limit=10_000, region_scope=args.region)
-            projects += page
-            if len(page) < 10_000:
-                break
-            after = page[-1].code
+        table = await monthly_report(store, rules, month, args.region, as_of, args.pii)
     except (UnknownRegion, ValueError) as exc:
         raise UsageError(f"--region {args.region}: {exc}") from None
-    facts = await load_facts(store, month, as_of=as_of, projects=projects)
-    rows = presence_rows(facts, rules, month, as_of)
-    counts: dict[tuple[str, str, str], dict[str, int]] = {}
-    after_id = 0
-    while True:
-        page = await store.list_warnings(region_scope=args.region, period_from=month.first, period_to=month.last,
-                                         after_id=after_id, limit=10_000)
-        for w in page:
-            if w.state.value != "resolved" and month.first <= w.period_start <= month.last:
-                by = counts.setdefault((w.project_code, w.post or "", w.worker_id or ""), {})
-                by[w.rule] = by.get(w.rule, 0) + 1
-        if len(page) < 10_000:
-            break
-        after_id = page[-1].id
-    regions = {p.code: p.region_code for p in projects}
-    rule_codes = [str(code) for code in RULES]
-    table = []
-    for r in rows:
-        rate = r.rate
-        found = counts.get((r.project_code, r.post.code, r.id_number), {})
-        table.append({
-            "project_code": r.project_code, "region_code": regions.get(r.project_code, ""), "post": r.post.code,
-            "post_name": r.post.info.name_zh, "name": r.name,
-            "id_number": r.id_number if args.pii else mask_id_number(r.id_number),
-            "from_date": r.from_date.isoformat(), "to_date": "" if r.to_date is None else r.to_date.isoformat(),
-            "valid_days": r.valid_days, "construction_days": r.construction_days,
-            "rate": "" if rate is None else round(float(rate), 4), "required_share": float(r.required_share),
-            **{code: found.get(code, 0) for code in rule_codes},
-        })
     if args.pii:
         await store.audit("supervision_report_pii", args.region,
                           {"month": str(month), "rows": len(table), "by": actor()})
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[*REPORT_COLUMNS, *rule_codes], lineterminator="\r\n")
+    writer = csv.DictWriter(buffer, fieldnames=report_columns(), lineterminator="\r\n")
     writer.writeheader()
     writer.writerows(table)
     text = "\ufeff" + buffer.getvalue()  # the BOM: Excel reads UTF-8 only with it
