@@ -7,7 +7,7 @@ import importlib
 # Each benchmark module exposes NAME, HELP, add_arguments(parser) and run(args) -> int.
 BENCHMARKS = ("lmg.bench.codec", "lmg.bench.storage", "lmg.bench.memory", "lmg.bench.websocket_libs",
               "lmg.bench.forwarding", "lmg.bench.load", "lmg.bench.writer", "lmg.bench.downlink",
-              "lmg.bench.supervision", "lmg.bench.photos")
+              "lmg.bench.supervision", "lmg.bench.photos", "lmg.bench.console", "lmg.bench.punch_months")
 
 
 def register(subparsers) -> None:

@@ -184,6 +184,19 @@ class GatewaySettings:
     # The largest body the API takes is a requeue of 10,000 ids (~70 KB); 1 MiB leaves room
     # and bounds what one request can make the node buffer.
     api_max_body_bytes: int = key(1024 * 1024, "largest request body the admin API reads, bytes")
+    # --- the supervision console on the admin listener (docs/console.md) ---
+    # 5 failures then 60 s, doubling to 1 h: a person who mistypes is back within a minute,
+    # while guessing gets ~5 tries an hour once the window is at its cap (the gateway's own
+    # terminal lockout, lockout_base_s/lockout_max_s, uses the same doubling).
+    console_lockout_threshold: int = key(5, "consecutive failed console logins that lock the account")
+    console_lockout_base_s: float = key(60.0, "first console lockout, seconds; each further lock doubles it")
+    console_lockout_max_s: float = key(3600.0, "longest console lockout, seconds")
+    # 30 minutes idle as the usual government-system rule; 12 h absolute: one working day,
+    # after which a stolen cookie is worthless even if kept busy.
+    console_session_idle_s: float = key(1800.0, "a console session ends after this many seconds without a request")
+    console_session_max_s: float = key(43200.0, "a console session ends this many seconds after login, busy or not")
+    console_secure_cookies: bool = key(False, "mark console cookies Secure even when the request came over plain "
+                                              "HTTP (TLS ended at a proxy in front); under TLS they are always")
     # --- supervision of key personnel (docs/supervision.md) ---
     supervision: bool = key(True, "evaluate key-personnel warnings (issue 15) on a schedule in this process; off "
                                   "leaves it to `lmg supervision evaluate` (cron) or another node")
@@ -214,7 +227,8 @@ class GatewaySettings:
                      "photo_upload_idle_s",
                      "max_unsent_bytes", "held_frames", "store_calls_per_connection", "presence_flush_s",
                      "partial_photo_sweep_s", "shutdown_grace_s", "signal_poll_s", "session_announce_s",
-                     "api_max_body_bytes",
+                     "api_max_body_bytes", "console_lockout_threshold", "console_lockout_base_s",
+                     "console_lockout_max_s", "console_session_idle_s", "console_session_max_s",
                      "downlink_window", "command_timeout_s", "command_max_sends", "command_ttl_s",
                      "command_expiry_sweep_s", "face_chunk_bytes", "downlink_max_unsent_bytes", "roster_dates_sweep_s",
                      "signal_retention_s", "roster_tombstone_retention_days",
@@ -224,6 +238,9 @@ class GatewaySettings:
         if self.lockout_max_s < self.lockout_base_s:
             raise ValueError(f"lockout_max_s ({self.lockout_max_s}) must not be below lockout_base_s "
                              f"({self.lockout_base_s})")
+        if self.console_lockout_max_s < self.console_lockout_base_s:
+            raise ValueError(f"console_lockout_max_s ({self.console_lockout_max_s}) must not be below "
+                             f"console_lockout_base_s ({self.console_lockout_base_s})")
         if self.supervision_evaluate_s <= 0:
             raise ValueError(f"supervision_evaluate_s must be greater than 0, got {self.supervision_evaluate_s!r}")
         if self.face_chunk_bytes > MAX_FACE_CHUNK_BYTES:

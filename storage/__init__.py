@@ -17,6 +17,7 @@ from lmg.storage.api import (
     MAX_WARNING_PAGE,
     OPERATOR_COMMAND_TYPES,
     STORED,
+    CONSOLE_ROLES,
     ApiToken,
     ApplyResult,
     ApprovedLeave,
@@ -26,6 +27,8 @@ from lmg.storage.api import (
     Command,
     CommandState,
     Commitment,
+    ConsoleAccount,
+    ConsoleSession,
     Department,
     Device,
     Direction,
@@ -56,6 +59,7 @@ from lmg.storage.api import (
     VerifyMode,
     WarningEvent,
     WarningEventKind,
+    WarningCount,
     WarningFinding,
     WarningRecord,
     WarningState,
@@ -65,6 +69,7 @@ from lmg.storage.api import (
 )
 from lmg.storage.config import StoreConfig
 from lmg.storage.errors import (
+    AccountExists,
     DeviceExists,
     PhotoError,
     PhotoHashMismatch,
@@ -78,6 +83,7 @@ from lmg.storage.errors import (
     StoreUnavailable,
     StoreUrlError,
     TokenExists,
+    UnknownAccount,
     UnknownDevice,
     UnknownProject,
     UnknownWarning,
@@ -100,4 +106,6 @@ __all__ = [
     "Commitment", "Department", "Disposition", "EvaluationScope", "KeyPerson", "PauseDay", "PersonnelChange",
     "ProjectDay", "StopWork", "UnknownWarning", "WarningClosed", "WarningEvent", "WarningEventKind",
     "WarningFinding", "WarningRecord", "WarningState",
+    # the supervision console
+    "CONSOLE_ROLES", "AccountExists", "ConsoleAccount", "ConsoleSession", "UnknownAccount", "WarningCount",
 ]

@@ -479,6 +479,61 @@ def check_token_sha256(token_sha256: bytes) -> None:
         raise ValueError(f"token_sha256: must be the {SHA256_BYTES}-byte SHA-256 digest of the token")
 
 
+# ------------------------------------------------------------ console accounts
+
+CONSOLE_ROLES = ("supervisor", "operator")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleAccount:
+    """A person's account of the supervision console (issue 16), apart from API tokens.
+
+    `password_hash` is an argon2id PHC string (server/console/accounts.py makes and checks
+    it; the store keeps it as given). A supervisor sees what `region_code` covers; an
+    operator also works the devices and forwarding pages. `failed_logins`,
+    `locked_until_ms` and `lockout_level` are the lockout core's state
+    (server/console/lockout.py), written back by `set_console_lockout`.
+    """
+
+    name: str
+    password_hash: str
+    department: Department
+    region_code: str
+    role: str  # CONSOLE_ROLES
+    pii: bool
+    disabled: bool
+    failed_logins: int
+    locked_until_ms: int | None
+    lockout_level: int
+    created_at_ms: int
+    created_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSession:
+    """A signed-in browser: the SHA-256 of its cookie's 32 random bytes (never the bytes),
+    the account, the synchronizer CSRF token of its forms, and its ends: `expires_at_ms`
+    (absolute) and `last_seen_ms` (the idle end counts from it)."""
+
+    id_sha256: bytes
+    account: str
+    csrf_token: str
+    created_at_ms: int
+    expires_at_ms: int
+    last_seen_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class WarningCount:
+    """How many warnings of one region are at one level in one state: the console's
+    overview (`warning_counts`)."""
+
+    region_code: str
+    level: int
+    state: WarningState
+    count: int
+
+
 # ---------------------------------------------------------------------------- punches
 
 
@@ -673,6 +728,16 @@ class OutboxItem:
     last_error: str | None
     created_at_ms: int
     dead: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PunchMonths:
+    """What `maintain_punch_months` did: partitions created, months dropped (their first
+    days, China time) and months kept past their retention because a punch in them is
+    not yet confirmed by the province."""
+    created: int
+    dropped: tuple[date, ...]
+    held: tuple[date, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -1336,6 +1401,79 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def count_active_api_tokens(self) -> int: ...
 
+    # console accounts and sessions (issue 16; storage/console.py holds the shared rules) ----
+    @abc.abstractmethod
+    async def create_console_account(self, name: str, password_hash: str, *, department: str, region_code: str,
+                                     role: str = "supervisor", pii: bool = False,
+                                     created_by: str = "") -> ConsoleAccount:
+        """Store a new enabled account. Raises AccountExists if the name is taken; ValueError
+        naming the field for a malformed name, hash, department, role; UnknownRegion."""
+
+    @abc.abstractmethod
+    async def get_console_account(self, name: str) -> ConsoleAccount | None: ...
+
+    @abc.abstractmethod
+    async def list_console_accounts(self) -> list[ConsoleAccount]:
+        """Every account, disabled ones included, ordered by name."""
+
+    @abc.abstractmethod
+    async def update_console_account(self, name: str, *, password_hash: str | None = None,
+                                     disabled: bool | None = None) -> bool:
+        """Change the password hash and/or the disabled flag (None: leave it); a new password
+        or disabling also ends every session of the account, in the same transaction.
+        False if there is no such account."""
+
+    @abc.abstractmethod
+    async def set_console_lockout(self, name: str, *, failed_logins: int, locked_until_ms: int | None,
+                                  lockout_level: int) -> bool:
+        """Write the lockout core's state of the account; False if there is no such account."""
+
+    @abc.abstractmethod
+    async def create_console_session(self, session: ConsoleSession) -> None:
+        """Store a new session; ValueError naming the field for a malformed one, UnknownAccount."""
+
+    @abc.abstractmethod
+    async def get_console_session(self, id_sha256: bytes) -> ConsoleSession | None:
+        """The session with that hash, expired or not: the caller checks its ends."""
+
+    @abc.abstractmethod
+    async def touch_console_session(self, id_sha256: bytes, last_seen_ms: int) -> None:
+        """Move the session's idle end on (a no-op for an unknown session)."""
+
+    @abc.abstractmethod
+    async def end_console_sessions(self, *, id_sha256: bytes | None = None, account: str | None = None) -> int:
+        """Delete one session (logout) or every session of an account (give one of the two).
+        Returns how many were deleted."""
+
+    @abc.abstractmethod
+    async def prune_console_sessions(self, *, now_ms: int, idle_before_ms: int) -> int:
+        """Delete the sessions past their absolute end (expires_at_ms <= now_ms) or idle since
+        before `idle_before_ms` (last_seen_ms < it). Returns how many were deleted."""
+
+    # console figures ---------------------------------------------------------------------
+    @abc.abstractmethod
+    async def warning_counts(self, *, region_scope: str | None = None,
+                             state: WarningState | str | None = None) -> list[WarningCount]:
+        """Warnings counted by (region, level, state), within the scope (as `list_warnings`)
+        and in `state` (None: every state), ordered: the console's overview. One aggregate
+        over an index of (state, region, level) (migration 8)."""
+
+    @abc.abstractmethod
+    async def warnings_opened(self, *, since_ms: int, region_scope: str | None = None) -> list[tuple[date, int]]:
+        """How many warnings of the scope opened on each China day from `since_ms` on, in
+        day order (days with none left out): the console's trend. Reads an index of
+        (opened_at_ms, region_code) (migration 8)."""
+
+    @abc.abstractmethod
+    async def outbox_glance(self, *, now_ms: int, cap: int) -> OutboxStatus:
+        """`outbox_status` for a page: the pending and dead records counted up to `cap` + 1
+        only (more than `cap` reads as cap + 1), the oldest pending one found by id (ids
+        follow creation). Milliseconds where `outbox_status` counts millions of rows."""
+
+    @abc.abstractmethod
+    async def count_devices(self, *, online: bool | None = None, region_scope: str | None = None) -> int:
+        """How many devices `list_devices` with these filters would list in all."""
+
     # punches -------------------------------------------------------------------------
     @abc.abstractmethod
     async def store_punches(self, records: Sequence[PunchIn]) -> list[PunchOutcome]:
@@ -1433,6 +1571,14 @@ class Store(abc.ABC):
         The `photos` row stays, marked purged: the photo counts as stored (a device is not
         asked for it again) and `get_photo` returns None. Bytes that are also a roster face
         are kept. Never touches a photo not yet forwarded."""
+
+    @abc.abstractmethod
+    async def maintain_punch_months(self, now_ms: int) -> PunchMonths:
+        """PostgreSQL: create the month partitions of punches up to `punch_partitions_ahead`
+        months after the month of `now_ms`, and drop each month that ended more than
+        `punch_retention_days` before `now_ms` (0: never) if no outbox row (pending or
+        dead) names a punch in it. SQLite: nothing (PunchMonths(0, (), ())). Every node
+        may call it: a month is created or dropped once. Raises StoreUnavailable."""
 
     # outbox --------------------------------------------------------------------------
     @abc.abstractmethod

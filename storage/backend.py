@@ -33,9 +33,9 @@ from lmg.protocol.regions import covered_codes
 from lmg.storage.api import (
     COMMAND_ERROR_CHARS, COMMAND_PAYLOAD_MAX_BYTES, FACE_FORMATS, FACE_MIN_BYTES, MAX_COMMAND_PAGE,
     MAX_PUNCH_PAGE, MAX_ROSTER_PAGE, OPERATOR_COMMAND_TYPES, SECRET_BYTES, SHA256_BYTES, U32_MAX,
-    ApiToken, Command, CommandState, Department, Device, MessageType, Project, Punch, PunchIn, PunchListing, PunchOutcome,
-    SessionEnd, SessionEndReason, Signal, SignalKind, Store, Worker, WorkerIn, check_api_token_fields,
-    check_limit, check_project_code, check_project_fields, check_region_prefix, check_worker,
+    ApiToken, Command, CommandState, Department, Device, MessageType, Project, Punch, PunchIn, PunchListing,
+    PunchMonths, PunchOutcome, SessionEnd, SessionEndReason, Signal, SignalKind, Store, Worker, WorkerIn,
+    check_api_token_fields, check_limit, check_project_code, check_project_fields, check_region_prefix, check_worker,
     scopes_from_text, scopes_text, wall_clock_ms,
 )
 from lmg.storage.blobs import BlobStore, FileBlobStore
@@ -68,6 +68,7 @@ class BackendStore(Store):
             max_delay_ms=config.group_commit_max_delay_ms,
             max_queued_records=config.max_queued_records,
             enqueue_wait_ms=config.enqueue_wait_ms,
+            max_queue_age_ms=config.max_queue_age_ms or None,
             in_flight=batches_in_flight,
             name=f"lmg-{self.dialect}-group-commit",
         )
@@ -147,6 +148,9 @@ class BackendStore(Store):
 
     async def adopt_local_photos(self, limit: int = 1000) -> int:
         return 0  # PostgreSQL overrides: its photos moved from files into the database
+
+    async def maintain_punch_months(self, now_ms: int) -> PunchMonths:
+        return PunchMonths(0, (), ())  # PostgreSQL overrides: its punches are partitioned by month
 
     async def purge_forwarded_photos(self, now_ms: int, limit: int = 1000) -> int:
         retention = self.config.photo_forwarded_retention_ms

@@ -51,6 +51,13 @@ class StoreConfig:
         2_000, "ms a caller waits for room in that queue before the device is nacked STORE_UNAVAILABLE "
                "(devices wait seconds for an ack; 2 s leaves time to nack)")
 
+    # A terminal resends what is unanswered after 15 s (docs/protocol.md §6.2): a record
+    # queued longer than that is answered after its resend is already on the way.
+    max_queue_age_ms: int = key(
+        5_000, "ms the oldest record may wait for the disk before new ones are refused at once with "
+               "STORE_UNAVAILABLE (terminals resend after 15 s: a record answered later is written twice; 5 s "
+               "leaves the commit and the ACK time); 0 turns the bound off")
+
     sqlite_synchronous: str = key(
         "FULL", "SQLite synchronous mode: FULL makes every acknowledged commit reach the disk (WAL fsync per "
                 "commit); NORMAL would lose the last transactions on power loss, which breaks the ack contract")
@@ -87,6 +94,21 @@ class StoreConfig:
     photo_forwarded_retention_ms: int = key(
         30 * 24 * 3600 * 1000, "ms a photo's bytes are kept after the province confirmed it (30 days: the payroll "
                                "month's disputes); 0 keeps them for ever. The record of the photo stays")
+    # Punches are the record of wages: a wage-arrears claim may be brought up to a year after
+    # the employment ends (劳动争议调解仲裁法, art. 27), which the gateway cannot know, so by
+    # default every punch is kept. A province that keeps its own copy may set a retention:
+    # a month is dropped whole once it ended that long ago and the province confirmed every
+    # punch in it (PostgreSQL only; docs/storage.md, "Punches by month"). The dedup keys go
+    # with the month, so a terminal resending a record of it would store it again: 90 days
+    # is the least, far beyond a terminal's buffer of unacknowledged records (days).
+    punch_retention_days: int = key(
+        0, "days after its end before a month of punches the province confirmed entirely is dropped (PostgreSQL); "
+           "0 keeps every punch for ever (they are the wage-dispute record); at least 90 otherwise")
+    # Created by the hourly maintenance; three months ahead survive a gateway fleet that is
+    # down or failing its maintenance for two months before a punch has no month to go to
+    # but the default partition.
+    punch_partitions_ahead: int = key(
+        3, "months of punch partitions created ahead of the current one (PostgreSQL), hourly")
     face_max_bytes: int = key(
         2 * MIB, "largest face photo accepted for the roster: terminals enroll from 640x480 JPEGs of 30-200 KB; "
                  "2 MiB is ten times that and still only 128 FACE_CHUNKs of 16 KiB per terminal")
@@ -117,9 +139,17 @@ class StoreConfig:
                      "photo_partial_ttl_ms", "roster_import_max_rows", "presence_stale_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_queue_age_ms < 0:
+            raise ValueError(f"max_queue_age_ms must be 0 (no bound) or more, got {self.max_queue_age_ms}")
         if self.photo_forwarded_retention_ms < 0:
             raise ValueError(f"photo_forwarded_retention_ms must be 0 (keep for ever) or more, "
                              f"got {self.photo_forwarded_retention_ms}")
+        if self.punch_retention_days != 0 and self.punch_retention_days < 90:
+            raise ValueError(f"punch_retention_days must be 0 (keep every punch) or at least 90, got "
+                             f"{self.punch_retention_days}: a dropped month's records would be stored again if a "
+                             f"terminal resent them")
+        if not 1 <= self.punch_partitions_ahead <= 24:
+            raise ValueError(f"punch_partitions_ahead must be 1..24 months, got {self.punch_partitions_ahead}")
         if self.face_max_bytes < 1024:
             raise ValueError(f"face_max_bytes must be at least 1024 (the smallest face accepted), "
                              f"got {self.face_max_bytes}")

@@ -118,6 +118,29 @@ class TokenExists(StoreError):
         return type(self), (self.name,)
 
 
+class AccountExists(StoreError):
+    """A console account with that name exists (disabled or not: names are never reused)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"a console account named {name!r} already exists (a disabled account keeps its name); "
+                         f"choose another name")
+
+    def __reduce__(self) -> tuple[type[AccountExists], tuple[str]]:
+        return type(self), (self.name,)
+
+
+class UnknownAccount(StoreError, LookupError):
+    """No console account has that name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no console account named {name!r}; `lmg account list` shows them")
+
+    def __reduce__(self) -> tuple[type[UnknownAccount], tuple[str]]:
+        return type(self), (self.name,)
+
+
 class StoreNotFound(StoreError):
     """Opened with create=False and there is no database at that path; nothing was created."""
 

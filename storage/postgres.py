@@ -1,10 +1,11 @@
 """PostgreSQL store for scale-out (`postgresql://user@host:5432/db?schema=name`).
 
 Several gateway nodes may share one database. What makes that safe:
-- Punches: one statement per group-commit batch inserts the rows (unnest of column
-  arrays, sorted by key so two batches never lock the same keys in opposite orders),
-  skips existing keys with ON CONFLICT DO NOTHING, and adds exactly the inserted rows to
-  the outbox (RETURNING feeding an INSERT in the same statement). A key inserted
+- Punches: one statement per group-commit batch claims the keys in `punch_keys` (unnest
+  of column arrays, sorted by key so two batches never lock the same keys in opposite
+  orders), skips existing keys with ON CONFLICT DO NOTHING, stores the punches of exactly
+  the keys it claimed in their month's partition and adds them to the outbox (RETURNING
+  feeding INSERTs in the same statement; docs/storage.md, "Punches by month"). A key inserted
   concurrently by another node's uncommitted batch makes ours wait for it, then report
   DUPLICATE: stored once, whoever wins.
 - Outbox claims lock candidate rows with FOR UPDATE SKIP LOCKED, so forwarders on
@@ -37,9 +38,10 @@ from typing import Any
 import asyncpg
 import orjson
 
+from lmg.storage import postgres_partitions
 from lmg.storage.api import (
     DUPLICATE, STORED, ApiToken, AuditEntry, Command, CommandState, Device, ImportResult, Outcome,
-    OutboxItem, OutboxStatus, Presence, Project, Punch, PunchIn, PunchListing, PunchOutcome,
+    OutboxItem, OutboxStatus, Presence, Project, Punch, PunchIn, PunchListing, PunchMonths, PunchOutcome,
     RejectedPunch, SessionEndReason, Signal, SignalKind, UpsertOutcome, Worker, WorkerIn,
     check_api_token_name, check_day, check_device_fields, check_limit, check_project_code,
     check_token_sha256, check_version, wall_clock_ms,
@@ -61,6 +63,7 @@ from lmg.storage.errors import (
 )
 from lmg.storage.migrations import POSTGRES_LEDGER, Migration, load_migrations, plan
 from lmg.storage.postgres_blobs import PostgresBlobStore
+from lmg.storage.postgres_console import PostgresConsole
 from lmg.storage.postgres_supervision import PostgresSupervision
 from lmg.storage.roster import RosterPlan, plan_dates, plan_import, plan_removal, prune_floor
 
@@ -78,16 +81,20 @@ WITH input AS (
                          $6::integer[], $7::integer[], $8::bytea[], $9::bigint[])
         AS t(device_serial, record_no, worker_id, punch_time_ms, direction, verify_mode,
              temperature_dc, photo_sha256, photo_size)
+), keyed AS (
+    INSERT INTO punch_keys (device_serial, record_no)
+    SELECT device_serial, record_no FROM input ORDER BY device_serial, record_no
+    ON CONFLICT (device_serial, record_no) DO NOTHING
+    RETURNING device_serial, record_no
 ), added AS (
     INSERT INTO punches ({PUNCH_COLUMNS})
     SELECT device_serial, record_no, worker_id, punch_time_ms, direction, verify_mode,
            temperature_dc, photo_sha256, photo_size, $10
-    FROM input ORDER BY device_serial, record_no
-    ON CONFLICT (device_serial, record_no) DO NOTHING
-    RETURNING id, device_serial, record_no
+    FROM input JOIN keyed USING (device_serial, record_no) ORDER BY device_serial, record_no
+    RETURNING id, device_serial, record_no, punch_time_ms
 ), queued AS (
-    INSERT INTO outbox (punch_id, device_serial, next_attempt_at_ms, created_at_ms)
-    SELECT id, device_serial, $10, $10 FROM added ORDER BY id
+    INSERT INTO outbox (punch_id, punch_time_ms, device_serial, next_attempt_at_ms, created_at_ms)
+    SELECT id, punch_time_ms, device_serial, $10, $10 FROM added ORDER BY id
 )
 SELECT device_serial, record_no FROM added
 """
@@ -201,7 +208,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     connection of its own). 1000 sequential get_device calls: 275 -> 154 µs each."""
 
 
-class PostgresStore(PostgresSupervision, BackendStore):
+class PostgresStore(PostgresSupervision, PostgresConsole, BackendStore):
     """The scale-out store. Open with `lmg.storage.open_store("postgresql://...")`. The
     supervision of key personnel's methods come from `PostgresSupervision`."""
 
@@ -397,14 +404,14 @@ class PostgresStore(PostgresSupervision, BackendStore):
     ) -> list[PunchListing]:
         """See Store.list_punches.
 
-        No index beyond the punches table's two keys serves these filters: one on
-        worker_id cost 4-12% of the store's SQLite write rate in `lmg bench storage`
-        (docs/storage.md), and these are operators' reads. So `worker_id` and the time
-        bounds scan: punches are read from `after_id` on until `limit` match, and when
-        few match that is every punch after the cursor (1M rows: 0.1-0.3 s here).
-        `device_serial`, and `project_code` through its devices, read those devices'
-        punches through the (device_serial, record_no) key. A read that runs past
-        `pg_command_timeout_ms` (tens of millions of rows) fails with StoreUnavailable."""
+        The time bounds read only the months they overlap (punches are partitioned by
+        month, migration 9), and within them `worker_id` reads through the (worker_id, id)
+        index: at province scale a month is tens of millions of rows, past
+        `pg_command_timeout_ms` scanned (SQLite, a site's store, has no such index: it cost
+        4-12% of its write rate, docs/storage.md). `device_serial`, and `project_code`
+        through its devices, read those devices' punches through the (device_serial,
+        record_no) index; with no filter but the cursor, rows are read in id order. A read
+        that runs past `pg_command_timeout_ms` fails with StoreUnavailable."""
         conditions = punch_filters(project_code, device_serial, worker_id, since_ms, until_ms,
                                    after_id, limit)
         conditions.append(scope_filter(region_scope, _CODES_IN, "d.region_code"))
@@ -535,6 +542,12 @@ class PostgresStore(PostgresSupervision, BackendStore):
     async def adopt_local_photos(self, limit: int = 1000) -> int:
         blobs = self.blobs
         return await blobs.adopt_files(limit) if isinstance(blobs, PostgresBlobStore) else 0
+
+    async def maintain_punch_months(self, now_ms: int) -> PunchMonths:
+        check_int("now_ms", now_ms)
+        async with self._connection() as conn:
+            return await postgres_partitions.maintain(conn, now_ms, ahead=self.config.punch_partitions_ahead,
+                                                      retention_days=self.config.punch_retention_days)
 
     async def _signal_takeover(self, detail: str) -> int:
         async with self._connection() as conn:
@@ -912,10 +925,15 @@ class PostgresStore(PostgresSupervision, BackendStore):
                         cut.add(device)
                 if not keep:
                     return []
+                # The punches are read per claimed row, each in its month: a LATERAL
+                # subquery with LIMIT 1 (its one punch; the limit keeps the planner from
+                # flattening it into a join it may hash, which read every month in full:
+                # 300,000 punches: 677 ms against 14-18 ms; `lmg bench punch-months`).
                 rows = await conn.fetch(
-                    f"UPDATE outbox o SET attempts = o.attempts + 1, next_attempt_at_ms = $2 "
-                    f"FROM punches p WHERE o.id = ANY($1::bigint[]) AND p.id = o.punch_id "
-                    f"RETURNING {_OUTBOX_ITEM_COLUMNS}", keep, now_ms + lease_ms)
+                    f"WITH o AS (UPDATE outbox SET attempts = attempts + 1, next_attempt_at_ms = $2 "
+                    f"WHERE id = ANY($1::bigint[]) RETURNING *) "
+                    f"SELECT {_OUTBOX_ITEM_COLUMNS} FROM o CROSS JOIN LATERAL (SELECT * FROM punches "
+                    f"WHERE id = o.punch_id AND punch_time_ms = o.punch_time_ms LIMIT 1) p", keep, now_ms + lease_ms)
         items = [_outbox_item(row) for row in rows]
         items.sort(key=lambda item: item.id)
         return items
@@ -939,7 +957,8 @@ class PostgresStore(PostgresSupervision, BackendStore):
 
     async def list_dead_letters(self, *, limit: int = 100, after_id: int = 0) -> list[OutboxItem]:
         rows = await self._fetch(
-            f"SELECT {_OUTBOX_ITEM_COLUMNS} FROM outbox o JOIN punches p ON p.id = o.punch_id "
+            f"SELECT {_OUTBOX_ITEM_COLUMNS} FROM outbox o CROSS JOIN LATERAL (SELECT * FROM punches "
+            f"WHERE id = o.punch_id AND punch_time_ms = o.punch_time_ms LIMIT 1) p "  # as in claim_outbox
             f"WHERE o.state = 'dead' AND o.id > $2 ORDER BY o.id LIMIT $1", limit, after_id)
         return [_outbox_item(row) for row in rows]
 

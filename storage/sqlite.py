@@ -67,6 +67,7 @@ from lmg.storage.errors import (
 )
 from lmg.storage.migrations import SQLITE_LEDGER, Migration, load_migrations, plan
 from lmg.storage.roster import RosterPlan, WorkerFields, plan_dates, plan_import, plan_removal, prune_floor
+from lmg.storage.sqlite_console import SqliteConsole
 from lmg.storage.sqlite_supervision import SqliteSupervision
 from lmg.storage.sqlite_writer import ROWS_PER_STATEMENT, WriterFaults, WriterProcess, is_environmental, unavailable
 
@@ -472,7 +473,7 @@ def _outbox_item(row: tuple) -> OutboxItem:
                       created_at_ms=row[4], dead=row[5] == "dead", punch=Punch(*row[6:]))
 
 
-class SqliteStore(SqliteSupervision, BackendStore):
+class SqliteStore(SqliteSupervision, SqliteConsole, BackendStore):
     """The embedded store. Open with `await SqliteStore.open(path, data_dir=...)`. The
     supervision of key personnel's methods come from `SqliteSupervision`."""
 

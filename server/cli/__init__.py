@@ -54,6 +54,8 @@ COMMANDS = {
     "bid": "lmg.server.cli.bid",
     "warnings": "lmg.server.cli.warnings",
     "supervision": "lmg.server.cli.supervision",
+    "conformance": "lmg.server.cli.conformance",
+    "account": "lmg.server.cli.account",
     "sim": "lmg.simulators.cli",
     "bench": "lmg.bench.cli",
 }
