@@ -21,6 +21,7 @@ from lmg.storage.api import (
     ApplyResult,
     ApprovedLeave,
     AttendanceDay,
+    AttendanceMask,
     AuditEntry,
     BidAward,
     Command,
@@ -96,7 +97,7 @@ __all__ = [
     "StoreUrlError", "TokenExists", "UnknownDevice", "UnknownProject", "UpsertOutcome",
     "VerifyMode", "Worker", "WorkerIn", "open_store", "parse_store_url", "wall_clock_ms",
     # the supervision of key personnel
-    "MAX_ATTENDANCE_PAGE", "MAX_WARNING_PAGE", "ApplyResult", "ApprovedLeave", "AttendanceDay", "BidAward",
+    "MAX_ATTENDANCE_PAGE", "MAX_WARNING_PAGE", "ApplyResult", "ApprovedLeave", "AttendanceDay", "AttendanceMask", "BidAward",
     "Commitment", "Department", "Disposition", "EvaluationScope", "KeyPerson", "PauseDay", "PersonnelChange",
     "ProjectDay", "StopWork", "UnknownWarning", "WarningClosed", "WarningEvent", "WarningEventKind",
     "WarningFinding", "WarningRecord", "WarningState",

@@ -9,15 +9,17 @@ which months to evaluate when (`run_once`), and the gateway runs it every
 `supervision_evaluate_s` (`run_every`). Time is an input: both take `now_ms` or a clock
 function; nothing here sleeps but `run_every`.
 
-Memory, for a province (20,000 projects, 120,000 committed people, 1M+ attendance-day rows a
-month, twice that with the month of look-back): the attendance is streamed in the store's
-pages, ordered by project, and evaluated in chunks of `CHUNK_PROJECTS` projects, so at most
-one chunk's rows are held as facts. Every rule is about one (project, person) but
-`double-post`, which needs a person's days on all their projects: it is evaluated once at
-the end over the people committed on two projects or more (a few; their rows are kept
-while streaming), and the chunks' own `double-post` findings are dropped. Rows of people
-neither committed nor holding a key post (the workers, most of a site) are dropped as they
-stream.
+Memory and time, for a province (20,000 projects, 120,000 committed people, 3.6M attendance
+days a month): the store aggregates each person's days on a project into two bit masks
+(`Store.iter_attendance_masks`: the days punched and the valid ones, decided in SQL with the
+rules' `min_punches` and `min_span_ms`), so a province is 120,000 rows rather than millions,
+and the evaluation costs little more than one SQL aggregate (`lmg bench supervision`). The
+rows are streamed in the store's pages, ordered by project, and evaluated in chunks of
+`CHUNK_PROJECTS` projects. Every rule is about one (project, person) but `double-post`,
+which needs a person's days on all their projects: it is evaluated once at the end over the
+people committed on two projects or more (a few; their rows are kept while streaming), and
+the chunks' own `double-post` findings are dropped. Rows of people neither committed nor
+holding a key post (the workers, most of a site) are dropped as they stream.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from datetime import date, timedelta
 from typing import NamedTuple
 
 from lmg.protocol.posts import Post
-from lmg.server.supervision.calendar import Month, attendance_from, china_day
+from lmg.server.supervision.calendar import MaskDays, Month, attendance_from, china_day
 from lmg.server.supervision.evaluate import Finding, evaluate, scope
 from lmg.server.supervision.facts import (
     Commitment,
@@ -41,6 +43,7 @@ from lmg.server.supervision.facts import (
     Facts,
     Leave,
     ProjectFacts,
+    PunchedDays,
     RosterHolder,
     StopWork,
 )
@@ -210,9 +213,10 @@ async def find(store: Store, rules: Rules, month: Month, *, as_of: date | None,
     last_code = [c[-1].code if c else "" for c in chunks]
     nobody: frozenset[str] = frozenset()
     try:
-        async for page in store.iter_attendance_days(codes, first, through):
-            # a page at a time, in comprehensions: a province is millions of rows; [:] makes
-            # the named tuple a plain one, half the cost to pickle for the pool
+        async for page in store.iter_attendance_masks(codes, first, through, min_punches=rules.min_punches,
+                                                      min_span_ms=rules.min_span_ms):
+            # a page at a time, in comprehensions: a province is 120,000 rows; [:] makes the
+            # named tuple a plain one, half the cost to pickle for the pool
             kept = [row[:] for row in page if row[1] in watched.get(row[0], nobody)]
             if several:
                 several_rows.extend(row for row in kept if row[1] in several)
@@ -246,8 +250,9 @@ async def find(store: Store, rules: Rules, month: Month, *, as_of: date | None,
     return Found(findings, where)
 
 
-# (project code, ID number, China date, punches, first ms, last ms): the store's AttendanceDay as a plain tuple
-Row = tuple[str, str, date, int, int, int]
+# (project code, ID number, punched days, valid days): the store's AttendanceMask as a plain
+# tuple, the days as bits from the evaluation's first day (`attendance_from`)
+Row = tuple[str, str, int, int]
 
 
 def _project_of(row: Row) -> str:
@@ -270,12 +275,11 @@ def evaluate_chunk(chunk: Chunk, pauses: frozenset[date], first: date, rules: Ru
                    as_of: date | None, *, every_rule: bool = False) -> list[Finding]:
     """The findings of one chunk of projects, `double-post` left out unless `every_rule` (a
     chunk does not hold a person's other projects). Pure: runs in a pool process."""
-    # tuple.__new__ straight: the rows are in DayAttendance's field order already, and
-    # `_make` checks each one's length in Python (2 s of 830,000 rows, this VM)
-    new = tuple.__new__
-    attendance: list[DayAttendance] = [new(DayAttendance, row) for row in chunk.rows]
+    bits = MaskDays(first)
+    attended = [PunchedDays(project, who, bits.days(punched), bits.days(valid)) for project, who, punched, valid
+                in chunk.rows]
     facts = Facts(first, projects=chunk.projects, commitments=chunk.commitments, holders=chunk.holders,
-                  attendance=attendance, leaves=chunk.leaves, stop_works=chunk.stops, pause_days=pauses)
+                  leaves=chunk.leaves, stop_works=chunk.stops, pause_days=pauses, punched_days=attended)
     found = evaluate(facts, rules, month, as_of)
     return found if every_rule else [f for f in found if f.rule is not RuleCode.DOUBLE_POST]
 
