@@ -1008,6 +1008,18 @@ MAX_ATTENDANCE_PAGE = 10_000  # iter_attendance_days rows per page
 ATTENDANCE_MASK_DAYS = 62
 
 
+def check_marks(marks: Mapping[str, int]) -> list[tuple[str, int]]:
+    """The marks as (name, value) pairs, checked (Store.set_supervision_marks)."""
+    out = []
+    for name, value in marks.items():
+        if not isinstance(name, str) or not 1 <= len(name) <= 100 or not name.isprintable():
+            raise ValueError(f"a supervision mark's name is 1-100 printable characters, got {name!r}")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"supervision mark {name!r}: the value is Unix ms, an integer, got {value!r}")
+        out.append((name, value))
+    return out
+
+
 def check_mask_window(first_day: date, last_day: date, min_punches: int, min_span_ms: int) -> None:
     """ValueError unless `first_day`..`last_day` fits an AttendanceMask and the thresholds are
     non-negative integers."""
@@ -1659,6 +1671,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def delete_pause_day(self, day: date) -> bool: ...
+
+    # supervision: the schedule's marks ----------------------------------------------
+    @abc.abstractmethod
+    async def get_supervision_marks(self) -> dict[str, int]:
+        """Every mark the scheduled evaluation left (name -> Unix ms; migration 10): what a
+        restarted process or another node picks up (server/supervision/service.py)."""
+
+    @abc.abstractmethod
+    async def set_supervision_marks(self, marks: Mapping[str, int]) -> None:
+        """Set the marks given (insert or replace), in one transaction. ValueError for a
+        name that is not 1-100 printable characters or a value that is not an integer."""
 
     # supervision: attendance ---------------------------------------------------------
     @abc.abstractmethod

@@ -17,7 +17,7 @@ What several nodes sharing one database need:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from datetime import date
@@ -30,7 +30,7 @@ from lmg.storage.api import (
     MAX_ATTENDANCE_PAGE, MAX_WARNING_PAGE, ApplyResult, ApprovedLeave, AttendanceDay, AttendanceMask, BidAward,
     Commitment,
     Disposition, EvaluationScope, KeyPerson, PauseDay, PersonnelChange, ProjectDay, StopWork, UpsertOutcome,
-    WarningEvent, WarningFinding, WarningRecord, WarningState, Worker, check_day, check_limit, check_mask_window,
+    WarningEvent, WarningFinding, WarningRecord, WarningState, Worker, check_day, check_limit, check_marks, check_mask_window,
     check_project_code,
 )
 from lmg.storage.backend import WORKER_COLUMNS, check_int, worker
@@ -286,6 +286,20 @@ class PostgresSupervision:
             None, f"INSERT INTO pause_days (day, reason, recorded_at_ms) VALUES ($1, $2, $3) ON CONFLICT (day) "
                   f"DO UPDATE SET reason = excluded.reason, recorded_at_ms = excluded.recorded_at_ms "
                   f"RETURNING {PAUSE_COLUMNS}", day, reason, self.clock_ms()))
+
+    async def get_supervision_marks(self) -> dict[str, int]:
+        return {row[0]: row[1] for row in await self._fetch("SELECT name, value_ms FROM supervision_marks")}
+
+    async def set_supervision_marks(self, marks: Mapping[str, int]) -> None:
+        pairs = check_marks(marks)
+        if not pairs:
+            return
+        now = self.clock_ms()
+        async with self._connection() as conn, conn.transaction():
+            await conn.executemany(
+                "INSERT INTO supervision_marks (name, value_ms, set_at_ms) VALUES ($1, $2, $3) ON CONFLICT (name) "
+                "DO UPDATE SET value_ms = excluded.value_ms, set_at_ms = excluded.set_at_ms",
+                [(name, value, now) for name, value in pairs])
 
     async def list_pause_days(self, first_day: date, last_day: date) -> list[PauseDay]:
         check_days(first_day, last_day)

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import date
 from typing import Any
@@ -29,7 +29,7 @@ from lmg.storage.api import (
     MAX_ATTENDANCE_PAGE, MAX_WARNING_PAGE, ApplyResult, ApprovedLeave, AttendanceDay, AttendanceMask, BidAward,
     Commitment,
     Disposition, EvaluationScope, KeyPerson, PauseDay, PersonnelChange, ProjectDay, StopWork, UpsertOutcome, Worker,
-    WarningEvent, WarningFinding, WarningRecord, WarningState, check_day, check_limit, check_mask_window,
+    WarningEvent, WarningFinding, WarningRecord, WarningState, check_day, check_limit, check_marks, check_mask_window,
     check_project_code,
 )
 from lmg.storage.backend import WORKER_COLUMNS, check_int, worker
@@ -254,6 +254,11 @@ def _attendance_query(conn: sqlite3.Connection, codes: list[str] | None, since_m
             [*params, since_ms, until_ms, *project_params])
 
 
+def _set_marks(conn: sqlite3.Connection, rows: list[tuple[str, int, int]]) -> None:
+    conn.executemany("INSERT INTO supervision_marks (name, value_ms, set_at_ms) VALUES (?, ?, ?) ON CONFLICT (name) "
+                     "DO UPDATE SET value_ms = excluded.value_ms, set_at_ms = excluded.set_at_ms", rows)
+
+
 def _stream_attendance(conn: sqlite3.Connection, codes: list[str] | None, since_ms: int, until_ms: int,
                        deliver: Callable[[list[Any] | None], None], credits: threading.Semaphore,
                        stop: threading.Event, masks: tuple[int, int, int] | None = None) -> None:
@@ -434,6 +439,15 @@ class SqliteSupervision:
         rows = await self._query(f"SELECT {PAUSE_COLUMNS} FROM pause_days WHERE day BETWEEN ? AND ? ORDER BY day",
                                  (first_day.isoformat(), last_day.isoformat()))
         return [pause_day(row) for row in rows]
+
+    async def get_supervision_marks(self) -> dict[str, int]:
+        rows = await self._query("SELECT name, value_ms FROM supervision_marks", ())
+        return {name: value for name, value in rows}
+
+    async def set_supervision_marks(self, marks: Mapping[str, int]) -> None:
+        pairs = check_marks(marks)
+        if pairs:
+            await self._write(_set_marks, [(name, value, self.clock_ms()) for name, value in pairs])
 
     async def delete_pause_day(self, day: date) -> bool:
         check_day("day", day)

@@ -28,7 +28,7 @@ import asyncio
 import logging
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
@@ -58,9 +58,13 @@ log = logging.getLogger("lmg.supervision")
 # 100 to 1,000 a chunk (measured 3.0-3.3 s for 1,000 projects, this VM, 2026-11).
 CHUNK_PROJECTS = 250
 PROJECT_PAGE = 10_000  # list_projects' largest page
-# The first run of a process looks this far back for late backlogs (nothing records when
-# the previous process last looked): a restart within it misses none.
+# The first run on a store that has no mark of a previous look (`BACKLOG_MARK`) looks this
+# far back for late backlogs; every later run, in any process or node, starts from the mark.
 FIRST_BACKLOG_LOOKBACK_MS = 2 * 86_400_000
+# The store's supervision marks (Store.get_supervision_marks): when a run last looked for late
+# backlogs, and each month evaluated in full (by any process: a restart does not redo it).
+BACKLOG_MARK = "backlog_checked_ms"
+MONTH_MARK = "month_evaluated:"  # + YYYY-MM
 # days_with_punches_received: a group commit stamps its punches before it commits, so a
 # punch may become visible a little after its receive time (storage's advice: a minute).
 RECEIVED_OVERLAP_MS = 60_000
@@ -399,6 +403,19 @@ def plan(today: date, *, backlog_days: Iterable[date], completed: Collection[Mon
     return [Planned(m, None if m.last <= yesterday else yesterday, why) for m, why in sorted(wanted.items())]
 
 
+def _evaluated_months(marks: Mapping[str, int]) -> set[Month]:
+    """The months the marks say were evaluated in full; a mark that names no month is logged
+    and ignored (the month is evaluated again, which is idempotent)."""
+    out = set()
+    for name in marks:
+        if name.startswith(MONTH_MARK):
+            try:
+                out.add(Month.parse(name.removeprefix(MONTH_MARK)))
+            except ValueError:
+                log.warning("supervision: ignoring the mark %r, which names no month", name)
+    return out
+
+
 class SupervisionSchedule:
     """The gateway's scheduled evaluation: `run_once()` every `interval_s` (`run_every`).
 
@@ -424,11 +441,14 @@ class SupervisionSchedule:
                 return None
             now = self.clock_ms()
             today = china_day(now)
-            after = (now - FIRST_BACKLOG_LOOKBACK_MS if self.checked_ms is None
-                     else self.checked_ms - RECEIVED_OVERLAP_MS)
+            marks = await self.store.get_supervision_marks()
+            # another node or an earlier process may have run since this one last did
+            checked = max((m for m in (self.checked_ms, marks.get(BACKLOG_MARK)) if m is not None), default=None)
+            after = now - FIRST_BACKLOG_LOOKBACK_MS if checked is None else checked - RECEIVED_OVERLAP_MS
+            completed = self.completed | _evaluated_months(marks)
             touched = await self.store.days_with_punches_received(after, until_ms=now)
             runs = []
-            for planned in plan(today, backlog_days=[d.day for d in touched], completed=self.completed):
+            for planned in plan(today, backlog_days=[d.day for d in touched], completed=completed):
                 run = await evaluate_month_run(self.store, self.rules, planned.month, as_of=planned.as_of,
                                                now_ms=now, escalate=False, executor=self.executor)
                 runs.append(run)
@@ -450,6 +470,8 @@ class SupervisionSchedule:
                 last = runs[-1]
                 runs[-1] = MonthRun(last.month, last.as_of, last.findings, last.applied, escalated, last.by_rule)
             self.checked_ms = now
+            await self.store.set_supervision_marks(
+                {BACKLOG_MARK: now, **{f"{MONTH_MARK}{r.month}": now for r in runs if r.as_of is None}})
             self.runs += 1
             return runs
 

@@ -592,3 +592,19 @@ async def test_version_5_database_upgrades_with_tokens_kept_and_no_department(ba
     (token,) = await new.list_api_tokens()
     assert (token.department, token.region_code) == (None, "620100")
     assert await new.list_warnings() == []
+
+
+async def test_supervision_marks_are_kept_replaced_and_checked(backend):
+    clock = [T0]
+    store = await backend.open(clock_ms=lambda: clock[0])
+    assert await store.get_supervision_marks() == {}
+    await store.set_supervision_marks({"backlog_checked_ms": T0, "month_evaluated:2026-03": T0})
+    await store.set_supervision_marks({"backlog_checked_ms": T0 + DAY_MS})
+    await store.set_supervision_marks({})
+    assert await store.get_supervision_marks() == {"backlog_checked_ms": T0 + DAY_MS, "month_evaluated:2026-03": T0}
+    for bad in ({"": 1}, {"x\n": 1}, {"x" * 101: 1}, {"x": 1.5}, {"x": True}):
+        with pytest.raises(ValueError, match="supervision mark"):
+            await store.set_supervision_marks(bad)
+    await store.close()
+    reopened = await backend.open(clock_ms=lambda: clock[0])  # kept across a restart
+    assert (await reopened.get_supervision_marks())["backlog_checked_ms"] == T0 + DAY_MS
