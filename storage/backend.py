@@ -68,6 +68,7 @@ class BackendStore(Store):
             max_delay_ms=config.group_commit_max_delay_ms,
             max_queued_records=config.max_queued_records,
             enqueue_wait_ms=config.enqueue_wait_ms,
+            max_queue_age_ms=config.max_queue_age_ms or None,
             in_flight=batches_in_flight,
             name=f"lmg-{self.dialect}-group-commit",
         )

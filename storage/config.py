@@ -51,6 +51,13 @@ class StoreConfig:
         2_000, "ms a caller waits for room in that queue before the device is nacked STORE_UNAVAILABLE "
                "(devices wait seconds for an ack; 2 s leaves time to nack)")
 
+    # A terminal resends what is unanswered after 15 s (docs/protocol.md §6.2): a record
+    # queued longer than that is answered after its resend is already on the way.
+    max_queue_age_ms: int = key(
+        5_000, "ms the oldest record may wait for the disk before new ones are refused at once with "
+               "STORE_UNAVAILABLE (terminals resend after 15 s: a record answered later is written twice; 5 s "
+               "leaves the commit and the ACK time); 0 turns the bound off")
+
     sqlite_synchronous: str = key(
         "FULL", "SQLite synchronous mode: FULL makes every acknowledged commit reach the disk (WAL fsync per "
                 "commit); NORMAL would lose the last transactions on power loss, which breaks the ack contract")
@@ -117,6 +124,8 @@ class StoreConfig:
                      "photo_partial_ttl_ms", "roster_import_max_rows", "presence_stale_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_queue_age_ms < 0:
+            raise ValueError(f"max_queue_age_ms must be 0 (no bound) or more, got {self.max_queue_age_ms}")
         if self.photo_forwarded_retention_ms < 0:
             raise ValueError(f"photo_forwarded_retention_ms must be 0 (keep for ever) or more, "
                              f"got {self.photo_forwarded_retention_ms}")

@@ -13,6 +13,13 @@ Rules:
 - Records of a caller that was cancelled before its batch started are not written.
 - The queue is bounded (`max_queued_records`); a caller waits at most `enqueue_wait_ms`
   for room, then gets StoreUnavailable so the server can nack instead of piling up.
+- The queue is bounded in time too (`max_queue_age_ms`): while its oldest record has waited
+  longer than that, new records are refused at once with StoreUnavailable. A record count
+  is seconds of backlog on a fast disk and minutes on a slow one; a terminal resends what
+  is not answered within 15 s (docs/protocol.md §6.2), so a record answered later than that
+  was written for nothing and its resend queues behind it: the backlog feeds itself (seen
+  in the outage benchmark on a loaded PostgreSQL, issue 17). A refusal costs the terminal
+  one back-off; a late answer costs the store the record twice.
 - Every failure of `commit` reaches exactly the callers of that batch; the next batch
   starts as if nothing happened, so one bad batch never wedges the store.
 - Observability costs the hot path nothing it did not ask for: `observer` (set by the
@@ -46,7 +53,9 @@ class GroupCommit(Generic[Record, Result]):
     """Batches `submit` calls from many tasks into few `commit(records)` calls.
 
     `commit` receives a list of records and returns a list of results of the same
-    length, in the same order; at most `in_flight` commits run at once.
+    length, in the same order; at most `in_flight` commits run at once. `clock`: monotonic
+    seconds that waits are measured by (the loop's time by default); a clock that does not
+    advance keeps a window open, so a test that injects one sets `max_delay_ms` 0.
 
     There is no flusher task: a batch starts from `submit` (batch full), from a timer
     (window over) or from the end of the previous commit. The next batch is started
@@ -63,17 +72,22 @@ class GroupCommit(Generic[Record, Result]):
         max_delay_ms: float,
         max_queued_records: int,
         enqueue_wait_ms: int,
+        max_queue_age_ms: int | None = None,
         in_flight: int = 1,
         name: str = "group-commit",
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._commit = commit
         self._max_records = max_records
         self._max_delay_s = max_delay_ms / 1000.0
         self._max_queued = max_queued_records
         self._enqueue_wait_s = enqueue_wait_ms / 1000.0
+        self._max_age_s = None if max_queue_age_ms is None else max_queue_age_ms / 1000.0
         self._max_in_flight = in_flight
         self._name = name
         self._loop = asyncio.get_running_loop()
+        # what "waited" is measured with (seconds); tests pass their own, timers use the loop's
+        self._clock = clock or self._loop.time
         self._entries: deque[tuple] = deque()
         self._queued = 0  # records in self._entries
         self._in_flight = 0
@@ -114,10 +128,18 @@ class GroupCommit(Generic[Record, Result]):
         """
         loop = self._loop
         count = len(records)
+        now = self._clock()
+        entries = self._entries
+        if entries and self._max_age_s is not None and now - entries[0][_ARRIVED] > self._max_age_s:
+            refused = loop.create_future()
+            refused.set_exception(StoreUnavailable(
+                f"store behind: the oldest queued record has waited {now - entries[0][_ARRIVED]:.1f} s for the "
+                f"disk (limit max_queue_age_ms={self._max_age_s * 1000:.0f}); nack and let the device resend later"))
+            return refused
         if self._closing or not count or (self._queued + count > self._max_queued and self._queued):
             return asyncio.ensure_future(self._submit_slowly(records))
         future = loop.create_future()
-        self._entries.append((records, future, loop.time()))
+        entries.append((records, future, now))
         queued = self._queued = self._queued + count
         if queued >= self._max_queued:
             self._room.clear()
@@ -125,8 +147,8 @@ class GroupCommit(Generic[Record, Result]):
             if queued >= self._max_records or self._max_delay_s <= 0:
                 self._start_batches()
             elif self._timer is None:
-                self._timer = loop.call_at(self._entries[0][_ARRIVED] + self._max_delay_s,
-                                           self._on_timer)
+                self._timer = loop.call_later(self._entries[0][_ARRIVED] + self._max_delay_s - now,
+                                              self._on_timer)
         return future
 
     async def _submit_slowly(self, records: Sequence[Record]) -> list[Result]:
@@ -172,10 +194,10 @@ class GroupCommit(Generic[Record, Result]):
         loop = self._loop
         while self._entries and self._in_flight < self._max_in_flight:
             if not self._closing and self._queued < self._max_records:
-                due = self._entries[0][_ARRIVED] + self._max_delay_s
-                if due > loop.time():
+                wait = self._entries[0][_ARRIVED] + self._max_delay_s - self._clock()
+                if wait > 0:
                     if self._timer is None:
-                        self._timer = loop.call_at(due, self._on_timer)
+                        self._timer = loop.call_later(wait, self._on_timer)
                     return
             batch = self._take_batch()
             if not batch:
