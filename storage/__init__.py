@@ -22,6 +22,7 @@ from lmg.storage.api import (
     ApplyResult,
     ApprovedLeave,
     AttendanceDay,
+    AttendanceMask,
     AuditEntry,
     BidAward,
     Command,
@@ -102,7 +103,7 @@ __all__ = [
     "StoreUrlError", "TokenExists", "UnknownDevice", "UnknownProject", "UpsertOutcome",
     "VerifyMode", "Worker", "WorkerIn", "open_store", "parse_store_url", "wall_clock_ms",
     # the supervision of key personnel
-    "MAX_ATTENDANCE_PAGE", "MAX_WARNING_PAGE", "ApplyResult", "ApprovedLeave", "AttendanceDay", "BidAward",
+    "MAX_ATTENDANCE_PAGE", "MAX_WARNING_PAGE", "ApplyResult", "ApprovedLeave", "AttendanceDay", "AttendanceMask", "BidAward",
     "Commitment", "Department", "Disposition", "EvaluationScope", "KeyPerson", "PauseDay", "PersonnelChange",
     "ProjectDay", "StopWork", "UnknownWarning", "WarningClosed", "WarningEvent", "WarningEventKind",
     "WarningFinding", "WarningRecord", "WarningState",

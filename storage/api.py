@@ -945,6 +945,20 @@ class AttendanceDay(NamedTuple):
     last_punch_ms: int
 
 
+class AttendanceMask(NamedTuple):
+    """One person's attendance on one project's devices over a window of at most
+    ATTENDANCE_MASK_DAYS days, as two bit masks: bit i stands for the window's first day +
+    i days (China days). `punched`: days with at least one accepted punch; `valid`: the
+    days among them with at least `min_punches` punches whose first and last lie at least
+    `min_span_ms` apart, counted over all the person's punches on the project's devices that
+    day (iter_attendance_masks)."""
+
+    project_code: str
+    worker_id: str
+    punched: int
+    valid: int
+
+
 @dataclass(frozen=True, slots=True)
 class ProjectDay:
     project_code: str
@@ -1054,6 +1068,34 @@ async def _always_held() -> AsyncIterator[bool]:
 
 MAX_WARNING_PAGE = 10_000  # list_warnings rows per call, as list_commands
 MAX_ATTENDANCE_PAGE = 10_000  # iter_attendance_days rows per page
+# Days an AttendanceMask holds: bits of a signed 64-bit integer (SQLite's integer,
+# PostgreSQL's bigint) less the sign; an evaluation reads two months at most, 62 days.
+ATTENDANCE_MASK_DAYS = 62
+
+
+def check_marks(marks: Mapping[str, int]) -> list[tuple[str, int]]:
+    """The marks as (name, value) pairs, checked (Store.set_supervision_marks)."""
+    out = []
+    for name, value in marks.items():
+        if not isinstance(name, str) or not 1 <= len(name) <= 100 or not name.isprintable():
+            raise ValueError(f"a supervision mark's name is 1-100 printable characters, got {name!r}")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"supervision mark {name!r}: the value is Unix ms, an integer, got {value!r}")
+        out.append((name, value))
+    return out
+
+
+def check_mask_window(first_day: date, last_day: date, min_punches: int, min_span_ms: int) -> None:
+    """ValueError unless `first_day`..`last_day` fits an AttendanceMask and the thresholds are
+    non-negative integers."""
+    if not isinstance(first_day, date) or not isinstance(last_day, date) or last_day < first_day:
+        raise ValueError(f"attendance masks need first_day <= last_day, dates: got {first_day!r}, {last_day!r}")
+    if (last_day - first_day).days >= ATTENDANCE_MASK_DAYS:
+        raise ValueError(f"attendance masks hold {ATTENDANCE_MASK_DAYS} days; {first_day}..{last_day} is "
+                         f"{(last_day - first_day).days + 1}")
+    for name, value in (("min_punches", min_punches), ("min_span_ms", min_span_ms)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
 
 
 # ------------------------------------------------------------------------ the store
@@ -1776,6 +1818,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_pause_day(self, day: date) -> bool: ...
 
+    # supervision: the schedule's marks ----------------------------------------------
+    @abc.abstractmethod
+    async def get_supervision_marks(self) -> dict[str, int]:
+        """Every mark the scheduled evaluation left (name -> Unix ms; migration 10): what a
+        restarted process or another node picks up (server/supervision/service.py)."""
+
+    @abc.abstractmethod
+    async def set_supervision_marks(self, marks: Mapping[str, int]) -> None:
+        """Set the marks given (insert or replace), in one transaction. ValueError for a
+        name that is not 1-100 printable characters or a value that is not an integer."""
+
     # supervision: attendance ---------------------------------------------------------
     @abc.abstractmethod
     def iter_attendance_days(self, project_codes: Collection[str] | None, first_day: date,
@@ -1792,6 +1845,42 @@ class Store(abc.ABC):
         the primary key), a small one reads its devices' punches through the
         (device_serial, record_no) key; the store picks whichever reads fewer rows. Memory
         stays at a page however many rows there are: stop early by leaving the loop."""
+
+    async def iter_attendance_masks(self, project_codes: Collection[str] | None, first_day: date, last_day: date,
+                                    *, min_punches: int, min_span_ms: int) -> AsyncIterator[list[AttendanceMask]]:
+        """Per (project, person): the days of `first_day`..`last_day` (at most
+        ATTENDANCE_MASK_DAYS) with punches and the valid ones, as bit masks from `first_day`
+        (AttendanceMask), in pages of at most MAX_ATTENDANCE_PAGE rows ordered by
+        (project_code, worker_id). The same punches as `iter_attendance_days`, one row per
+        person instead of one per day: a province's month is 120,000 rows rather than 3.6
+        million, which is what makes its evaluation close to one SQL aggregate
+        (docs/supervision.md, "Performance"). ValueError for a longer window or a negative
+        threshold.
+
+        This version folds `iter_attendance_days` and is the reference the backends' SQL is
+        tested against (tests/storage/test_store_supervision.py); they override it."""
+        check_mask_window(first_day, last_day, min_punches, min_span_ms)
+        base = first_day.toordinal()
+        page: list[AttendanceMask] = []
+        key: tuple[str, str] | None = None
+        punched = valid = 0
+        async for rows in self.iter_attendance_days(project_codes, first_day, last_day):
+            for row in rows:
+                if (row.project_code, row.worker_id) != key:
+                    if key is not None:
+                        page.append(AttendanceMask(key[0], key[1], punched, valid))
+                        if len(page) == MAX_ATTENDANCE_PAGE:
+                            yield page
+                            page = []
+                    key, punched, valid = (row.project_code, row.worker_id), 0, 0
+                bit = 1 << (row.day.toordinal() - base)
+                punched |= bit
+                if row.punches >= min_punches and row.last_punch_ms - row.first_punch_ms >= min_span_ms:
+                    valid |= bit
+        if key is not None:
+            page.append(AttendanceMask(key[0], key[1], punched, valid))
+        if page:
+            yield page
 
     async def attendance_days(self, project_codes: Collection[str] | None, first_day: date,
                               last_day: date) -> list[AttendanceDay]:

@@ -17,7 +17,7 @@ What several nodes sharing one database need:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from datetime import date
@@ -27,9 +27,10 @@ import asyncpg
 
 from lmg.protocol.regions import covered_codes
 from lmg.storage.api import (
-    MAX_ATTENDANCE_PAGE, MAX_WARNING_PAGE, ApplyResult, ApprovedLeave, AttendanceDay, BidAward, Commitment,
+    MAX_ATTENDANCE_PAGE, MAX_WARNING_PAGE, ApplyResult, ApprovedLeave, AttendanceDay, AttendanceMask, BidAward,
+    Commitment,
     Disposition, EvaluationScope, KeyPerson, PauseDay, PersonnelChange, ProjectDay, StopWork, UpsertOutcome,
-    WarningEvent, WarningFinding, WarningRecord, WarningState, Worker, check_day, check_limit,
+    WarningEvent, WarningFinding, WarningRecord, WarningState, Worker, check_day, check_limit, check_marks, check_mask_window,
     check_project_code,
 )
 from lmg.storage.backend import WORKER_COLUMNS, check_int, worker
@@ -40,7 +41,7 @@ from lmg.storage.supervision import (
     RECEIVE_SLACK_MS, STOP_COLUMNS, WARNING_COLUMNS, WARNING_UPDATE_COLUMNS, AwardedPerson, DayCache,
     WarningChange, approved_leave, attendance_day, award_from_rows, canonical_json, check_bid_award, check_by,
     check_days, check_id_number, check_period, check_personnel_change, check_project_codes, check_scope,
-    check_text, checked_findings, commitments, day_of, day_range_ms, pause_day, personnel_change, plan_apply,
+    check_text, checked_findings, commitments, day_of, day_range_ms, number_of, pause_day, personnel_change, plan_apply,
     plan_close, plan_escalation, same_award, same_change, search_first_received, stop_work, warning_event,
     warning_filters, warning_record, warning_update_values,
 )
@@ -286,6 +287,20 @@ class PostgresSupervision:
                   f"DO UPDATE SET reason = excluded.reason, recorded_at_ms = excluded.recorded_at_ms "
                   f"RETURNING {PAUSE_COLUMNS}", day, reason, self.clock_ms()))
 
+    async def get_supervision_marks(self) -> dict[str, int]:
+        return {row[0]: row[1] for row in await self._fetch("SELECT name, value_ms FROM supervision_marks")}
+
+    async def set_supervision_marks(self, marks: Mapping[str, int]) -> None:
+        pairs = check_marks(marks)
+        if not pairs:
+            return
+        now = self.clock_ms()
+        async with self._connection() as conn, conn.transaction():
+            await conn.executemany(
+                "INSERT INTO supervision_marks (name, value_ms, set_at_ms) VALUES ($1, $2, $3) ON CONFLICT (name) "
+                "DO UPDATE SET value_ms = excluded.value_ms, set_at_ms = excluded.set_at_ms",
+                [(name, value, now) for name, value in pairs])
+
     async def list_pause_days(self, first_day: date, last_day: date) -> list[PauseDay]:
         check_days(first_day, last_day)
         rows = await self._fetch(f"SELECT {PAUSE_COLUMNS} FROM pause_days WHERE day BETWEEN $1 AND $2 ORDER BY day",
@@ -313,9 +328,11 @@ class PostgresSupervision:
             return found
 
     async def _attendance_query(self, conn: asyncpg.Connection, codes: list[str] | None, since_ms: int,
-                                until_ms: int) -> tuple[str, list[Any]] | None:
+                                until_ms: int, masks: tuple[int, int, int] | None = None
+                                ) -> tuple[str, list[Any]] | None:
         """The aggregate's SQL and arguments on the path reading fewer rows; None when
-        nothing can match (see Store.iter_attendance_days)."""
+        nothing can match (see Store.iter_attendance_days). `masks`: (first day number,
+        min_punches, min_span_ms) for the per-person masks (Store.iter_attendance_masks)."""
         low = await self._first_id_received(conn, since_ms)
         if low is None:
             return None
@@ -333,17 +350,34 @@ class PostgresSupervision:
                     timeout=_SCAN_TIMEOUT_S)
                 if on_devices * DEVICE_READ_COST < in_range:
                     where, args = "device_serial = ANY($4::text[])", [serials]
-        sql = (f"SELECT d.project_code, a.worker_id, a.day, sum(a.n)::bigint, min(a.first_ms), max(a.last_ms) "
-               f"FROM (SELECT device_serial, worker_id, {_DAY} AS day, count(*) AS n, "
-               f"min(punch_time_ms) AS first_ms, max(punch_time_ms) AS last_ms FROM punches "
-               f"WHERE {where} AND punch_time_ms >= $1 AND punch_time_ms < $2 "
-               f"GROUP BY device_serial, worker_id, day) a JOIN devices d ON d.serial = a.device_serial "
-               f"WHERE $3::text[] IS NULL OR d.project_code = ANY($3::text[]) "
-               f"GROUP BY d.project_code, a.worker_id, a.day ORDER BY d.project_code, a.worker_id, a.day")
-        return sql, [since_ms, until_ms, codes, *args]
+        per_day = (f"SELECT d.project_code, a.worker_id, a.day, sum(a.n)::bigint AS n, min(a.first_ms) AS first_ms, "
+                   f"max(a.last_ms) AS last_ms "
+                   f"FROM (SELECT device_serial, worker_id, {_DAY} AS day, count(*) AS n, "
+                   f"min(punch_time_ms) AS first_ms, max(punch_time_ms) AS last_ms FROM punches "
+                   f"WHERE {where} AND punch_time_ms >= $1 AND punch_time_ms < $2 "
+                   f"GROUP BY device_serial, worker_id, day) a JOIN devices d ON d.serial = a.device_serial "
+                   f"WHERE $3::text[] IS NULL OR d.project_code = ANY($3::text[]) "
+                   f"GROUP BY d.project_code, a.worker_id, a.day")
+        if masks is None:
+            return per_day + " ORDER BY d.project_code, a.worker_id, a.day", [since_ms, until_ms, codes, *args]
+        # one row per (project, person): the days as bits from the window's first day ($5)
+        sql = ("SELECT project_code, worker_id, bit_or(1::bigint << (day - $5)::int), "
+               "coalesce(bit_or(CASE WHEN n >= $6 AND last_ms - first_ms >= $7 THEN 1::bigint << (day - $5)::int "
+               f"END), 0) FROM ({per_day}) x GROUP BY project_code, worker_id ORDER BY project_code, worker_id")
+        return sql, [since_ms, until_ms, codes, *args, *masks]
 
-    async def iter_attendance_days(self, project_codes: Collection[str] | None, first_day: date,
-                                   last_day: date) -> AsyncIterator[list[AttendanceDay]]:
+    def iter_attendance_days(self, project_codes: Collection[str] | None, first_day: date,
+                             last_day: date) -> AsyncIterator[list[AttendanceDay]]:
+        return self._scan_attendance(project_codes, first_day, last_day, None)
+
+    def iter_attendance_masks(self, project_codes: Collection[str] | None, first_day: date, last_day: date,
+                              *, min_punches: int, min_span_ms: int) -> AsyncIterator[list[AttendanceMask]]:
+        check_mask_window(first_day, last_day, min_punches, min_span_ms)
+        return self._scan_attendance(project_codes, first_day, last_day,
+                                     (number_of(first_day), min_punches, min_span_ms))
+
+    async def _scan_attendance(self, project_codes: Collection[str] | None, first_day: date, last_day: date,
+                               masks: tuple[int, int, int] | None) -> AsyncIterator[Any]:
         codes = check_project_codes(project_codes)
         since_ms, until_ms = day_range_ms(first_day, last_day)
         if codes is not None and not codes:
@@ -351,8 +385,17 @@ class PostgresSupervision:
         days = DayCache()
         async with self._connection() as conn:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                query = await self._attendance_query(conn, codes, since_ms, until_ms)
+                query = await self._attendance_query(conn, codes, since_ms, until_ms, masks)
                 if query is None:
+                    return
+                if masks is not None:
+                    # Fetched whole, not through a cursor: PostgreSQL plans no parallel workers
+                    # for a cursor, and the masks are one row per person (120,000 a province,
+                    # ~15 MB), where the day rows are millions.
+                    rows = await conn.fetch(query[0], *query[1], timeout=_SCAN_TIMEOUT_S)
+                    for start in range(0, len(rows), MAX_ATTENDANCE_PAGE):
+                        yield [tuple.__new__(AttendanceMask, tuple(row))
+                               for row in rows[start:start + MAX_ATTENDANCE_PAGE]]
                     return
                 cursor = await conn.cursor(query[0], *query[1], timeout=_SCAN_TIMEOUT_S)
                 while rows := await cursor.fetch(MAX_ATTENDANCE_PAGE, timeout=_SCAN_TIMEOUT_S):

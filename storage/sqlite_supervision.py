@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import date
 from typing import Any
@@ -26,9 +26,11 @@ import orjson
 
 from lmg.protocol.regions import covered_codes
 from lmg.storage.api import (
-    MAX_ATTENDANCE_PAGE, MAX_WARNING_PAGE, ApplyResult, ApprovedLeave, AttendanceDay, BidAward, Commitment,
+    MAX_ATTENDANCE_PAGE, MAX_WARNING_PAGE, ApplyResult, ApprovedLeave, AttendanceDay, AttendanceMask, BidAward,
+    Commitment,
     Disposition, EvaluationScope, KeyPerson, PauseDay, PersonnelChange, ProjectDay, StopWork, UpsertOutcome, Worker,
-    WarningEvent, WarningFinding, WarningRecord, WarningState, check_day, check_limit, check_project_code,
+    WarningEvent, WarningFinding, WarningRecord, WarningState, check_day, check_limit, check_marks, check_mask_window,
+    check_project_code,
 )
 from lmg.storage.backend import WORKER_COLUMNS, check_int, worker
 from lmg.storage.errors import StoreUnavailable, UnknownProject, UnknownWarning
@@ -38,7 +40,7 @@ from lmg.storage.supervision import (
     STOP_COLUMNS, WARNING_COLUMNS, WARNING_UPDATE_COLUMNS, AwardedPerson, DayCache, WarningChange,
     approved_leave, attendance_day, award_from_rows, canonical_json, check_bid_award, check_by, check_days,
     check_id_number, check_period, check_personnel_change, check_project_codes, check_scope, check_text,
-    checked_findings, commitments, day_of, day_range_ms, drive_search, pause_day, personnel_change,
+    checked_findings, commitments, day_of, day_range_ms, drive_search, number_of, pause_day, personnel_change,
     plan_apply, plan_close, plan_escalation, same_award, same_change, search_first_received, stop_work,
     warning_event, warning_filters, warning_record, warning_update_values,
 )
@@ -207,15 +209,24 @@ _DAY = f"(punch_time_ms + {CHINA_OFFSET_MS}) / {DAY_MS}"
 _PER_DEVICE = (f"SELECT device_serial, worker_id, {_DAY} AS day, count(*) AS n, min(punch_time_ms) AS first_ms, "
                f"max(punch_time_ms) AS last_ms FROM punches WHERE {{where}} "
                f"AND punch_time_ms >= ? AND punch_time_ms < ? GROUP BY device_serial, worker_id, day")
-_PER_PROJECT = ("SELECT d.project_code, a.worker_id, a.day, sum(a.n), min(a.first_ms), max(a.last_ms) "
-                "FROM ({per_device}) a JOIN devices d ON d.serial = a.device_serial{projects} "
-                "GROUP BY d.project_code, a.worker_id, a.day ORDER BY d.project_code, a.worker_id, a.day")
+_PER_PROJECT_DAY = ("SELECT d.project_code AS project_code, a.worker_id AS worker_id, a.day AS day, sum(a.n) AS n, "
+                    "min(a.first_ms) AS first_ms, max(a.last_ms) AS last_ms "
+                    "FROM ({per_device}) a JOIN devices d ON d.serial = a.device_serial{projects} "
+                    "GROUP BY d.project_code, a.worker_id, a.day")
+_PER_PROJECT = _PER_PROJECT_DAY + " ORDER BY d.project_code, a.worker_id, a.day"
+# One row per (project, person): the days as bits from the window's first day (AttendanceMask).
+# The days are distinct within a group, so sum() is the bitwise or; bit 61 at most (62 days).
+_MASKS = ("SELECT project_code, worker_id, sum(1 << (day - ?)), "
+          "sum(CASE WHEN n >= ? AND last_ms - first_ms >= ? THEN 1 << (day - ?) ELSE 0 END) "
+          "FROM (" + _PER_PROJECT_DAY + ") GROUP BY project_code, worker_id ORDER BY project_code, worker_id")
 
 
 def _attendance_query(conn: sqlite3.Connection, codes: list[str] | None, since_ms: int,
-                      until_ms: int) -> tuple[str, list[Any]] | None:
+                      until_ms: int, masks: tuple[int, int, int] | None = None) -> tuple[str, list[Any]] | None:
     """The aggregate's SQL and parameters, reading the fewer rows of the two paths (see
-    Store.iter_attendance_days); None when nothing can match."""
+    Store.iter_attendance_days); None when nothing can match. `masks`: (first day number,
+    min_punches, min_span_ms) for the per-person masks (Store.iter_attendance_masks)
+    instead of the day rows."""
     projects, project_params = "", [] if codes is None else [_codes(codes)]
     if codes is not None:
         projects = f" WHERE d.project_code IN {_JSON_LIST}"
@@ -235,17 +246,27 @@ def _attendance_query(conn: sqlite3.Connection, codes: list[str] | None, since_m
             if on_devices * DEVICE_READ_COST < in_range:
                 chosen = (_PER_DEVICE.format(where=f"device_serial IN {_JSON_LIST}"), [_codes(serials)])
     sql, params = chosen
+    if masks is not None:
+        base, least, span_ms = masks
+        return (_MASKS.format(per_device=sql, projects=projects),
+                [base, least, span_ms, base, *params, since_ms, until_ms, *project_params])
     return (_PER_PROJECT.format(per_device=sql, projects=projects),
             [*params, since_ms, until_ms, *project_params])
 
 
+def _set_marks(conn: sqlite3.Connection, rows: list[tuple[str, int, int]]) -> None:
+    conn.executemany("INSERT INTO supervision_marks (name, value_ms, set_at_ms) VALUES (?, ?, ?) ON CONFLICT (name) "
+                     "DO UPDATE SET value_ms = excluded.value_ms, set_at_ms = excluded.set_at_ms", rows)
+
+
 def _stream_attendance(conn: sqlite3.Connection, codes: list[str] | None, since_ms: int, until_ms: int,
-                       deliver: Callable[[list[AttendanceDay] | None], None], credits: threading.Semaphore,
-                       stop: threading.Event) -> None:
-    """Read the aggregate page by page and deliver each (None at the end), waiting for a
-    credit before each page so at most _PAGES_AHEAD wait; stops when `stop` is set."""
+                       deliver: Callable[[list[Any] | None], None], credits: threading.Semaphore,
+                       stop: threading.Event, masks: tuple[int, int, int] | None = None) -> None:
+    """Read the aggregate (the day rows, or with `masks` the per-person masks) page by page
+    and deliver each (None at the end), waiting for a credit before each page so at most
+    _PAGES_AHEAD wait; stops when `stop` is set."""
     try:
-        query = _attendance_query(conn, codes, since_ms, until_ms)
+        query = _attendance_query(conn, codes, since_ms, until_ms, masks)
         if query is None:
             return
         cursor = conn.execute(*query)
@@ -260,7 +281,8 @@ def _stream_attendance(conn: sqlite3.Connection, codes: list[str] | None, since_
                                            f"the scan stopped to free the scan thread: read them again")
                 if stop.is_set():
                     return
-                deliver([attendance_day(row, days) for row in rows])
+                deliver([attendance_day(row, days) for row in rows] if masks is None
+                        else [tuple.__new__(AttendanceMask, row) for row in rows])
         finally:
             cursor.close()
     finally:
@@ -418,28 +440,47 @@ class SqliteSupervision:
                                  (first_day.isoformat(), last_day.isoformat()))
         return [pause_day(row) for row in rows]
 
+    async def get_supervision_marks(self) -> dict[str, int]:
+        rows = await self._query("SELECT name, value_ms FROM supervision_marks", ())
+        return {name: value for name, value in rows}
+
+    async def set_supervision_marks(self, marks: Mapping[str, int]) -> None:
+        pairs = check_marks(marks)
+        if pairs:
+            await self._write(_set_marks, [(name, value, self.clock_ms()) for name, value in pairs])
+
     async def delete_pause_day(self, day: date) -> bool:
         check_day("day", day)
         return bool(await self._write(_rowcount, "DELETE FROM pause_days WHERE day = ?", (day.isoformat(),)))
 
     # attendance ---------------------------------------------------------------------
-    async def iter_attendance_days(self, project_codes: Collection[str] | None, first_day: date,
-                                   last_day: date) -> AsyncIterator[list[AttendanceDay]]:
+    def iter_attendance_days(self, project_codes: Collection[str] | None, first_day: date,
+                             last_day: date) -> AsyncIterator[list[AttendanceDay]]:
+        return self._scan_attendance(project_codes, first_day, last_day, None)
+
+    def iter_attendance_masks(self, project_codes: Collection[str] | None, first_day: date, last_day: date,
+                              *, min_punches: int, min_span_ms: int) -> AsyncIterator[list[AttendanceMask]]:
+        check_mask_window(first_day, last_day, min_punches, min_span_ms)
+        return self._scan_attendance(project_codes, first_day, last_day,
+                                     (number_of(first_day), min_punches, min_span_ms))
+
+    async def _scan_attendance(self, project_codes: Collection[str] | None, first_day: date, last_day: date,
+                               masks: tuple[int, int, int] | None) -> AsyncIterator[Any]:
         codes = check_project_codes(project_codes)
         since_ms, until_ms = day_range_ms(first_day, last_day)
         if codes is not None and not codes:
             return
         self._check_open()
         loop = asyncio.get_running_loop()
-        pages: asyncio.Queue[list[AttendanceDay] | None] = asyncio.Queue()
+        pages: asyncio.Queue[list[Any] | None] = asyncio.Queue()
         credits = threading.Semaphore(_PAGES_AHEAD)
         stop = threading.Event()
 
-        def deliver(page: list[AttendanceDay] | None) -> None:
+        def deliver(page: list[Any] | None) -> None:
             loop.call_soon_threadsafe(pages.put_nowait, page)
 
         scan = asyncio.ensure_future(self._scans.run(_stream_attendance, codes, since_ms, until_ms, deliver,
-                                                     credits, stop))
+                                                     credits, stop, masks))
         try:
             while (page := await pages.get()) is not None:
                 credits.release()

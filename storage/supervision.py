@@ -55,6 +55,11 @@ def day_number(time_ms: int) -> int:
     return (time_ms + CHINA_OFFSET_MS) // DAY_MS
 
 
+def number_of(day: date) -> int:
+    """A China date as days since 1970-01-01 (the inverse of `day_of`)."""
+    return day.toordinal() - _EPOCH_ORDINAL
+
+
 def day_of(number: int) -> date:
     return date.fromordinal(_EPOCH_ORDINAL + number)
 

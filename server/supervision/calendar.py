@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from lmg.protocol.roster_file import china_date
-from lmg.server.supervision.facts import DayAttendance, Leave, ProjectFacts, StopWork
+from lmg.server.supervision.facts import DayAttendance, Leave, ProjectFacts, PunchedDays, StopWork
 from lmg.server.supervision.rules import Rules
 
 ONE_DAY = timedelta(days=1)
@@ -146,6 +146,60 @@ def merge_days(rows: Iterable[DayAttendance]) -> dict[tuple[str, str], dict[date
             person[day] = DayAttendance(project, who, day, seen.punches + punches, min(seen.first_ms, first_ms),
                                         max(seen.last_ms, last_ms))
     return out
+
+
+# Days a store mask holds: bit i is `first + i` days, in a signed 64-bit integer (SQLite's
+# integers, PostgreSQL's bigint). An evaluation's window is at most two months, 62 days.
+MASK_DAYS = 62
+
+
+def punched_days_from_rows(rows: Iterable[DayAttendance], rules: Rules) -> dict[tuple[str, str], PunchedDays]:
+    """Each (project, ID number)'s punched and valid days from day aggregates (split rows merged
+    first, as `merge_days`)."""
+    least, span_ms = rules.min_punches, rules.min_span_ms
+    out: dict[tuple[str, str], PunchedDays] = {}
+    for (project, who), by_day in merge_days(rows).items():
+        punched = frozenset(day for day, row in by_day.items() if row.punches > 0)
+        valid = frozenset(day for day, row in by_day.items()
+                          if row.punches >= least and row.last_ms - row.first_ms >= span_ms)
+        out[(project, who)] = PunchedDays(project, who, punched, valid)
+    return out
+
+
+class MaskDays:
+    """Bit masks of days from `first` (bit i: `first` + i days) to sets of dates: a table of
+    the days each byte value stands for, per byte position, so a mask costs 8 lookups rather
+    than a test per bit (120,000 people a province, two masks each)."""
+
+    def __init__(self, first: date):
+        self.first = first
+        self._tables = [[tuple(first + timedelta(days=8 * position + bit) for bit in range(8) if value >> bit & 1)
+                         for value in range(256)] for position in range(8)]
+
+    def days(self, mask: int) -> frozenset[date]:
+        """The days of `mask` (a non-negative integer of at most MASK_DAYS bits)."""
+        if mask < 0 or mask >> MASK_DAYS:
+            raise ValueError(f"a day mask holds {MASK_DAYS} days from {self.first}: {mask:#x} does not fit")
+        out: list[date] = []
+        position = 0
+        while mask:
+            value = mask & 0xFF
+            if value:
+                out += self._tables[position][value]
+            mask >>= 8
+            position += 1
+        return frozenset(out)
+
+
+def mask_of(first: date, days: Iterable[date]) -> int:
+    """The bit mask of `days` counted from `first` (the inverse of `MaskDays.days`)."""
+    mask = 0
+    for day in days:
+        offset = (day - first).days
+        if not 0 <= offset < MASK_DAYS:
+            raise ValueError(f"{day} is outside the {MASK_DAYS} days a mask from {first} holds")
+        mask |= 1 << offset
+    return mask
 
 
 def is_valid_day(row: DayAttendance, rules: Rules) -> bool:

@@ -57,11 +57,10 @@ from lmg.server.supervision.calendar import (
     Month,
     ProjectCalendar,
     leave_days,
-    merge_days,
     person_days,
-    valid_days,
+    punched_days_from_rows,
 )
-from lmg.server.supervision.facts import Commitment, DayAttendance, Facts, Leave, ProjectFacts, StopWork
+from lmg.server.supervision.facts import Commitment, Facts, Leave, ProjectFacts, PunchedDays, StopWork
 from lmg.server.supervision.rules import RULES, Cadence, RuleCode, Rules
 
 RATE_DIGITS = 4  # a rate to 0.01%: a month has at most 31 construction days, one is 3%
@@ -196,8 +195,22 @@ class _Evaluation:
         self.month_first = month.first
         self.window_first = facts.attendance_from
         self.projects: dict[str, ProjectFacts] = {p.code: p for p in facts.projects if p.active}
-        self.attendance = merge_days(a for a in facts.attendance
-                                     if self.window_first <= a.day <= through and a.project in self.projects)
+        window_first = self.window_first
+        self.attendance = punched_days_from_rows((a for a in facts.attendance
+                                                  if window_first <= a.day <= through and a.project in self.projects),
+                                                 rules)
+        for given in facts.punched_days:
+            if given.project not in self.projects:
+                continue
+            punched, valid = given.punched, given.valid
+            if punched and (min(punched) < window_first or max(punched) > through):  # the store's are inside
+                punched = frozenset(day for day in punched if window_first <= day <= through)
+                valid = frozenset(day for day in valid if window_first <= day <= through)
+            person = (given.project, given.id_number)
+            seen = self.attendance.get(person)
+            self.attendance[person] = (PunchedDays(given.project, given.id_number, punched, valid) if seen is None
+                                    else PunchedDays(given.project, given.id_number, seen.punched | punched,
+                                                     seen.valid | valid))
         stops: dict[str, list[StopWork]] = defaultdict(list)
         for stop in facts.stop_works:
             stops[stop.project].append(stop)
@@ -229,8 +242,9 @@ class _Evaluation:
                                                                                             self.through)
         return found
 
-    def punches(self, project: str, id_number: str) -> Mapping[date, DayAttendance]:
-        return self.attendance.get((project, id_number), {})
+    def days(self, project: str, id_number: str) -> PunchedDays:
+        """The person's punched and valid days on the project within the window."""
+        return self.attendance.get((project, id_number)) or PunchedDays(project, id_number, frozenset(), frozenset())
 
     # -- the presence rules: consecutive-absence, low-presence, committed-absent --------------------
     def presence(self) -> list[Finding]:
@@ -242,12 +256,12 @@ class _Evaluation:
             leave = (leave_days(self.calendars[project], own_leaves, self.rules, self.through) if own_leaves
                      else NO_LEAVE)
             mine = person_days(self.project_days(project), intervals, leave)
-            by_day = self.punches(project, who)
-            valid = valid_days(by_day, self.rules)
+            attended = self.days(project, who)
+            valid = attended.valid
             out += self._absence_runs(project, post, who, name, mine, valid)
             if self.complete:
                 month_days = mine[bisect_left(mine, self.month_first):]
-                out += self._monthly(project, post, who, name, intervals, month_days, valid, by_day, leave)
+                out += self._monthly(project, post, who, name, intervals, month_days, valid, attended.punched, leave)
         return out
 
     def _absence_runs(self, project: str, post: Post, who: str, name: str, mine: Sequence[date],
@@ -273,7 +287,7 @@ class _Evaluation:
                                run_first_day=run[0], run_days=len(run)))
 
     def _monthly(self, project: str, post: Post, who: str, name: str, intervals: Sequence[tuple[date, date | None]],
-                 month_days: Sequence[date], valid: frozenset[date], by_day: Mapping[date, DayAttendance],
+                 month_days: Sequence[date], valid: frozenset[date], punched_days: frozenset[date],
                  leave: LeaveDays) -> list[Finding]:
         if not month_days:
             return []
@@ -290,8 +304,8 @@ class _Evaluation:
                                        days=absent, leave_days=excused, over_cap_leave_days=over)))
         # a valid day among the month's days is a punch under the commitment; else look at every day
         punched = present > 0 or any(
-            row.punches > 0 and any(a <= day and (b is None or day < b) for a, b in intervals)
-            for day, row in by_day.items() if m.first <= day <= m.last)
+            any(a <= day and (b is None or day < b) for a, b in intervals)
+            for day in punched_days if m.first <= day <= m.last)
         if not punched:
             out.append(Finding(RuleCode.COMMITTED_ABSENT, project, post, who, name, m.first, m.last,
                                Figures(construction_days=len(month_days), valid_days=0, leave_days=excused,
@@ -301,7 +315,7 @@ class _Evaluation:
     # -- bid-award consistency: not-committed, double-post ----------------------------------------------
     def _month_punch_days(self, project: str, who: str) -> list[date]:
         first = self.month_first
-        return sorted(day for day, row in self.punches(project, who).items() if day >= first and row.punches > 0)
+        return sorted(day for day in self.days(project, who).punched if day >= first)
 
     def not_committed(self) -> list[Finding]:
         named: dict[tuple[str, Post], list[Commitment]] = defaultdict(list)

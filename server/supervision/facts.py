@@ -18,6 +18,12 @@ What the glue must put in, for an evaluation of month M:
 - `attendance`: every day aggregate of the evaluated projects from `attendance_from` to the
   last day evaluated, for the people in the commitments and holders; more rows are ignored.
 Rows for the same (project, person, day) may come split: they are merged (counts added).
+- or, instead of a person's rows, their `PunchedDays` (`punched_days`): the days they punched
+  and the valid days among them, already decided with the rules' `min_punches` and
+  `min_span_ms` over ALL their punches on the project that day (the store's mask query, one
+  row per person for a province instead of one per day). A person's days come one way or
+  the other; given both, the sets are joined, which is right only when each way is complete
+  for its days.
 """
 
 from __future__ import annotations
@@ -96,6 +102,19 @@ class DayAttendance(NamedTuple):
     last_ms: int
 
 
+class PunchedDays(NamedTuple):
+    """One person's attendance on one project's terminals over the evaluation's window: the
+    China days with at least one punch, and the valid days among them (`calendar.is_valid_day`
+    decided on the day's merged aggregate). `calendar.MaskDays` reads the sets off the store's
+    bit masks; `calendar.punched_days_from_rows` builds them from day aggregates. `valid` is a
+    subset of `punched`."""
+
+    project: str
+    id_number: str
+    punched: frozenset[date]
+    valid: frozenset[date]
+
+
 @dataclass(frozen=True, slots=True)
 class Leave:
     """Approved leave of a person on a project, `first_day` to `last_day`, both included."""
@@ -140,3 +159,4 @@ class Facts:
     leaves: Sequence[Leave] = ()
     stop_works: Sequence[StopWork] = ()
     pause_days: Collection[date] = field(default_factory=frozenset)
+    punched_days: Sequence[PunchedDays] = ()

@@ -9,15 +9,17 @@ which months to evaluate when (`run_once`), and the gateway runs it every
 `supervision_evaluate_s` (`run_every`). Time is an input: both take `now_ms` or a clock
 function; nothing here sleeps but `run_every`.
 
-Memory, for a province (20,000 projects, 120,000 committed people, 1M+ attendance-day rows a
-month, twice that with the month of look-back): the attendance is streamed in the store's
-pages, ordered by project, and evaluated in chunks of `CHUNK_PROJECTS` projects, so at most
-one chunk's rows are held as facts. Every rule is about one (project, person) but
-`double-post`, which needs a person's days on all their projects: it is evaluated once at
-the end over the people committed on two projects or more (a few; their rows are kept
-while streaming), and the chunks' own `double-post` findings are dropped. Rows of people
-neither committed nor holding a key post (the workers, most of a site) are dropped as they
-stream.
+Memory and time, for a province (20,000 projects, 120,000 committed people, 3.6M attendance
+days a month): the store aggregates each person's days on a project into two bit masks
+(`Store.iter_attendance_masks`: the days punched and the valid ones, decided in SQL with the
+rules' `min_punches` and `min_span_ms`), so a province is 120,000 rows rather than millions,
+and the evaluation costs little more than one SQL aggregate (`lmg bench supervision`). The
+rows are streamed in the store's pages, ordered by project, and evaluated in chunks of
+`CHUNK_PROJECTS` projects. Every rule is about one (project, person) but `double-post`,
+which needs a person's days on all their projects: it is evaluated once at the end over the
+people committed on two projects or more (a few; their rows are kept while streaming), and
+the chunks' own `double-post` findings are dropped. Rows of people neither committed nor
+holding a key post (the workers, most of a site) are dropped as they stream.
 """
 
 from __future__ import annotations
@@ -26,14 +28,14 @@ import asyncio
 import logging
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from typing import NamedTuple
 
 from lmg.protocol.posts import Post
-from lmg.server.supervision.calendar import Month, attendance_from, china_day
+from lmg.server.supervision.calendar import MaskDays, Month, attendance_from, china_day
 from lmg.server.supervision.evaluate import Finding, evaluate, scope
 from lmg.server.supervision.facts import (
     Commitment,
@@ -41,6 +43,7 @@ from lmg.server.supervision.facts import (
     Facts,
     Leave,
     ProjectFacts,
+    PunchedDays,
     RosterHolder,
     StopWork,
 )
@@ -55,9 +58,13 @@ log = logging.getLogger("lmg.supervision")
 # 100 to 1,000 a chunk (measured 3.0-3.3 s for 1,000 projects, this VM, 2026-11).
 CHUNK_PROJECTS = 250
 PROJECT_PAGE = 10_000  # list_projects' largest page
-# The first run of a process looks this far back for late backlogs (nothing records when
-# the previous process last looked): a restart within it misses none.
+# The first run on a store that has no mark of a previous look (`BACKLOG_MARK`) looks this
+# far back for late backlogs; every later run, in any process or node, starts from the mark.
 FIRST_BACKLOG_LOOKBACK_MS = 2 * 86_400_000
+# The store's supervision marks (Store.get_supervision_marks): when a run last looked for late
+# backlogs, and each month evaluated in full (by any process: a restart does not redo it).
+BACKLOG_MARK = "backlog_checked_ms"
+MONTH_MARK = "month_evaluated:"  # + YYYY-MM
 # days_with_punches_received: a group commit stamps its punches before it commits, so a
 # punch may become visible a little after its receive time (storage's advice: a minute).
 RECEIVED_OVERLAP_MS = 60_000
@@ -210,9 +217,10 @@ async def find(store: Store, rules: Rules, month: Month, *, as_of: date | None,
     last_code = [c[-1].code if c else "" for c in chunks]
     nobody: frozenset[str] = frozenset()
     try:
-        async for page in store.iter_attendance_days(codes, first, through):
-            # a page at a time, in comprehensions: a province is millions of rows; [:] makes
-            # the named tuple a plain one, half the cost to pickle for the pool
+        async for page in store.iter_attendance_masks(codes, first, through, min_punches=rules.min_punches,
+                                                      min_span_ms=rules.min_span_ms):
+            # a page at a time, in comprehensions: a province is 120,000 rows; [:] makes the
+            # named tuple a plain one, half the cost to pickle for the pool
             kept = [row[:] for row in page if row[1] in watched.get(row[0], nobody)]
             if several:
                 several_rows.extend(row for row in kept if row[1] in several)
@@ -246,8 +254,9 @@ async def find(store: Store, rules: Rules, month: Month, *, as_of: date | None,
     return Found(findings, where)
 
 
-# (project code, ID number, China date, punches, first ms, last ms): the store's AttendanceDay as a plain tuple
-Row = tuple[str, str, date, int, int, int]
+# (project code, ID number, punched days, valid days): the store's AttendanceMask as a plain
+# tuple, the days as bits from the evaluation's first day (`attendance_from`)
+Row = tuple[str, str, int, int]
 
 
 def _project_of(row: Row) -> str:
@@ -270,12 +279,11 @@ def evaluate_chunk(chunk: Chunk, pauses: frozenset[date], first: date, rules: Ru
                    as_of: date | None, *, every_rule: bool = False) -> list[Finding]:
     """The findings of one chunk of projects, `double-post` left out unless `every_rule` (a
     chunk does not hold a person's other projects). Pure: runs in a pool process."""
-    # tuple.__new__ straight: the rows are in DayAttendance's field order already, and
-    # `_make` checks each one's length in Python (2 s of 830,000 rows, this VM)
-    new = tuple.__new__
-    attendance: list[DayAttendance] = [new(DayAttendance, row) for row in chunk.rows]
+    bits = MaskDays(first)
+    attended = [PunchedDays(project, who, bits.days(punched), bits.days(valid)) for project, who, punched, valid
+                in chunk.rows]
     facts = Facts(first, projects=chunk.projects, commitments=chunk.commitments, holders=chunk.holders,
-                  attendance=attendance, leaves=chunk.leaves, stop_works=chunk.stops, pause_days=pauses)
+                  leaves=chunk.leaves, stop_works=chunk.stops, pause_days=pauses, punched_days=attended)
     found = evaluate(facts, rules, month, as_of)
     return found if every_rule else [f for f in found if f.rule is not RuleCode.DOUBLE_POST]
 
@@ -395,6 +403,19 @@ def plan(today: date, *, backlog_days: Iterable[date], completed: Collection[Mon
     return [Planned(m, None if m.last <= yesterday else yesterday, why) for m, why in sorted(wanted.items())]
 
 
+def _evaluated_months(marks: Mapping[str, int]) -> set[Month]:
+    """The months the marks say were evaluated in full; a mark that names no month is logged
+    and ignored (the month is evaluated again, which is idempotent)."""
+    out = set()
+    for name in marks:
+        if name.startswith(MONTH_MARK):
+            try:
+                out.add(Month.parse(name.removeprefix(MONTH_MARK)))
+            except ValueError:
+                log.warning("supervision: ignoring the mark %r, which names no month", name)
+    return out
+
+
 class SupervisionSchedule:
     """The gateway's scheduled evaluation: `run_once()` every `interval_s` (`run_every`).
 
@@ -420,11 +441,14 @@ class SupervisionSchedule:
                 return None
             now = self.clock_ms()
             today = china_day(now)
-            after = (now - FIRST_BACKLOG_LOOKBACK_MS if self.checked_ms is None
-                     else self.checked_ms - RECEIVED_OVERLAP_MS)
+            marks = await self.store.get_supervision_marks()
+            # another node or an earlier process may have run since this one last did
+            checked = max((m for m in (self.checked_ms, marks.get(BACKLOG_MARK)) if m is not None), default=None)
+            after = now - FIRST_BACKLOG_LOOKBACK_MS if checked is None else checked - RECEIVED_OVERLAP_MS
+            completed = self.completed | _evaluated_months(marks)
             touched = await self.store.days_with_punches_received(after, until_ms=now)
             runs = []
-            for planned in plan(today, backlog_days=[d.day for d in touched], completed=self.completed):
+            for planned in plan(today, backlog_days=[d.day for d in touched], completed=completed):
                 run = await evaluate_month_run(self.store, self.rules, planned.month, as_of=planned.as_of,
                                                now_ms=now, escalate=False, executor=self.executor)
                 runs.append(run)
@@ -446,6 +470,8 @@ class SupervisionSchedule:
                 last = runs[-1]
                 runs[-1] = MonthRun(last.month, last.as_of, last.findings, last.applied, escalated, last.by_rule)
             self.checked_ms = now
+            await self.store.set_supervision_marks(
+                {BACKLOG_MARK: now, **{f"{MONTH_MARK}{r.month}": now for r in runs if r.as_of is None}})
             self.runs += 1
             return runs
 

@@ -152,3 +152,51 @@ async def test_enqueue_sets_errors_on_the_future_and_waits_for_room_like_submit(
     refused = group.enqueue([1])  # after close: a future holding StoreClosed, not a raise
     with pytest.raises(StoreClosed):
         await refused
+
+
+class Clock:
+    """Monotonic seconds the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_queue_older_than_its_age_bound_refuses_new_records_at_once():
+    """A record count is a poor bound when the disk slows down: while the oldest queued record
+    has waited past max_queue_age_ms, new ones are refused at once (the terminal resends
+    later), not queued behind a backlog that will answer them after they were resent."""
+    backend = FakeBackend()
+    backend.gate = asyncio.Event()
+    clock = Clock()
+    group = make(backend, max_records=1, max_delay_ms=0, max_queue_age_ms=5_000, in_flight=1, clock=clock)
+    committing = group.enqueue(["a"])  # taken by the one commit slot, which waits at the gate
+    waiting = group.enqueue(["b"])  # queued behind it since t=1000
+    clock.now += 5.0  # exactly the bound: still taken
+    on_time = group.enqueue(["c"])
+    clock.now += 0.001
+    refused = group.enqueue(["d"])
+    with pytest.raises(StoreUnavailable, match="max_queue_age_ms=5000"):
+        await refused
+    assert not on_time.done()
+    backend.gate.set()
+    assert [await f for f in (committing, waiting, on_time)] == [["ok:a"], ["ok:b"], ["ok:c"]]
+    assert ["d"] not in backend.batches  # refused means never written
+    clock.now += 60  # an empty queue has no age: taken again
+    assert await group.submit(["e"]) == ["ok:e"]
+    await group.close()
+
+
+async def test_without_an_age_bound_an_old_queue_still_takes_records():
+    backend = FakeBackend()
+    backend.gate = asyncio.Event()
+    clock = Clock()
+    group = make(backend, max_records=1, max_delay_ms=0, in_flight=1, clock=clock)
+    first, second = group.enqueue(["a"]), group.enqueue(["b"])
+    clock.now += 3600
+    third = group.enqueue(["c"])
+    backend.gate.set()
+    assert [await f for f in (first, second, third)] == [["ok:a"], ["ok:b"], ["ok:c"]]
+    await group.close()

@@ -229,6 +229,80 @@ async def test_attendance_of_an_empty_store_is_empty(store):
     assert await store.days_with_punches_received(0) == []
 
 
+async def masks(store, codes, first: date, last: date, least: int = 2, span_ms: int = 4 * 3_600_000) -> list:
+    return [row async for page in store.iter_attendance_masks(codes, first, last, min_punches=least,
+                                                               min_span_ms=span_ms) for row in page]
+
+
+async def reference_masks(store, codes, first: date, last: date, least: int = 2, span_ms: int = 4 * 3_600_000) -> list:
+    """The base class's fold of iter_attendance_days: what the backends' SQL must equal."""
+    from lmg.storage import Store
+
+    return [row async for page in Store.iter_attendance_masks(store, codes, first, last, min_punches=least,
+                                                               min_span_ms=span_ms) for row in page]
+
+
+async def test_attendance_masks_are_one_row_per_person_with_valid_days_decided_across_devices(store):
+    await attendance_fixture(store)
+    window = (date(2026, 2, 1), MARCH[1])  # an evaluation's two months: March is bits 28..58
+    rows = await masks(store, None, *window)
+    bit = lambda day: 1 << (day - window[0]).days  # noqa: E731
+    # person 1 on P1: 2 March has 3 punches on D1 and D2, 08:00 to 23:59 (valid); 3 March one
+    # punch at 00:01 (punched, not valid); on P2 one punch; person 2 one punch at 23:00 on 1 March
+    assert [(r.project_code, r.worker_id, r.punched, r.valid) for r in rows] == [
+        ("P1", person(1), bit(date(2026, 3, 2)) | bit(date(2026, 3, 3)), bit(date(2026, 3, 2))),
+        ("P1", person(2), bit(date(2026, 3, 1)), 0),
+        ("P2", person(1), bit(date(2026, 3, 2)), 0),
+    ]
+    assert rows == await reference_masks(store, None, *window)
+    # the thresholds are the rules': a 1-punch, 0-hour valid day makes every punched day valid
+    assert all(r.valid == r.punched for r in await masks(store, None, *window, least=1, span_ms=0))
+    assert await masks(store, ["P1"], *window) == rows[:2] == await reference_masks(store, ["P1"], *window)
+    assert await masks(store, ["NOPE"], *window) == [] == await masks(store, [], *window)
+
+
+async def test_attendance_masks_merge_a_day_split_over_devices(store):
+    await projects(store, ("P1", "620102"))
+    for serial in ("D1", "D2"):
+        await store.add_device(serial, project_code="P1", region_code="620102")
+    day = date(2026, 3, 10)
+    # in at one turnstile, out at another: neither device has 2 punches or 4 h, the project has both
+    await store.store_punches(punches("D1", person(1), [at(day, 8)]) + punches("D2", person(1), [at(day, 17)], 5))
+    [row] = await masks(store, None, *MARCH)
+    assert row.punched == row.valid == 1 << 9
+
+
+async def test_attendance_masks_refuse_a_window_longer_than_a_mask(store):
+    with pytest.raises(ValueError, match="62 days"):
+        await masks(store, None, date(2026, 1, 1), date(2026, 3, 31))
+    with pytest.raises(ValueError, match="min_punches"):
+        await masks(store, None, *MARCH, least=-1)
+    with pytest.raises(ValueError, match="first_day <= last_day"):
+        await masks(store, None, MARCH[1], MARCH[0])
+    assert await masks(store, None, date(2026, 1, 1), date(2026, 3, 3)) == []  # 62 days: the most
+
+
+async def test_attendance_masks_equal_the_reference_for_random_punches(store):
+    rng = random.Random(15)
+    await projects(store, ("P1", "620102"), ("P2", "620103"))
+    for serial, project in (("D1", "P1"), ("D2", "P1"), ("D3", "P2")):
+        await store.add_device(serial, project_code=project, region_code="620102")
+    batch, record = [], 1
+    for _ in range(400):
+        who = person(rng.randrange(1, 8))
+        day = date(2026, 2, 1) + timedelta(days=rng.randrange(0, 59))
+        batch += punches(rng.choice(["D1", "D2", "D3"]), who, [at(day, rng.randrange(0, 24), rng.randrange(0, 60))],
+                         record)
+        record += 1
+    await store.store_punches(batch)
+    window = (date(2026, 2, 1), MARCH[1])
+    for least, span_ms in ((2, 4 * 3_600_000), (1, 0), (3, 3_600_000)):
+        got = await masks(store, None, *window, least, span_ms)
+        assert got == await reference_masks(store, None, *window, least, span_ms)
+        assert got and all(r.valid & ~r.punched == 0 for r in got)
+    assert await masks(store, ["P2"], *window) == await reference_masks(store, ["P2"], *window)
+
+
 async def test_attendance_pages_and_a_consumer_may_stop_early(store, monkeypatch):
     import lmg.storage.postgres_supervision
     import lmg.storage.sqlite_supervision
@@ -518,3 +592,19 @@ async def test_version_5_database_upgrades_with_tokens_kept_and_no_department(ba
     (token,) = await new.list_api_tokens()
     assert (token.department, token.region_code) == (None, "620100")
     assert await new.list_warnings() == []
+
+
+async def test_supervision_marks_are_kept_replaced_and_checked(backend):
+    clock = [T0]
+    store = await backend.open(clock_ms=lambda: clock[0])
+    assert await store.get_supervision_marks() == {}
+    await store.set_supervision_marks({"backlog_checked_ms": T0, "month_evaluated:2026-03": T0})
+    await store.set_supervision_marks({"backlog_checked_ms": T0 + DAY_MS})
+    await store.set_supervision_marks({})
+    assert await store.get_supervision_marks() == {"backlog_checked_ms": T0 + DAY_MS, "month_evaluated:2026-03": T0}
+    for bad in ({"": 1}, {"x\n": 1}, {"x" * 101: 1}, {"x": 1.5}, {"x": True}):
+        with pytest.raises(ValueError, match="supervision mark"):
+            await store.set_supervision_marks(bad)
+    await store.close()
+    reopened = await backend.open(clock_ms=lambda: clock[0])  # kept across a restart
+    assert (await reopened.get_supervision_marks())["backlog_checked_ms"] == T0 + DAY_MS

@@ -19,7 +19,7 @@ from lmg.bench.load import provision
 from lmg.server.cli import main
 from lmg.simulators.device import TerminalDevice
 from lmg.simulators.terminal import DeviceCredentials, TerminalConnection, worker_id_for
-from lmg.storage import CommandState, WorkerIn, open_store
+from lmg.storage import CommandState, StoreUnavailable, WorkerIn, open_store
 from tests.server.conftest import HOST, WAIT_S, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
@@ -31,7 +31,7 @@ PROJECT = "BENCH"  # the project bench.load.provision gives its devices
 async def _provision_or_skip(store: str, data_dir: str, count: int) -> list:
     try:
         return await provision(store, data_dir, "DL", count)
-    except Exception as exc:  # noqa: BLE001 - no PostgreSQL here
+    except (OSError, StoreUnavailable) as exc:  # no PostgreSQL here; any other error is the test's
         message = f"PostgreSQL not reachable at {DSN} ({exc})"
         if os.environ.get("LMG_REQUIRE_POSTGRES") == "1":
             pytest.fail(f"LMG_REQUIRE_POSTGRES=1 and {message}", pytrace=False)

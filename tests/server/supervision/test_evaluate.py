@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmg.protocol.posts import Post
-from lmg.server.supervision.calendar import Month, Punched, aggregate_days
+from lmg.server.supervision.calendar import MaskDays, Month, Punched, aggregate_days, mask_of, punched_days_from_rows
 from lmg.server.supervision.evaluate import Figures, Finding, evaluate, scope
-from lmg.server.supervision.facts import Facts, ProjectFacts
+from lmg.server.supervision.facts import Facts, ProjectFacts, PunchedDays
 from lmg.server.supervision.rules import RuleCode, Rules, default_rules, default_text, parse_rules
 from tests.server.supervision.sites import (
     LI,
@@ -415,3 +415,38 @@ def test_adding_valid_days_never_makes_low_presence_or_committed_absent(built, e
     after = evaluate(site.facts(), rules, MARCH)
     monotone = (RuleCode.LOW_PRESENCE, RuleCode.COMMITTED_ABSENT)
     assert {f.key for f in after if f.rule in monotone} <= {f.key for f in before if f.rule in monotone}
+
+
+@settings(max_examples=100, deadline=None)
+@given(random_sites(), AS_OF)
+def test_the_stores_masks_give_the_findings_the_day_rows_give(built, as_of):
+    """The province path (service.find) hands the core each person's days as the store's bit
+    masks (`punched_days`), the calendar path hands day rows (`attendance`): one truth."""
+    site, rules = built
+    facts = site.facts()
+    first = facts.attendance_from
+    bits = MaskDays(first)
+    by_person = punched_days_from_rows(facts.attendance, rules)
+    masked = [PunchedDays(p.project, p.id_number, bits.days(mask_of(first, p.punched)), bits.days(mask_of(first, p.valid)))
+              for p in by_person.values()]
+    assert [(p.punched, p.valid) for p in masked] == [(p.punched, p.valid) for p in by_person.values()]
+    from_masks = dataclasses.replace(facts, attendance=(), punched_days=masked)
+    assert evaluate(from_masks, rules, MARCH, as_of) == evaluate(facts, rules, MARCH, as_of)
+    # split: some people by rows, the others by masks
+    half = {key for n, key in enumerate(sorted(by_person)) if n % 2}
+    mixed = dataclasses.replace(facts, attendance=[a for a in facts.attendance if (a.project, a.id_number) not in half],
+                                punched_days=[p for p in masked if (p.project, p.id_number) in half])
+    assert evaluate(mixed, rules, MARCH, as_of) == evaluate(facts, rules, MARCH, as_of)
+
+
+def test_mask_days_reads_every_bit_and_refuses_what_does_not_fit():
+    first = d(1, 2)
+    bits = MaskDays(first)
+    every = frozenset(first + timedelta(days=n) for n in range(62))
+    assert bits.days((1 << 62) - 1) == every
+    assert bits.days(mask_of(first, [d(1, 2), d(31)])) == {d(1, 2), d(31)}
+    assert bits.days(0) == frozenset()
+    with pytest.raises(ValueError, match="62 days"):
+        bits.days(1 << 62)
+    with pytest.raises(ValueError, match="outside"):
+        mask_of(first, [first - timedelta(days=1)])

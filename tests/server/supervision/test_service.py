@@ -166,6 +166,38 @@ async def test_a_late_backlog_clears_the_warnings_on_the_next_scheduled_run(sv_s
     assert runs is not None and [r.month for r in runs] == [Month(2026, 4)]
 
 
+async def test_a_restarted_schedule_starts_from_the_stores_mark_not_two_days_back(sv_store, clock):
+    """The mark of the last look is the store's: a backlog received while the evaluation was
+    off (or failing) for longer than the first-run look-back is still found, and a month
+    evaluated in full before the restart is not evaluated again."""
+    records = await site(sv_store, clock)
+    clock.now_ms = at(date(2026, 4, 1), 10)
+    before = SupervisionSchedule(sv_store, RULES, clock_ms=clock, interval_s=3600)
+    assert [(r.month, r.as_of) for r in await before.run_once() or []] == [(MARCH, None)]
+    assert (await sv_store.get_supervision_marks())["backlog_checked_ms"] == clock.now_ms
+    # the backlog arrives on 2 April; the evaluation is off until 6 April (4 days > 2)
+    clock.now_ms = at(date(2026, 4, 2), 9)
+    await sv_store.store_punches(records.days(SAFETY, BACKLOG))
+    clock.now_ms = at(date(2026, 4, 6), 10)
+    after = SupervisionSchedule(sv_store, RULES, clock_ms=clock, interval_s=3600)  # a new process
+    runs = await after.run_once()
+    assert runs is not None and MARCH in [r.month for r in runs]
+    assert sorted(state for state, _ in (await warnings(sv_store)).values()) == [WarningState.RESOLVED] * 2
+    # without a backlog, the new process does not redo March, which the old one completed
+    clock.now_ms += HOUR_MS
+    assert [r.month for r in await SupervisionSchedule(sv_store, RULES, clock_ms=clock,
+                                                       interval_s=3600).run_once() or []] == [Month(2026, 4)]
+
+
+async def test_a_mark_that_names_no_month_is_ignored(sv_store, clock, caplog):
+    await site(sv_store, clock)
+    await sv_store.set_supervision_marks({"month_evaluated:March": 1})
+    clock.now_ms = at(date(2026, 4, 1), 10)
+    runs = await SupervisionSchedule(sv_store, RULES, clock_ms=clock, interval_s=3600).run_once()
+    assert [(r.month, r.as_of) for r in runs or []] == [(MARCH, None)]
+    assert "names no month" in caplog.text
+
+
 async def test_escalation_at_exactly_n_days_by_the_injected_clock(sv_store, clock):
     await site(sv_store, clock)
     opened = clock()
