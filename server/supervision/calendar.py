@@ -28,12 +28,12 @@ Rules this module keeps (docs/supervision.md explains them):
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
 from lmg.protocol.roster_file import china_date
-from lmg.server.supervision.facts import DayAttendance, Leave, ProjectFacts, PunchedDays, StopWork
+from lmg.server.supervision.facts import DayAttendance, Facts, Leave, ProjectFacts, PunchedDays, StopWork
 from lmg.server.supervision.rules import Rules
 
 ONE_DAY = timedelta(days=1)
@@ -163,6 +163,29 @@ def punched_days_from_rows(rows: Iterable[DayAttendance], rules: Rules) -> dict[
         valid = frozenset(day for day, row in by_day.items()
                           if row.punches >= least and row.last_ms - row.first_ms >= span_ms)
         out[(project, who)] = PunchedDays(project, who, punched, valid)
+    return out
+
+
+def attendance_sets(facts: Facts, rules: Rules, projects: Collection[str], through: date
+                    ) -> dict[tuple[str, str], PunchedDays]:
+    """Each (project, ID number)'s punched and valid days on `projects` from
+    `facts.attendance_from` to `through`: the day rows (`facts.attendance`, merged and judged
+    by `rules`) and the store's sets (`facts.punched_days`) joined. What the evaluation and
+    the report count, computed one way."""
+    first = facts.attendance_from
+    out = punched_days_from_rows((a for a in facts.attendance if first <= a.day <= through and a.project in projects),
+                                 rules)
+    for given in facts.punched_days:
+        if given.project not in projects:
+            continue
+        punched, valid = given.punched, given.valid
+        if punched and (min(punched) < first or max(punched) > through):  # the store's are inside
+            punched = frozenset(day for day in punched if first <= day <= through)
+            valid = frozenset(day for day in valid if first <= day <= through)
+        person = (given.project, given.id_number)
+        seen = out.get(person)
+        out[person] = (PunchedDays(given.project, given.id_number, punched, valid) if seen is None
+                       else PunchedDays(given.project, given.id_number, seen.punched | punched, seen.valid | valid))
     return out
 
 

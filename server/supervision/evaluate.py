@@ -57,8 +57,8 @@ from lmg.server.supervision.calendar import (
     Month,
     ProjectCalendar,
     leave_days,
+    attendance_sets,
     person_days,
-    punched_days_from_rows,
 )
 from lmg.server.supervision.facts import Commitment, Facts, Leave, ProjectFacts, PunchedDays, StopWork
 from lmg.server.supervision.rules import RULES, Cadence, RuleCode, Rules
@@ -195,22 +195,7 @@ class _Evaluation:
         self.month_first = month.first
         self.window_first = facts.attendance_from
         self.projects: dict[str, ProjectFacts] = {p.code: p for p in facts.projects if p.active}
-        window_first = self.window_first
-        self.attendance = punched_days_from_rows((a for a in facts.attendance
-                                                  if window_first <= a.day <= through and a.project in self.projects),
-                                                 rules)
-        for given in facts.punched_days:
-            if given.project not in self.projects:
-                continue
-            punched, valid = given.punched, given.valid
-            if punched and (min(punched) < window_first or max(punched) > through):  # the store's are inside
-                punched = frozenset(day for day in punched if window_first <= day <= through)
-                valid = frozenset(day for day in valid if window_first <= day <= through)
-            person = (given.project, given.id_number)
-            seen = self.attendance.get(person)
-            self.attendance[person] = (PunchedDays(given.project, given.id_number, punched, valid) if seen is None
-                                    else PunchedDays(given.project, given.id_number, seen.punched | punched,
-                                                     seen.valid | valid))
+        self.attendance = attendance_sets(facts, rules, set(self.projects), through)
         stops: dict[str, list[StopWork]] = defaultdict(list)
         for stop in facts.stop_works:
             stops[stop.project].append(stop)

@@ -43,7 +43,7 @@ async def monthly_report(store: Any, rules: Rules, month: Month, region: str, as
         if len(page) < _PAGE:
             break
         after = page[-1].code
-    facts = await load_facts(store, month, as_of=as_of, projects=projects)
+    facts = await load_facts(store, rules, month, as_of=as_of, projects=projects)
     rows = presence_rows(facts, rules, month, as_of)
     counts: dict[tuple[str, str, str], dict[str, int]] = {}
     after_id = 0

@@ -21,10 +21,9 @@ from lmg.server.supervision.calendar import (
     NO_LEAVE,
     Month,
     ProjectCalendar,
+    attendance_sets,
     leave_days,
-    merge_days,
     person_days,
-    valid_days,
 )
 from lmg.server.supervision.facts import Commitment, Facts, Leave, StopWork
 from lmg.server.supervision.rules import Rules
@@ -69,7 +68,7 @@ def presence_rows(facts: Facts, rules: Rules, month: Month, as_of: date | None =
     for c in facts.commitments:
         if c.project in projects and c.from_date <= through and (c.to_date is None or c.to_date > month.first):
             held[(c.project, c.post, c.id_number)].append(c)
-    attendance = merge_days(a for a in facts.attendance if month.first <= a.day <= through)
+    attendance = attendance_sets(facts, rules, set(projects), through)
     project_days = {code: cal.construction_days(month.first, through) for code, cal in calendars.items()}
     rows = []
     for (project, post, who), commitments in sorted(held.items(), key=lambda item: (item[0][0], item[0][1].code,
@@ -78,7 +77,8 @@ def presence_rows(facts: Facts, rules: Rules, month: Month, as_of: date | None =
         leave = leave_days(calendars[project], own, rules, through) if own else NO_LEAVE
         mine = person_days(project_days[project], [(c.from_date, c.to_date) for c in commitments], leave)
         mine = mine[bisect_left(mine, month.first):]
-        valid = valid_days(attendance.get((project, who), {}), rules)
+        attended = attendance.get((project, who))
+        valid = attended.valid if attended is not None else frozenset()
         latest = max(commitments, key=lambda c: (c.from_date, c.name))
         ends = [c.to_date for c in commitments]
         rows.append(PresenceRow(project, post, who, latest.name, min(c.from_date for c in commitments),

@@ -39,7 +39,6 @@ from lmg.server.supervision.calendar import MaskDays, Month, attendance_from, ch
 from lmg.server.supervision.evaluate import Finding, evaluate, scope
 from lmg.server.supervision.facts import (
     Commitment,
-    DayAttendance,
     Facts,
     Leave,
     ProjectFacts,
@@ -324,9 +323,11 @@ async def _inputs(store: Store, codes: list[str] | None, first: date, through: d
     return _Inputs(commitments, holders, leaves, stops, pauses)
 
 
-async def load_facts(store: Store, month: Month, *, as_of: date | None, projects: list[Project]) -> Facts:
-    """The whole `Facts` of an evaluation of `month` for a few `projects` (a region's report,
-    a calendar), attendance in memory: not for a province (`find` streams)."""
+async def load_facts(store: Store, rules: Rules, month: Month, *, as_of: date | None,
+                     projects: list[Project]) -> Facts:
+    """The whole `Facts` of an evaluation of `month` for a few `projects` (a region's report),
+    attendance in memory as the store's per-person masks (`iter_attendance_masks`, judged
+    with `rules`): not for a province (`find` streams)."""
     first = attendance_from(month)
     through = month.last if as_of is None else min(as_of, month.last)
     codes = sorted(p.code for p in projects)
@@ -335,12 +336,14 @@ async def load_facts(store: Store, month: Month, *, as_of: date | None, projects
     given = await _inputs(store, codes, first, through)
     watched = {(c.project, c.id_number) for c in given.commitments} | {(h.project, h.id_number)
                                                                        for h in given.holders}
-    attendance = [DayAttendance(a.project_code, a.worker_id, a.day, a.punches, a.first_punch_ms, a.last_punch_ms)
-                  for a in await store.attendance_days(codes, first, through)
-                  if (a.project_code, a.worker_id) in watched]
+    bits = MaskDays(first)
+    attended = [PunchedDays(m.project_code, m.worker_id, bits.days(m.punched), bits.days(m.valid))
+                async for page in store.iter_attendance_masks(codes, first, through, min_punches=rules.min_punches,
+                                                              min_span_ms=rules.min_span_ms)
+                for m in page if (m.project_code, m.worker_id) in watched]
     return Facts(first, projects=[ProjectFacts(p.code, p.region_code, p.start_date, p.end_date) for p in projects],
-                 commitments=given.commitments, holders=given.holders, attendance=attendance,
-                 leaves=given.leaves, stop_works=given.stops, pause_days=given.pauses)
+                 commitments=given.commitments, holders=given.holders, leaves=given.leaves, stop_works=given.stops,
+                 pause_days=given.pauses, punched_days=attended)
 
 
 @dataclass(slots=True)
