@@ -355,7 +355,7 @@ async def overview(request: web.Request) -> web.StreamResponse:
     return render(request, "overview.html", {
         "rows": rows, "totals": {n: sum(r["levels"][n] for r in rows) for n in (1, 2, 3)}, "scope": top,
         "trend_months": months, "trend_counts": [trend[m] for m in months], "devices": devices,
-        "month": str(Month.of(today))})
+        "month": str(Month.of(today)), "previous_month": str(Month.of(today).previous())})
 
 
 # --- warnings --------------------------------------------------------------------------------------------------

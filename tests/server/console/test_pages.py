@@ -165,6 +165,9 @@ async def test_overview_counts_by_level_and_region_with_links_and_the_trend(worl
     assert 'href="/console/warnings?level=1&amp;region=620102&amp;state=open">2<' in text  # a and a2
     assert 'href="/console/warnings?level=1&amp;region=620103&amp;state=open">1<' in text
     assert 'data-export="csv"' in text and 'data-export="xlsx"' in text
+    # early in a month the one before is the report people want: both are offered (NOW_MS is in 2026-09)
+    assert 'href="/console/reports/monthly.csv?month=2026-09"' in text
+    assert 'data-export="csv-previous" href="/console/reports/monthly.csv?month=2026-08"' in text
     assert "device-health" not in text  # a supervisor sees no device figures
     months = re.search(r'data-months="([^"]+)"', text).group(1).replace("&#34;", '"')
     assert months.count('"') == 12  # six months
