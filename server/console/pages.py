@@ -241,7 +241,9 @@ async def login(request: web.Request) -> web.StreamResponse:
     usable = account is not None and not account.disabled
     loop = asyncio.get_running_loop()
     now = console.now_ms()
-    actor = f"account:{name[:64]}" if known else "-"
+    # only an existing account's name is written: what was typed for an unknown one may be a
+    # password typed into the wrong field
+    actor = f"account:{account.name}" if account is not None else "-"
     state = CLEAR
     if account is not None and usable:
         state = LockoutState(account.failed_logins, account.locked_until_ms, account.lockout_level)
