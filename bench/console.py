@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from lmg.bench import supervision as generator
+from lmg.bench.pg_schema import drop_schemas
 
 NAME = "console"
 HELP = "time every console page of a generated province against the bare JSON API call behind it"
@@ -380,13 +381,7 @@ async def bench(projects: int, url: str | None, *, requests: int = REQUESTS, log
         await asyncio.to_thread(server.stop)
         shutil.rmtree(temp, ignore_errors=True)
         if schema is not None:
-            import asyncpg
-
-            conn = await asyncpg.connect(url.split("?", 1)[0])
-            try:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            finally:
-                await conn.close()
+            await drop_schemas(url.split("?", 1)[0], schema)
 
 
 def markdown(report: dict[str, Any]) -> str:

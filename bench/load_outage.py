@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lmg.bench.pg_schema import drop_schemas
+
 DESIGN_PUNCHES_PER_MINUTE = 1.0  # per terminal: docs/operations.md's design load
 PHOTO_KB = 30
 DISK_FILE_BYTES = PHOTO_KB * 1024
@@ -103,13 +105,7 @@ async def pg_wal_lsn(dsn: str) -> int:
 
 
 async def drop_schema(dsn: str, schema: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
+    await drop_schemas(dsn, schema)
 
 
 async def pg_reachable(dsn: str) -> str | None:

@@ -35,6 +35,8 @@ from typing import Any
 
 import orjson
 
+from lmg.bench.pg_schema import drop_schemas
+
 NAME = "punch-months"
 HELP = "PostgreSQL punches by month: insert cost of exact dedup vs version 8, and the key queries' plans"
 
@@ -224,12 +226,7 @@ async def _measure(args: argparse.Namespace) -> dict:
     finally:
         for store in stores.values():
             await store.close()
-        conn = await asyncpg.connect(dsn)
-        try:
-            for schema in schemas.values():
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_schemas(dsn, *schemas.values())
 
 
 async def _plans(store: Any, conn: Any, now_ms: int, devices: int) -> list[dict]:

@@ -35,6 +35,8 @@ import uuid
 
 import orjson
 
+from lmg.bench.pg_schema import drop_schemas
+
 NAME = "storage"
 HELP = "punch write path: group commit vs raw sqlite3 executemany (same run)"
 
@@ -134,13 +136,7 @@ async def _pg_reachable(dsn: str) -> str | None:
 
 
 async def _drop_schema(dsn: str, schema: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn, timeout=5)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
+    await drop_schemas(dsn, schema)
 
 
 def _percentile(values: list[float], fraction: float) -> float:

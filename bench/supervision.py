@@ -48,6 +48,8 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from lmg.bench.pg_schema import drop_schemas
+
 NAME = "supervision"
 HELP = "evaluate a generated province's month of key-personnel attendance, against one SQL aggregate of valid days"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -307,13 +309,7 @@ async def bench(projects: int, url: str | None, *, log: Any = print) -> dict[str
     finally:
         shutil.rmtree(temp, ignore_errors=True)
         if schema is not None:
-            import asyncpg
-
-            conn = await asyncpg.connect(url.split("?", 1)[0])
-            try:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            finally:
-                await conn.close()
+            await drop_schemas(url.split("?", 1)[0], schema)
 
 
 def markdown(report: dict[str, Any]) -> str:
