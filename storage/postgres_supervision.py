@@ -343,6 +343,8 @@ class PostgresSupervision:
                                                       codes)]
             if not serials:
                 return None
+            # by arrival, the other projects' punches are dropped before they are grouped
+            where, args = "id >= $4 AND device_serial = ANY($5::text[])", [low, serials]
             if len(serials) <= DEVICE_PATH_MAX_DEVICES:
                 in_range = await conn.fetchval("SELECT max(id) FROM punches") - low + 1
                 on_devices = await conn.fetchval(
@@ -360,10 +362,12 @@ class PostgresSupervision:
                    f"GROUP BY d.project_code, a.worker_id, a.day")
         if masks is None:
             return per_day + " ORDER BY d.project_code, a.worker_id, a.day", [since_ms, until_ms, codes, *args]
-        # one row per (project, person): the days as bits from the window's first day ($5)
-        sql = ("SELECT project_code, worker_id, bit_or(1::bigint << (day - $5)::int), "
-               "coalesce(bit_or(CASE WHEN n >= $6 AND last_ms - first_ms >= $7 THEN 1::bigint << (day - $5)::int "
-               f"END), 0) FROM ({per_day}) x GROUP BY project_code, worker_id ORDER BY project_code, worker_id")
+        # one row per (project, person): the days as bits from the window's first day
+        base, least, span = (f"${4 + len(args) + n}" for n in range(3))
+        sql = (f"SELECT project_code, worker_id, bit_or(1::bigint << (day - {base})::int), "
+               f"coalesce(bit_or(CASE WHEN n >= {least} AND last_ms - first_ms >= {span} "
+               f"THEN 1::bigint << (day - {base})::int END), 0) "
+               f"FROM ({per_day}) x GROUP BY project_code, worker_id ORDER BY project_code, worker_id")
         return sql, [since_ms, until_ms, codes, *args, *masks]
 
     def iter_attendance_days(self, project_codes: Collection[str] | None, first_day: date,

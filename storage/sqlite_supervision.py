@@ -239,6 +239,10 @@ def _attendance_query(conn: sqlite3.Connection, codes: list[str] | None, since_m
             f"SELECT serial FROM devices WHERE project_code IN {_JSON_LIST}", (_codes(codes),))]
         if not serials:
             return None
+        # by arrival, the other projects' punches are dropped before they are grouped: a
+        # county's report on a province's month grouped all of them (2.3 s for 277 of 2,500
+        # projects, 0.5 s with the filter)
+        chosen = (_PER_DEVICE.format(where=f"id >= ? AND device_serial IN {_JSON_LIST}"), [low, _codes(serials)])
         if len(serials) <= DEVICE_PATH_MAX_DEVICES:
             in_range = conn.execute("SELECT max(id) FROM punches").fetchone()[0] - low + 1
             on_devices = conn.execute(f"SELECT count(*) FROM punches WHERE device_serial IN {_JSON_LIST}",

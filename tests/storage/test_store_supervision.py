@@ -608,3 +608,21 @@ async def test_supervision_marks_are_kept_replaced_and_checked(backend):
     await store.close()
     reopened = await backend.open(clock_ms=lambda: clock[0])  # kept across a restart
     assert (await reopened.get_supervision_marks())["backlog_checked_ms"] == T0 + DAY_MS
+
+
+async def test_a_few_projects_read_by_arrival_get_only_their_own_punches(store, monkeypatch):
+    """The arrival path (taken above DEVICE_PATH_MAX_DEVICES devices) drops the other projects'
+    punches before grouping; the rows are those the device path gives."""
+    import lmg.storage.postgres_supervision
+    import lmg.storage.sqlite_supervision
+
+    await attendance_fixture(store)
+    by_device = await store.attendance_days(["P1"], *MARCH)
+    by_device_masks = await masks(store, ["P1"], date(2026, 2, 1), MARCH[1])
+    for module in (lmg.storage.sqlite_supervision, lmg.storage.postgres_supervision):
+        monkeypatch.setattr(module, "DEVICE_PATH_MAX_DEVICES", 0)
+    assert await store.attendance_days(["P1"], *MARCH) == by_device
+    assert [r.project_code for r in by_device] == ["P1"] * 3
+    assert await masks(store, ["P1"], date(2026, 2, 1), MARCH[1]) == by_device_masks
+    assert await masks(store, ["P2"], date(2026, 2, 1), MARCH[1]) == await reference_masks(store, ["P2"], date(2026, 2, 1),
+                                                                                          MARCH[1])
