@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import ssl
-import subprocess
 
 import pytest
 
@@ -52,17 +50,6 @@ async def test_next_never_leaves_the_console(world):
     for wanted in ("https://evil.example/", "//evil.example/console/", "/api/v1/devices"):
         response = await world.login("county-a", next_path=wanted)
         assert response.headers["Location"] == "/console/"
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a certificate")
-    where = tmp_path_factory.mktemp("tls")
-    cert, key = where / "cert.pem", where / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-days",
-                    "1", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
-    return cert, key
 
 
 async def test_cookies_are_secure_under_tls(start_console, certificate):

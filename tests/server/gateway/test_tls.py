@@ -1,11 +1,10 @@
-"""TLS on the TCP and WebSocket listeners, with a self-signed certificate made by openssl."""
+"""TLS on the TCP and WebSocket listeners, with a self-signed certificate (the `certificate`
+fixture of tests/server/conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import ssl
-import subprocess
 import time
 
 import pytest
@@ -14,21 +13,6 @@ from lmg.protocol import Punch, ResultCode
 from lmg.simulators.terminal import make_punch
 
 from tests.server.conftest import WAIT_S, RawClient
-
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    where = tmp_path_factory.mktemp("tls")
-    cert, key = where / "cert.pem", where / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-days", "1",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )
-    return cert, key
-
 
 @pytest.fixture
 async def tls_gw(start_gateway, certificate):
