@@ -43,14 +43,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from lmg.bench import supervision as generator
-from lmg.bench.pg_schema import drop_schemas
+from lmg.bench.pg_schema import drop_schemas, scratch_store
 
 NAME = "console"
 HELP = "time every console page of a generated province against the bare JSON API call behind it"
@@ -350,16 +349,7 @@ async def bench(projects: int, url: str | None, *, requests: int = REQUESTS, log
     """Generate, serve, measure; the figures as a dict. `url` None: a fresh SQLite file; a
     postgresql:// URL gets a fresh schema, dropped afterwards."""
     temp = tempfile.mkdtemp(prefix="lmg-bench-console-")
-    schema = None
-    if url is None or url.startswith("sqlite"):
-        backend = "sqlite"
-        url = url or f"sqlite:///{temp}/lmg.db"
-    elif url.startswith("postgres"):
-        backend = "postgres"
-        schema = f"bench_console_{uuid.uuid4().hex[:8]}"
-        url = f"{url.split('?', 1)[0]}?schema={schema}"
-    else:
-        raise UsageError(f"--store {url}: use a sqlite:/// or postgresql:// URL")
+    backend, url, schema = scratch_store(url, temp, "bench_console", UsageError)
     server = Server(url, temp)
     try:
         ready = await prepare(projects, url, temp, log)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -151,9 +152,9 @@ async def wait_forwarded(province_dir: Path, records: int, photos: int, cap_s: f
     while True:
         try:
             held = report(province_dir)
-        except (FileNotFoundError, OSError):
+        except FileNotFoundError:
             pass  # the simulator has not made its database yet
-        except Exception as exc:  # noqa: BLE001 - sqlite3.OperationalError while the simulator writes
+        except (sqlite3.Error, OSError) as exc:  # the simulator is writing (locked) or making its tables
             held = {**held, "read_error": type(exc).__name__}
         if held["unique"] >= records and held["photos"] >= photos:
             return {"at": time.time(), "held_records": held["unique"], "held_photos": held["photos"]}

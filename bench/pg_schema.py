@@ -16,3 +16,19 @@ async def drop_schemas(dsn: str, *schemas: str) -> None:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
+
+
+def scratch_store(url: str | None, temp: str, prefix: str,
+                  usage_error: type[Exception] = ValueError) -> tuple[str, str, str | None]:
+    """(backend, store URL, schema) for a bench run: `url` None or sqlite: a file in `temp`
+    (or the one named); a postgresql:// URL: a fresh schema `prefix`_xxxxxxxx of its
+    database, for `drop_schemas` afterwards. `usage_error` (the bench's own UsageError, which
+    the CLI reports as a usage mistake) for any other URL."""
+    import uuid
+
+    if url is None or url.startswith("sqlite"):
+        return "sqlite", url or f"sqlite:///{temp}/lmg.db", None
+    if url.startswith("postgres"):
+        schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        return "postgres", f"{url.split('?', 1)[0]}?schema={schema}", schema
+    raise usage_error(f"--store {url}: use a sqlite:/// or postgresql:// URL")

@@ -42,13 +42,12 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from lmg.bench.pg_schema import drop_schemas
+from lmg.bench.pg_schema import drop_schemas, scratch_store
 
 NAME = "supervision"
 HELP = "evaluate a generated province's month of key-personnel attendance, against one SQL aggregate of valid days"
@@ -245,16 +244,7 @@ async def bench(projects: int, url: str | None, *, log: Any = print) -> dict[str
     from lmg.storage import StoreConfig, open_store
 
     temp = tempfile.mkdtemp(prefix="lmg-bench-supervision-")
-    schema = None
-    if url is None or url.startswith("sqlite"):
-        backend = "sqlite"
-        url = url or f"sqlite:///{temp}/lmg.db"
-    elif url.startswith("postgres"):
-        backend = "postgres"
-        schema = f"bench_sv_{uuid.uuid4().hex[:8]}"
-        url = f"{url.split('?', 1)[0]}?schema={schema}"
-    else:
-        raise UsageError(f"--store {url}: use a sqlite:/// or postgresql:// URL")
+    backend, url, schema = scratch_store(url, temp, "bench_sv", UsageError)
     month = Month(YEAR, MONTH)
     now_ms = day_ms(date(YEAR, MONTH + 1, 1)) + 10 * HOUR_MS
     try:

@@ -14,6 +14,7 @@ above the maximum frame size is refused by the library before it is buffered.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import time
@@ -29,18 +30,18 @@ READ_BYTES = MAX_FRAME_SIZE
 WS_PATH = "/terminal"
 
 
-class _Link:
+class _Link(abc.ABC):
     """One connection's way out: `send` bytes in order, `close` (or abort)."""
 
     def __init__(self, conn: int):
         self.conn = conn
         self.closed = False
 
-    def send(self, data: bytes) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def send(self, data: bytes) -> None: ...
 
-    def close(self, abort: bool) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def close(self, abort: bool) -> None: ...
 
 
 class _TcpLink(_Link):

@@ -90,7 +90,7 @@ async def require_postgres() -> None:
 
     try:
         conn = await asyncpg.connect(PG_DSN, timeout=3)
-    except Exception as exc:  # noqa: BLE001 - refused, auth, missing database: all mean "not here"
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:  # refused, auth, no database: not here
         message = (f"PostgreSQL at {PG_DSN} is unreachable ({type(exc).__name__}: {exc}); start it with "
                    "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`")
         if os.environ.get("LMG_REQUIRE_POSTGRES") == "1":
