@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import importlib
 
+
+class UsageError(Exception):
+    """A mistake in a benchmark's command line: `lmg` prints it and exits 2 (it knows this
+    module's UsageError, the group's; a benchmark raises this one)."""
+
 # Each benchmark module exposes NAME, HELP, add_arguments(parser) and run(args) -> int.
 BENCHMARKS = ("lmg.bench.codec", "lmg.bench.storage", "lmg.bench.memory", "lmg.bench.websocket_libs",
               "lmg.bench.forwarding", "lmg.bench.load", "lmg.bench.writer", "lmg.bench.downlink",

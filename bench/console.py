@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from lmg.bench import supervision as generator
+from lmg.bench.cli import UsageError
 from lmg.bench.pg_schema import drop_schemas, scratch_store
 
 NAME = "console"
@@ -70,8 +71,6 @@ IN_FLIGHT = 64
 MONTH = f"{generator.YEAR}-{generator.MONTH:02d}"
 
 
-class UsageError(Exception):
-    """A mistake in the command (exit 2)."""
 
 
 def add_arguments(parser: Any) -> None:
@@ -349,7 +348,7 @@ async def bench(projects: int, url: str | None, *, requests: int = REQUESTS, log
     """Generate, serve, measure; the figures as a dict. `url` None: a fresh SQLite file; a
     postgresql:// URL gets a fresh schema, dropped afterwards."""
     temp = tempfile.mkdtemp(prefix="lmg-bench-console-")
-    backend, url, schema = scratch_store(url, temp, "bench_console", UsageError)
+    backend, url, schema = scratch_store(url, temp, "bench_console")
     server = Server(url, temp)
     try:
         ready = await prepare(projects, url, temp, log)

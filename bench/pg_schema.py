@@ -18,12 +18,10 @@ async def drop_schemas(dsn: str, *schemas: str) -> None:
         await conn.close()
 
 
-def scratch_store(url: str | None, temp: str, prefix: str,
-                  usage_error: type[Exception] = ValueError) -> tuple[str, str, str | None]:
+def scratch_store(url: str | None, temp: str, prefix: str) -> tuple[str, str, str | None]:
     """(backend, store URL, schema) for a bench run: `url` None or sqlite: a file in `temp`
     (or the one named); a postgresql:// URL: a fresh schema `prefix`_xxxxxxxx of its
-    database, for `drop_schemas` afterwards. `usage_error` (the bench's own UsageError, which
-    the CLI reports as a usage mistake) for any other URL."""
+    database, for `drop_schemas` afterwards. UsageError (exit 2) for any other URL."""
     import uuid
 
     if url is None or url.startswith("sqlite"):
@@ -31,4 +29,6 @@ def scratch_store(url: str | None, temp: str, prefix: str,
     if url.startswith("postgres"):
         schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
         return "postgres", f"{url.split('?', 1)[0]}?schema={schema}", schema
-    raise usage_error(f"--store {url}: use a sqlite:/// or postgresql:// URL")
+    from lmg.bench.cli import UsageError
+
+    raise UsageError(f"--store {url}: use a sqlite:/// or postgresql:// URL")

@@ -47,6 +47,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from lmg.bench.cli import UsageError
 from lmg.bench.pg_schema import drop_schemas, scratch_store
 
 NAME = "supervision"
@@ -66,8 +67,6 @@ HOUR_MS = 3_600_000
 PG_DSN = os.environ.get("LMG_TEST_PG_DSN", "postgresql://127.0.0.1:5432/test")
 
 
-class UsageError(Exception):
-    """A mistake in the command (exit 2)."""
 
 
 def add_arguments(parser: Any) -> None:
@@ -244,7 +243,7 @@ async def bench(projects: int, url: str | None, *, log: Any = print) -> dict[str
     from lmg.storage import StoreConfig, open_store
 
     temp = tempfile.mkdtemp(prefix="lmg-bench-supervision-")
-    backend, url, schema = scratch_store(url, temp, "bench_sv", UsageError)
+    backend, url, schema = scratch_store(url, temp, "bench_sv")
     month = Month(YEAR, MONTH)
     now_ms = day_ms(date(YEAR, MONTH + 1, 1)) + 10 * HOUR_MS
     try:

@@ -36,3 +36,12 @@ def test_a_tiny_province_reports_every_figure(tmp_path):
     json.dumps(report, ensure_ascii=False)
     table = supervision.markdown(report)
     assert "**evaluate_s**" in table and "**baseline_s**" in table and "warnings by rule" in table
+
+
+def test_a_store_url_of_another_kind_is_a_usage_error(capsys):
+    from lmg.server.cli import main
+
+    assert main(["bench", "supervision", "--store", "bogus://x", "--no-write"]) == 2
+    assert "lmg: --store bogus://x: use a sqlite:/// or postgresql:// URL" in capsys.readouterr().err
+    assert main(["bench", "console", "--projects", "1", "--no-write"]) == 2
+    assert "--projects: at least 2" in capsys.readouterr().err
