@@ -17,7 +17,11 @@ pytestmark = pytest.mark.postgres
 
 async def test_two_nodes_forward_the_shared_outbox_once_and_in_order(two_nodes, province, forwarding):  # noqa: F811
     node_a, node_b = two_nodes
-    sim = await province()
+    # A province answering in 20 ms keeps the outbox's 58 batches of 7 in hand for ~0.6 s with
+    # 2 requests at a time: without it one node could drain everything before the other's first
+    # claim (seen once the partitioned claim took 14 ms instead of 677), and "both nodes worked"
+    # would depend on scheduling rather than on the shared outbox.
+    sim = await province(latency_ms=20)
     sent = await add_punches(node_a, devices=10, per_device=40)
     photo_shas = [await store_punch_with_photo(node, f"GS-PHOTO-{name}") for node, name in ((node_a, "A"),
                                                                                             (node_b, "B"))]
