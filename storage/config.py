@@ -66,8 +66,9 @@ class StoreConfig:
     sqlite_readers: int = key(2, "SQLite read connections, each with its own thread, so reads never wait for the writer")
 
     pg_pool_max: int = key(
-        8, "PostgreSQL connections per process: two group-commit batches plus the forwarder, device and admin "
-           "reads; PostgreSQL's default max_connections of 100 fits a dozen nodes")
+        8, "PostgreSQL connections per process: group_commit_batches_in_flight_postgres of them are the punches' "
+           "own (never waiting behind photos or reads), the rest are shared by photos, the forwarder, device and "
+           "admin reads; PostgreSQL's default max_connections of 100 fits a dozen nodes")
     pg_command_timeout_ms: int = key(
         10_000, "ms before a PostgreSQL command is given up (a 500-row batch normally commits in a few ms): a dead "
                 "network must not hang a batch; the devices get STORE_UNAVAILABLE and resend")
@@ -132,8 +133,13 @@ class StoreConfig:
             raise ValueError(
                 f"sqlite_synchronous={self.sqlite_synchronous!r}: use FULL (default), EXTRA or NORMAL"
             )
-        if self.sqlite_readers < 1 or self.pg_pool_max < 2:
-            raise ValueError("need at least 1 SQLite reader (sqlite_readers) and 2 PostgreSQL connections (pg_pool_max)")
+        if self.sqlite_readers < 1:
+            raise ValueError("need at least 1 SQLite reader (sqlite_readers)")
+        if self.pg_pool_max < self.group_commit_batches_in_flight_postgres + 2:
+            raise ValueError(
+                f"pg_pool_max={self.pg_pool_max} leaves too few PostgreSQL connections: "
+                f"group_commit_batches_in_flight_postgres ({self.group_commit_batches_in_flight_postgres}) are the "
+                f"punches' own, and reads need at least 2 more")
         for name in ("group_commit_batches_in_flight_sqlite", "group_commit_batches_in_flight_postgres",
                      "enqueue_wait_ms", "pg_command_timeout_ms", "pg_connect_timeout_ms", "photo_max_bytes",
                      "photo_partial_ttl_ms", "roster_import_max_rows", "presence_stale_ms"):

@@ -62,7 +62,7 @@ from lmg.storage.errors import (
     UnknownProject,
 )
 from lmg.storage.migrations import POSTGRES_LEDGER, Migration, load_migrations, plan
-from lmg.storage.postgres_blobs import PostgresBlobStore
+from lmg.storage.postgres_blobs import INSERT_BLOB, PostgresBlobStore
 from lmg.storage.postgres_console import PostgresConsole
 from lmg.storage.postgres_supervision import PostgresSupervision
 from lmg.storage.roster import RosterPlan, plan_dates, plan_import, plan_removal, prune_floor
@@ -108,6 +108,7 @@ ON CONFLICT (device_serial, record_no) DO NOTHING
 """
 
 _PUNCH_SELECT = f"SELECT {PUNCH_COLUMNS} FROM punches"
+_INSERT_PHOTO = "INSERT INTO photos (sha256, size, stored_at_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
 _OUTBOX_ITEM_COLUMNS = (
     "o.id, o.attempts, o.next_attempt_at_ms, o.last_error, o.created_at_ms, o.state, "
     "p.device_serial, p.record_no, p.worker_id, p.punch_time_ms, p.direction, p.verify_mode, "
@@ -225,6 +226,11 @@ class PostgresStore(PostgresSupervision, PostgresConsole, BackendStore):
         self.schema = location.pg_schema
         self.signals_channel = signals_channel(self.schema)
         self._pool: asyncpg.Pool | None = None
+        # The group commit's own connections (one per batch in flight), apart from `_pool`:
+        # punches never queue behind photo, presence or admin reads. 10,000 terminals back
+        # from an outage held all 8 shared connections with photo chunks; every batch timed
+        # out waiting for one and no punch was acked for minutes, PostgreSQL idle.
+        self._punch_pool: asyncpg.Pool | None = None
         self._listeners: set[Callable[[], Awaitable[None]]] = set()  # their stop(), run at close
 
     @classmethod
@@ -241,11 +247,14 @@ class PostgresStore(PostgresSupervision, PostgresConsole, BackendStore):
         try:
             await store._migrate(migrations or load_migrations("postgres"))
             settings = {"search_path": f'"{store.schema}"'} if store.schema else {}
+            punch_connections = config.group_commit_batches_in_flight_postgres
+            pool_options = dict(command_timeout=config.pg_command_timeout_ms / 1000,
+                                timeout=config.pg_connect_timeout_ms / 1000, server_settings=settings,
+                                reset=_keep_session)
+            store._punch_pool = await asyncpg.create_pool(
+                location.pg_dsn, min_size=punch_connections, max_size=punch_connections, **pool_options)
             store._pool = await asyncpg.create_pool(
-                location.pg_dsn, min_size=1, max_size=config.pg_pool_max,
-                command_timeout=config.pg_command_timeout_ms / 1000,
-                timeout=config.pg_connect_timeout_ms / 1000, server_settings=settings,
-                reset=_keep_session)
+                location.pg_dsn, min_size=1, max_size=config.pg_pool_max - punch_connections, **pool_options)
         except BaseException as exc:
             await store.close()
             if _is_unavailable(exc):
@@ -291,20 +300,25 @@ class PostgresStore(PostgresSupervision, PostgresConsole, BackendStore):
         for stop in list(self._listeners):
             await stop()
         await self._close_group()
-        pool, self._pool = self._pool, None
-        if pool is not None:
+        pools = (self._pool, self._punch_pool)
+        self._pool = self._punch_pool = None
+        for pool in pools:
+            if pool is None:
+                continue
             try:
                 await asyncio.wait_for(pool.close(), self.config.pg_command_timeout_ms / 1000)
             except (asyncio.TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 pool.terminate()
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; faults come out as StoreUnavailable."""
-        if self._pool is None:  # closing still drains queued punches through the pool
+    async def _connection(self, punches: bool = False) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection (`punches`: one of the group commit's own); faults come out
+        as StoreUnavailable."""
+        pool = self._punch_pool if punches else self._pool
+        if pool is None:  # closing still drains queued punches through the pool
             raise StoreClosed("the store is closed")
         try:
-            async with self._pool.acquire(timeout=self.config.pg_connect_timeout_ms / 1000) as conn:
+            async with pool.acquire(timeout=self.config.pg_connect_timeout_ms / 1000) as conn:
                 yield conn
         except (StoreUnavailable, StoreClosed):
             raise
@@ -351,7 +365,7 @@ class PostgresStore(PostgresSupervision, PostgresConsole, BackendStore):
                                                r.punch_time_ms, r.direction, r.verify_mode,
                                                r.temperature_dc, r.photo_sha256, r.photo_size)):
                 column.append(value)
-        async with self._connection() as conn:
+        async with self._connection(punches=True) as conn:
             async with conn.transaction():
                 added: set = set()
                 if first_seen:
@@ -864,9 +878,17 @@ class PostgresStore(PostgresSupervision, PostgresConsole, BackendStore):
         return rows[0][0] if rows else None
 
     async def _record_photo(self, sha256: bytes, size: int) -> None:
-        await self._execute(
-            "INSERT INTO photos (sha256, size, stored_at_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            sha256, size, self.clock_ms())
+        await self._execute(_INSERT_PHOTO, sha256, size, self.clock_ms())
+
+    async def _store_photo(self, sha256: bytes, content: bytes) -> None:
+        """Bytes and record in one transaction, so one WAL flush per photo instead of two
+        (the blob table is this database's own unless a test gave another BlobStore)."""
+        if not isinstance(self.blobs, PostgresBlobStore):
+            return await super()._store_photo(sha256, content)
+        async with self._connection() as conn:
+            async with conn.transaction():
+                await conn.execute(INSERT_BLOB, sha256, content)
+                await conn.execute(_INSERT_PHOTO, sha256, len(content), self.clock_ms())
 
     async def unforwarded_photos(self, stored_before_ms: int, limit: int) -> list[bytes]:
         rows = await self._fetch(

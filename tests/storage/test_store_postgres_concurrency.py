@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
-from lmg.storage import Outcome, open_store
+from lmg.storage import Outcome, StoreConfig, StoreUnavailable, open_store
 from test_store_contract import punch
 
 pytestmark = pytest.mark.postgres
@@ -164,3 +165,27 @@ async def test_a_reader_following_session_ends_by_cursor_misses_none(pg_urls, tm
     finally:
         for store in (a, b, reader):
             await store.close()
+
+
+async def test_punches_commit_while_every_shared_connection_is_held(pg_urls, tmp_path):
+    """The group commit has connections of its own: photos and reads holding the whole
+    shared pool (10,000 terminals back from an outage did) must not stop the acks."""
+    config = StoreConfig(pg_pool_max=4, group_commit_batches_in_flight_postgres=2, pg_connect_timeout_ms=300)
+    store = await open_store(pg_urls(), data_dir=tmp_path, config=config)
+    try:
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(config.pg_pool_max - config.group_commit_batches_in_flight_postgres):
+                await held.enter_async_context(store._connection())
+            with pytest.raises(StoreUnavailable):  # the shared pool is really exhausted
+                await store.count_punches()
+            outcomes = await store.store_punches([punch("DEV1", n) for n in range(50)])
+            assert [o.status for o in outcomes] == [Outcome.STORED] * 50
+        assert await store.count_punches() == 50
+    finally:
+        await store.close()
+
+
+def test_pool_leaves_room_for_reads_beside_the_punch_connections():
+    with pytest.raises(ValueError, match="pg_pool_max=3"):
+        StoreConfig(pg_pool_max=3, group_commit_batches_in_flight_postgres=2)
+    StoreConfig(pg_pool_max=4, group_commit_batches_in_flight_postgres=2)
