@@ -59,7 +59,7 @@ class BackendStore(Store):
         self.clock_ms = clock_ms
         photos_dir = self.data_dir / "photos"
         self.blobs = blobs if blobs is not None else FileBlobStore(photos_dir)
-        self.photos = PhotoUploads(self.blobs, photos_dir / ".partial", config.photo_max_bytes,
+        self.photos = PhotoUploads(photos_dir / ".partial", config.photo_max_bytes,
                                    config.photo_partial_ttl_ms)
         self._closed = False
         self._group = GroupCommit(
@@ -106,6 +106,11 @@ class BackendStore(Store):
     async def _record_photo(self, sha256: bytes, size: int) -> None:
         """Note in the database that the verified blob is stored (idempotent)."""
 
+    async def _store_photo(self, sha256: bytes, content: bytes) -> None:
+        """Store a verified photo's bytes durably, then record it (`_record_photo`)."""
+        await self.blobs.put(sha256.hex(), content)
+        await self._record_photo(sha256, len(content))
+
     @abc.abstractmethod
     async def _punch_photo_sha(self, device_serial: str, record_no: int) -> bytes | None:
         """The hash of the punch's photo if that photo is stored."""
@@ -117,7 +122,7 @@ class BackendStore(Store):
         if stored is not None:
             return stored
         return await self.photos.append(device_serial, sha256, total_size, offset, data,
-                                        self._record_photo)
+                                        self._store_photo)
 
     async def photo_status(self, device_serial: str, sha256: bytes) -> int:
         _check_sha(sha256)

@@ -52,6 +52,29 @@ async def test_hash_mismatch_discards_the_partial(store):
     assert await store.get_photo(claimed) is None
 
 
+async def test_a_whole_photo_in_one_chunk_skips_the_partial_and_replaces_an_old_attempt(backend):
+    photo = os.urandom(30_720)
+    sha = hashlib.sha256(photo).digest()
+    store = await backend.open()
+    await store.store_punches([punch_with_photo(1, photo)])
+    partials = backend.data_dir / "photos" / ".partial"
+    assert await store.photo_append("CAM1", sha, len(photo), 0, photo[:16_384]) == 16_384  # an attempt cut off
+    assert len(list(partials.rglob("*.part"))) == 1
+    # the terminal starts again with the whole photo in one chunk: stored, the old partial gone
+    assert await store.photo_append("CAM1", sha, len(photo), 0, photo) == len(photo)
+    assert await store.get_punch_photo("CAM1", 1) == photo
+    assert await store.photo_status("CAM1", sha) == len(photo)
+    assert not list(partials.rglob("*.part"))
+    # and a whole chunk whose bytes are not the announced hash is refused, nothing kept
+    other = os.urandom(2000)
+    claimed = hashlib.sha256(b"what the punch announced").digest()
+    with pytest.raises(PhotoHashMismatch):
+        await store.photo_append("CAM1", claimed, len(other), 0, other)
+    assert await store.photo_status("CAM1", claimed) == 0
+    assert await store.get_photo(claimed) is None
+    assert not list(partials.rglob("*.part"))
+
+
 async def test_size_limit_is_enforced(backend):
     store = await backend.open(config=StoreConfig(photo_max_bytes=1000))
     sha = hashlib.sha256(b"x").digest()
