@@ -111,6 +111,13 @@ class GatewaySettings:
                                            "another photo is refused PHOTO_UPLOADS_BUSY")
     photo_upload_idle_s: float = key(600.0, "seconds without a chunk after which an upload no longer holds one of "
                                             "its device's photo_uploads_per_device slots")
+    # Each photo frame is 2-3 round trips on the shared PostgreSQL pool (pg_pool_max less the
+    # punches' own, 6): 4 at once leave room for presence, signals and the forwarder; 512
+    # waiting chunks are at most 32 MiB and about 2 s of work (server/gateway/photo_intake.py).
+    photo_store_concurrency: int = key(4, "photo chunks and queries one process has in the store at once; the "
+                                          "others wait their turn")
+    photo_chunks_waiting: int = key(512, "photo chunks and queries that may wait for a turn; past that one is "
+                                         "refused PHOTO_UPLOADS_BUSY and the terminal tries later")
     partial_photo_sweep_s: float = key(3600.0, "seconds between deletions of partial photo uploads older than "
                                                "photo_partial_ttl_ms")
     shutdown_grace_s: float = key(10.0, "seconds SIGTERM gives in-flight commits, their ACKs and the GOODBYEs")
@@ -224,7 +231,7 @@ class GatewaySettings:
         for name in ("max_connections", "max_connections_per_address", "accept_rate", "accept_burst",
                      "lockout_pair_failures", "lockout_address_failures", "lockout_address_window_s",
                      "lockout_base_s", "lockout_max_s", "auth_audit_window_s", "photo_uploads_per_device",
-                     "photo_upload_idle_s",
+                     "photo_upload_idle_s", "photo_store_concurrency",
                      "max_unsent_bytes", "held_frames", "store_calls_per_connection", "presence_flush_s",
                      "partial_photo_sweep_s", "shutdown_grace_s", "signal_poll_s", "session_announce_s",
                      "api_max_body_bytes", "console_lockout_threshold", "console_lockout_base_s",
@@ -248,6 +255,9 @@ class GatewaySettings:
                              f"a u16), got {self.face_chunk_bytes}")
         if self.downlink_bytes_per_s < 0:
             raise ValueError(f"downlink_bytes_per_s must not be negative (0: no limit), got {self.downlink_bytes_per_s}")
+        if self.photo_chunks_waiting < 0:
+            raise ValueError(f"photo_chunks_waiting must not be negative (0: refuse when every turn is taken), "
+                             f"got {self.photo_chunks_waiting}")
         if self.face_cache_bytes < 0:
             raise ValueError(f"face_cache_bytes must not be negative, got {self.face_cache_bytes}")
         if self.log_level.lower() not in LOG_LEVELS:

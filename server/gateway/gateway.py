@@ -44,6 +44,7 @@ from lmg.server.gateway.auth_audit import AuditRow, FailureAudit, clean
 from lmg.server.gateway.deadlines import DeadlineWheel
 from lmg.server.gateway.devices import DeviceLookup
 from lmg.server.gateway.lockout import AuthGuard
+from lmg.server.gateway.photo_intake import PhotoIntake
 from lmg.server.gateway.photo_slots import UploadSlots
 from lmg.server.gateway.presence import PresenceBook
 from lmg.server.gateway.session import Authenticated, AuthFailed
@@ -94,6 +95,7 @@ class Gateway:
         self.failure_audit = FailureAudit(int(gateway.auth_audit_window_s * 1000))
         self.photo_max_bytes = settings.store.photo_max_bytes  # checked at the punch, the query and the chunk
         self.photo_slots = UploadSlots(gateway.photo_uploads_per_device, int(gateway.photo_upload_idle_s * 1000))
+        self.photo_intake = PhotoIntake(gateway.photo_store_concurrency, gateway.photo_chunks_waiting)
         self.wheel = DeadlineWheel()
         self.presence = PresenceBook()
         self.sessions: dict[str, TerminalLink] = {}  # serial -> authenticated link

@@ -37,7 +37,9 @@ resume reading) and the unsent-output size. Rules kept here:
 - Hostile input (issue 18): the decoder's limit is the session's (`Session.max_frame_size`:
   1,047 bytes until authenticated); a photo chunk or query goes to the store only when a
   stored punch of the device announces that photo (`_announced`) and the device holds one of
-  its `photo_uploads_per_device` upload slots (photo_slots.py); a WebSocket message holding
+  its `photo_uploads_per_device` upload slots (photo_slots.py), and only in one of the
+  process's `photo_store_concurrency` turns (photo_intake.py: past `photo_chunks_waiting`
+  waiting frames a chunk is refused PHOTO_UPLOADS_BUSY at once); a WebSocket message holding
   several frames gets one NACK per frame; a TCP peer that half-closes (`peer_finished`)
   still gets the answers to what it sent before the connection is closed.
 - Observability in plain Python only (server/metrics): with metrics on, each frame in and
@@ -59,7 +61,7 @@ import os
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, assert_never
 
-from lmg.protocol import FrameDecoder, ProtocolError, ResultCode, decode_frame, encode
+from lmg.protocol import FrameDecoder, PhotoChunk, PhotoQuery, ProtocolError, ResultCode, decode_frame, encode
 from lmg.protocol.errors import NotAFrame
 from lmg.protocol.schema import HEADER_SIZE
 from lmg.server.gateway.session import (
@@ -605,8 +607,21 @@ class TerminalLink(abc.ABC):
         self.gateway.count("photo_refused_" + result.name.lower())
         return self.session.photo_result(sha256, result, next_offset)
 
+    def _photo_busy(self, sha256: bytes, next_offset: int) -> list[Action]:
+        """The process's photo turns and queue are full: PHOTO_UPLOADS_BUSY on the wire (try
+        later), counted apart from a device's own slots as reason `store_busy`."""
+        self.gateway.count("photo_refused_store_busy")
+        return self.session.photo_result(sha256, ResultCode.PHOTO_UPLOADS_BUSY, next_offset)
+
     async def _append_photo(self, action: AppendPhoto) -> list[Action]:
         chunk = action.chunk
+        intake = self.gateway.photo_intake
+        if intake.full():
+            return self._photo_busy(chunk.photo_sha256, chunk.offset)
+        async with intake.turn():
+            return await self._append_photo_now(chunk)
+
+    async def _append_photo_now(self, chunk: PhotoChunk) -> list[Action]:
         serial = self.session.serial or ""
         gateway = self.gateway
         sha = chunk.photo_sha256
@@ -637,6 +652,13 @@ class TerminalLink(abc.ABC):
 
     async def _query_photo(self, action: QueryPhoto) -> list[Action]:
         query = action.query
+        intake = self.gateway.photo_intake
+        if intake.full():  # 0: the device asks again after its back-off and resumes from the answer
+            return self._photo_busy(query.photo_sha256, 0)
+        async with intake.turn():
+            return await self._query_photo_now(query)
+
+    async def _query_photo_now(self, query: PhotoQuery) -> list[Action]:
         try:
             if not await self._announced(query.record_no, query.photo_sha256, query.total_size):
                 return self._photo_refused(query.photo_sha256, ResultCode.PHOTO_NOT_ANNOUNCED, 0)

@@ -82,6 +82,46 @@ async def test_photo_uploads_in_progress_per_device_are_bounded(start_gateway):
     assert (await client.expect(PhotoStatus)).result == ResultCode.OK
 
 
+async def test_photo_frames_in_the_store_at_once_are_bounded_per_process(start_gateway, monkeypatch):
+    """Photos must not take every shared store connection (issue 17: 3,000 uploads starved
+    presence, signals and the forwarder): one turn here, one frame may wait, the next is
+    refused PHOTO_UPLOADS_BUSY at once and counted as `store_busy`."""
+    gw = await start_gateway(photo_store_concurrency=1, photo_chunks_waiting=1)
+    release = asyncio.Event()
+    append = gw.store.photo_append
+
+    async def held(*args):
+        await release.wait()
+        return await append(*args)
+
+    monkeypatch.setattr(gw.store, "photo_append", held)
+    intake = gw.gateway.photo_intake
+    clients, photos = [], []
+    for n in range(3):
+        device = gw.device if n == 0 else await gw.add_device(f"GS-TEST-00010{n}")
+        client = await gw.raw_authenticated(device)
+        photo = os.urandom(3_000)
+        await announce(client, 1, photo)
+        clients.append(client)
+        photos.append(photo)
+    chunk = [PhotoChunk(1, hashlib.sha256(p).digest(), len(p), 0, p) for p in photos]
+    clients[0].send(chunk[0])
+    await wait_for(lambda: intake.in_store == 1, what="the first chunk holding the only turn")
+    clients[1].send(chunk[1])
+    await wait_for(lambda: intake.waiting == 1, what="the second chunk waiting its turn")
+    clients[2].send(chunk[2])
+    refused = await clients[2].expect(PhotoStatus)
+    assert (refused.result, refused.next_offset) == (ResultCode.PHOTO_UPLOADS_BUSY, 0)
+    assert gw.gateway.counters["photo_refused_store_busy"] == 1
+    release.set()
+    for client, photo in zip(clients[:2], photos):
+        status = await client.expect(PhotoStatus)
+        assert (status.result, status.next_offset) == (ResultCode.OK, len(photo))
+    clients[2].send(chunk[2])  # after its back-off
+    assert (await clients[2].expect(PhotoStatus)).result == ResultCode.OK
+    assert (intake.in_store, intake.waiting) == (0, 0)
+
+
 async def test_the_gateway_deletes_partial_uploads_nobody_continued(start_gateway):
     # photo_partial_ttl_ms existed in the store, but nothing ever called the pruning, so
     # abandoned uploads piled up for ever; the gateway now sweeps every partial_photo_sweep_s.
