@@ -93,6 +93,7 @@ from lmg.protocol.codes import Capability
 from lmg.simulators import mqtt
 from lmg.simulators.device import COMMAND_TYPES, TerminalDevice
 from lmg.simulators.photo_upload import DEFAULT_CHUNK_BYTES, PhotoUpload, Step, chunk_limit
+from lmg.simulators.reconnect import BackoffPolicy, backoff_s
 from lmg.simulators.terminal import worker_id_for
 
 if TYPE_CHECKING:
@@ -104,7 +105,11 @@ FIRMWARE = "fleet-1.0"
 # NACKs that mean "nothing was stored, try again later" (docs/protocol.md 6.2).
 RETRY_LATER = frozenset({ResultCode.STORE_UNAVAILABLE, ResultCode.SERVER_BUSY, ResultCode.RATE_LIMITED,
                          ResultCode.SHUTTING_DOWN})
-RETRY_PAUSE_S = 1.0  # after a "try later" NACK; the spec asks for a back-off, not a number
+# After a "try later" answer the terminal waits the §6.8 back-off (1 s doubling to 60 s,
+# ±50 %), reset by the next answer that stored something (§6.2). A fixed 1 s pause made
+# 10,000 terminals resend 150,000 records a second at a gateway already behind, and the
+# refusals alone kept it behind (issue 17's outage run).
+TRY_LATER_BACKOFF = BackoffPolicy()
 WORKERS_PER_SITE = 1000  # distinct worker IDs a terminal's punches cycle through
 CHAOS_KINDS = ("garbage", "oversize", "silent", "deaf")
 # Per-terminal cap on records generated for closed-loop load, so a fleet is bounded even if
@@ -389,6 +394,7 @@ class Terminal:
         self.upload: PhotoUpload | None = None
         self.photo_seq: int | None = None
         self.photo_pause: asyncio.TimerHandle | None = None
+        self.try_later = 0  # "try later" answers since the last that stored something (the back-off's failures)
         self.chunk_bytes = min(fleet.spec.photo_chunk_bytes, chunk_limit(MAX_FRAME_SIZE))
 
     @property
@@ -501,6 +507,8 @@ class Terminal:
         before = upload.confirmed
         step = upload.on_status(status)
         stats["photo_bytes_confirmed"] += upload.confirmed - before
+        if upload.confirmed > before:  # bytes stored: the store keeps up again
+            self.try_later = 0
         if step is Step.DONE:
             stats["photos_confirmed"] += 1
             self.upload = None
@@ -530,8 +538,7 @@ class Terminal:
     def _photo_later(self, code: int) -> None:
         self.fleet.stats["photo_retries"] += 1
         self.fleet.stats[f"photo_retry_{_code_name(code).lower()}"] += 1
-        self.photo_pause = asyncio.get_running_loop().call_later(RETRY_PAUSE_S * random.uniform(0.5, 1.5),
-                                                                 self._photo_resume)
+        self.photo_pause = asyncio.get_running_loop().call_later(self._try_later_s(), self._photo_resume)
 
     def _photo_resume(self) -> None:
         self.photo_pause = None
@@ -582,6 +589,7 @@ class Terminal:
                 self.fleet.answered(records, [ResultCode.OK] * len(records), sent_at)
             else:
                 results = [row.result for row in item.results]
+                self.try_later = 0
                 self.fleet.answered(records, results, sent_at)
                 if self.fleet.photo_share:
                     self._queue_photos(records, results)
@@ -644,9 +652,14 @@ class Terminal:
         stats[f"nack_{_code_name(code).lower()}"] += 1
         if code in RETRY_LATER:
             self.buffer.extendleft(reversed(records))
-            asyncio.get_running_loop().call_later(RETRY_PAUSE_S * random.uniform(0.5, 1.5), self.pump)
+            asyncio.get_running_loop().call_later(self._try_later_s(), self.pump)
         else:
             stats["records_refused"] += len(records)
+
+    def _try_later_s(self) -> float:
+        """Seconds to wait after one more "try later" answer (the §6.8 back-off)."""
+        self.try_later += 1
+        return backoff_s(TRY_LATER_BACKOFF, self.try_later, random.random())
 
     def requeue_inflight(self) -> int:
         """Put unanswered records back at the front of the buffer (they are resent); an

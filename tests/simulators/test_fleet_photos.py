@@ -194,3 +194,43 @@ def test_sim_terminals_refuses_bad_photo_flags_before_connecting(tmp_path, capsy
     devices.write_text(f"serial,secret,project\nGS-PHOTO-000001,{'00' * 32},P-SIM\n", encoding="utf-8")
     code = main(["sim", "terminals", "--target", "127.0.0.1:1", "--devices", str(devices), *extra])
     assert code != 0 and says in capsys.readouterr().err
+
+
+async def refuse_then_store(accepted: asyncio.Queue[ServerEnd]) -> list:
+    """NACK STORE_UNAVAILABLE the punch three times, then ACK it; refuse its photo once, then take it."""
+    end = await accepted.get()
+    await accept_terminal(end)
+    for _ in range(3):
+        punch = await end.expect(Punch)
+        await end.send(Nack(punch.seq, MessageType.PUNCH, ResultCode.STORE_UNAVAILABLE))
+    punch = await end.expect(Punch)
+    record = punch.record
+    await end.send(Ack(punch.seq, MessageType.PUNCH, 0, (RecordResult(record.record_no, ResultCode.OK),)))
+    chunk = await end.expect(PhotoChunk)
+    await end.send(PhotoStatus(record.photo_sha256, ResultCode.STORE_UNAVAILABLE, 0))
+    chunk = await end.expect(PhotoChunk)
+    await end.send(PhotoStatus(record.photo_sha256, ResultCode.OK, len(chunk.data)))
+    return [record, chunk]
+
+
+async def test_try_later_answers_back_off_doubling_and_a_stored_answer_resets_it(monkeypatch):
+    """§6.2/6.8: each "try later" in a row waits the next step of the back-off; an answer that
+    stored something starts it again. A fixed pause made 10,000 terminals hammer a gateway
+    that was behind (issue 17)."""
+    steps: list[int] = []
+
+    def backoff(policy, failures, u):
+        steps.append(failures)
+        return 0.01  # the schedule itself is simulators/reconnect.py's, tested there
+
+    monkeypatch.setattr("lmg.simulators.fleet.backoff_s", backoff)
+    async with listener() as (port, accepted):
+        served = asyncio.ensure_future(refuse_then_store(accepted))
+        summary = await run_fleet(FleetSpec(host=HOST, port=port, devices=[["GS-PHOTO-000002", "00" * 32]],
+                                            scenario="rush", punches_per_device=1, duration_s=3 * WAIT_S,
+                                            heartbeat_s=-1, photo_share=1.0, photo_bytes=2000,
+                                            connect_phase_s=WAIT_S))
+        record, chunk = await asyncio.wait_for(served, WAIT_S)
+    assert steps == [1, 2, 3, 1]
+    assert (summary["nacks"], summary["acked"], summary["photos"]["confirmed"]) == (3, 1, 1)
+    assert len(chunk.data) == record.photo_size == 2000
