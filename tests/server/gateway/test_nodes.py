@@ -22,6 +22,7 @@ from lmg.server.gateway.gateway import Gateway
 from lmg.server.settings import Settings
 from lmg.simulators.terminal import DeviceCredentials
 from lmg.storage import open_store
+from lmg.storage.blobs import FileBlobStore
 from tests.server.conftest import BASE_CONFIG, HOST, PROJECT, WAIT_S, RawClient, RunningGateway, wait_for
 from tests.storage.conftest import PG_DSN, drop_schema, require_postgres
 
@@ -40,7 +41,7 @@ async def start_node(tmp_path):
 
     async def start(**overrides) -> RunningGateway:
         data_dir = tmp_path / f"node{len(running)}"
-        data_dir.mkdir()
+        data_dir.mkdir(exist_ok=True)  # a test may have put version-6 files there first
         config = Settings.from_keys({**BASE_CONFIG, "data_dir": str(data_dir), "store": url,
                                      "signal_poll_s": 3600.0, **overrides})
         store = await open_store(url, data_dir=data_dir, config=config.store)
@@ -125,13 +126,15 @@ async def test_a_killed_nodes_devices_are_shown_offline_after_the_heartbeat_time
         await client.close()
 
 
-async def test_a_node_moves_its_photo_files_of_before_version_7_into_the_database(start_node):
-    node_a = await start_node(partial_photo_sweep_s=0.05)
+async def test_a_node_moves_its_photo_files_of_before_version_7_into_the_database(start_node, tmp_path):
     node_b = await start_node()
     photo = os.urandom(3000)
     key = hashlib.sha256(photo).hexdigest()
-    await node_a.store.blobs.fallback.put(key, photo)  # as version 6 left it on node A's disk
+    # As version 6 left it on node A's disk, before node A starts: once it runs, its sweep
+    # (every 0.05 s) may adopt the file before node B's first look.
+    await FileBlobStore(tmp_path / "node1" / "photos").put(key, photo)
     assert await node_b.store.blobs.get(key) is None
+    node_a = await start_node(partial_photo_sweep_s=0.05)
 
     async def shared() -> bool:
         return await node_b.store.blobs.get(key) == photo
