@@ -234,3 +234,32 @@ async def test_try_later_answers_back_off_doubling_and_a_stored_answer_resets_it
     assert steps == [1, 2, 3, 1]
     assert (summary["nacks"], summary["acked"], summary["photos"]["confirmed"]) == (3, 1, 1)
     assert len(chunk.data) == record.photo_size == 2000
+
+
+async def refuse_and_watch(accepted: asyncio.Queue[ServerEnd]) -> list[str]:
+    """NACK STORE_UNAVAILABLE the punch; return the kinds of what the terminal sends after
+    it, until the fleet's run ends and closes the connection."""
+    end = await accepted.get()
+    await accept_terminal(end)
+    punch = await end.expect(Punch)
+    await end.send(Nack(punch.seq, MessageType.PUNCH, ResultCode.STORE_UNAVAILABLE))
+    following = []
+    while (frame := await end.receive()) is not None:
+        following.append(type(frame).__name__)
+    await end.close()
+    return following
+
+
+async def test_a_refused_punch_waits_out_its_back_off_before_it_is_resent(monkeypatch):
+    """The answer's own pump() used to resend at once, whatever the back-off said: a gateway
+    behind saw each record again within milliseconds. With an hour's back-off, the punch is
+    not sent again before the run ends."""
+    monkeypatch.setattr("lmg.simulators.fleet.backoff_s", lambda policy, failures, u: 3600.0)
+    async with listener() as (port, accepted):
+        served = asyncio.ensure_future(refuse_and_watch(accepted))
+        summary = await run_fleet(FleetSpec(host=HOST, port=port, devices=[["GS-PHOTO-000003", "00" * 32]],
+                                            scenario="rush", punches_per_device=1, duration_s=1.0,
+                                            heartbeat_s=0.2, connect_phase_s=WAIT_S))
+        following = await asyncio.wait_for(served, WAIT_S)
+    assert "Punch" not in following and "PunchBatch" not in following
+    assert (summary["nacks"], summary["acked"]) == (1, 0)
