@@ -111,11 +111,12 @@ class GatewaySettings:
                                            "another photo is refused PHOTO_UPLOADS_BUSY")
     photo_upload_idle_s: float = key(600.0, "seconds without a chunk after which an upload no longer holds one of "
                                             "its device's photo_uploads_per_device slots")
-    # Each photo frame is 2-3 round trips on the shared PostgreSQL pool (pg_pool_max less the
-    # punches' own, 6): 4 at once leave room for presence, signals and the forwarder; 512
-    # waiting chunks are at most 32 MiB and about 2 s of work (server/gateway/photo_intake.py).
-    photo_store_concurrency: int = key(4, "photo chunks and queries one process has in the store at once; the "
-                                          "others wait their turn")
+    # Each photo frame is two quick reads on the shared PostgreSQL pool (pg_pool_max less the
+    # punches' own, 6), then a share of one photo transaction (many photos each): 16 at once
+    # make batches of up to 16 and leave room for presence, signals and the forwarder; 512
+    # waiting chunks are at most 32 MiB and a few seconds of work (server/gateway/photo_intake.py).
+    photo_store_concurrency: int = key(16, "photo chunks and queries one process has in the store at once; the "
+                                           "others wait their turn")
     photo_chunks_waiting: int = key(512, "photo chunks and queries that may wait for a turn; past that one is "
                                          "refused PHOTO_UPLOADS_BUSY and the terminal tries later")
     partial_photo_sweep_s: float = key(3600.0, "seconds between deletions of partial photo uploads older than "

@@ -29,9 +29,6 @@ from lmg.storage.blobs import BlobStore, FileBlobStore, check_key, is_key
 
 log = logging.getLogger("lmg.storage")
 
-# Also run by PostgresStore._store_photo, in the transaction that records the photo.
-INSERT_BLOB = "INSERT INTO photo_blobs (sha256, data) VALUES ($1, $2) ON CONFLICT DO NOTHING"
-
 
 class PostgresBlobStore(BlobStore):
     """Blobs as rows of `photo_blobs`, through the store's pooled connections.
@@ -48,7 +45,8 @@ class PostgresBlobStore(BlobStore):
     async def put(self, key: str, data: bytes) -> None:
         digest = bytes.fromhex(check_key(key))
         async with self._connection() as conn:
-            await conn.execute(INSERT_BLOB, digest, bytes(data))
+            await conn.execute("INSERT INTO photo_blobs (sha256, data) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                               digest, bytes(data))
 
     async def get(self, key: str) -> bytes | None:
         digest = bytes.fromhex(check_key(key))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 
@@ -188,3 +189,29 @@ async def test_postgres_nodes_share_photos_and_faces_and_still_read_their_old_fi
     finally:
         await node_a.close()
         await node_b.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_stores_photos_verified_together_in_one_transaction(pg_urls, tmp_path):
+    """Verified photos share a transaction (one WAL flush); a hash twice in a batch, or one
+    already stored, is stored once."""
+    from lmg.storage import open_store
+
+    store = await open_store(pg_urls(), data_dir=tmp_path)
+    try:
+        photos = [os.urandom(30_720) for _ in range(5)]
+        shas = [hashlib.sha256(p).digest() for p in photos]
+        await store.store_punches([punch_with_photo(n, p) for n, p in enumerate(photos, 1)])
+        assert await store.photo_append("CAM1", shas[0], len(photos[0]), 0, photos[0]) == len(photos[0])
+        batches: list[int] = []
+        store._photo_group.observer = lambda size, seconds: batches.append(size)
+        outcomes = await asyncio.gather(*(store.photo_append("CAM1", sha, len(p), 0, p)
+                                          for sha, p in [*zip(shas, photos), (shas[1], photos[1])]))
+        assert outcomes == [len(p) for p in [*photos, photos[1]]]
+        assert sum(batches) <= 6 and len(batches) >= 1
+        for n, (sha, photo) in enumerate(zip(shas, photos), 1):
+            assert await store.get_punch_photo("CAM1", n) == photo
+            assert await store.photo_status("CAM2", sha) == len(photo)
+        assert len(await store.unforwarded_photos(2**62, 100)) == 5
+    finally:
+        await store.close()
