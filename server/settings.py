@@ -66,6 +66,11 @@ class GatewaySettings:
                                        "otherwise; empty turns it off")
     tls_cert: str = key("", "PEM certificate chain; with tls_key turns TLS on for TCP and WebSocket")
     tls_key: str = key("", "PEM private key of tls_cert")
+    # Behind HAProxy in TCP mode every terminal has the balancer's address; the header
+    # (send-proxy-v2) carries the terminal's, for the per-address limits, lockouts and logs.
+    tcp_proxy_protocol: bool = key(False, "every TCP connection starts with a PROXY protocol header (v1 or v2, "
+                                          "HAProxy send-proxy-v2) whose source address is the terminal's; only "
+                                          "where nothing but the balancer reaches the TCP listener")
     max_connections: int = key(100_000, "connections on all listeners together (also bounded by the fd limit)")
     max_connections_per_address: int = key(5_000, "connections from one address: a site behind NAT has tens of "
                                                    "terminals, load tools more")
@@ -229,6 +234,10 @@ class GatewaySettings:
             parse_host_port(name, getattr(self, name))
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together: give both paths (PEM) or neither")
+        if self.tcp_proxy_protocol and self.tls_cert:
+            raise ValueError("tcp_proxy_protocol with tls_cert is not supported: the header comes before the TLS "
+                             "handshake; end TLS at the balancer (then the gateway reads the header), or keep TLS "
+                             "here and the balancer in plain TCP mode without send-proxy")
         for name in ("max_connections", "max_connections_per_address", "accept_rate", "accept_burst",
                      "lockout_pair_failures", "lockout_address_failures", "lockout_address_window_s",
                      "lockout_base_s", "lockout_max_s", "auth_audit_window_s", "photo_uploads_per_device",

@@ -153,6 +153,12 @@ class Gateway:
             self.frames_out[Goodbye] += 1
         return encode(Goodbye(reason, 10, 1))
 
+    def proxy_header_refused(self, peer: str, why: str) -> None:
+        """A TCP connection without a valid PROXY header (tcp_proxy_protocol) was closed."""
+        self.count("refused_proxy_header")
+        self.repeats.warning(log, "proxy_header", "closed a connection from %s: %s (tcp_proxy_protocol is on: "
+                             "only the balancer may reach the TCP listener)", peer, why)
+
     def link_opened(self, link: TerminalLink) -> None:
         self.links.add(link)
         self.admission.opened(link.peer_host)

@@ -99,12 +99,14 @@ async def require_postgres() -> None:
     await conn.close()
 
 
-def haproxy_config(listen_port: int, nodes: list[int]) -> str:
+def haproxy_config(listen_port: int, nodes: list[int], *, send_proxy: bool = False) -> str:
     """TCP mode, round robin, health checks every 200 ms (down after 2 failures, ~0.4 s).
     A connection HAProxy sends to a node that just died is refused, retried and, with
     `option redispatch`, sent to the other node. Client and server timeouts outlast the
-    terminals' 30 s heartbeat interval, or HAProxy would cut idle terminals itself."""
-    servers = "\n".join(f"    server node{i} 127.0.0.1:{port} check inter 200ms fall 2 rise 2"
+    terminals' 30 s heartbeat interval, or HAProxy would cut idle terminals itself.
+    `send_proxy`: each connection starts with a PROXY v2 header (tcp_proxy_protocol)."""
+    extra = " send-proxy-v2" if send_proxy else ""
+    servers = "\n".join(f"    server node{i} 127.0.0.1:{port} check inter 200ms fall 2 rise 2{extra}"
                         for i, port in enumerate(nodes))
     return f"""global
     maxconn 1000
