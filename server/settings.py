@@ -118,12 +118,18 @@ class GatewaySettings:
                                             "its device's photo_uploads_per_device slots")
     # Each photo frame is two quick reads on the shared PostgreSQL pool (pg_pool_max less the
     # punches' own, 6), then a share of one photo transaction (many photos each): 16 at once
-    # make batches of up to 16 and leave room for presence, signals and the forwarder; 512
-    # waiting chunks are at most 32 MiB and a few seconds of work (server/gateway/photo_intake.py).
+    # make batches of up to 16 and leave room for presence, signals and the forwarder. A
+    # refused chunk is sent again, 32 KiB over a site's 4G, so the queue is long (2,048
+    # chunks: at most 64 MiB) and bounded in time (server/gateway/photo_intake.py).
     photo_store_concurrency: int = key(16, "photo chunks and queries one process has in the store at once; the "
                                            "others wait their turn")
-    photo_chunks_waiting: int = key(512, "photo chunks and queries that may wait for a turn; past that one is "
-                                         "refused PHOTO_UPLOADS_BUSY and the terminal tries later")
+    photo_chunks_waiting: int = key(2_048, "photo chunks and queries that may wait for a turn (at most 64 MiB of "
+                                           "32 KiB chunks); past that one is refused PHOTO_UPLOADS_BUSY and the "
+                                           "terminal tries later")
+    # Terminals resend what is unanswered after 15 s (docs/protocol.md 6.2), as for punches.
+    photo_chunk_max_wait_s: float = key(5.0, "seconds the oldest waiting photo frame may have waited before new ones "
+                                             "are refused PHOTO_UPLOADS_BUSY at once (an answer after the "
+                                             "terminal's 15-s timeout makes it send the chunk again)")
     partial_photo_sweep_s: float = key(3600.0, "seconds between deletions of partial photo uploads older than "
                                                "photo_partial_ttl_ms")
     shutdown_grace_s: float = key(10.0, "seconds SIGTERM gives in-flight commits, their ACKs and the GOODBYEs")
@@ -241,7 +247,7 @@ class GatewaySettings:
         for name in ("max_connections", "max_connections_per_address", "accept_rate", "accept_burst",
                      "lockout_pair_failures", "lockout_address_failures", "lockout_address_window_s",
                      "lockout_base_s", "lockout_max_s", "auth_audit_window_s", "photo_uploads_per_device",
-                     "photo_upload_idle_s", "photo_store_concurrency",
+                     "photo_upload_idle_s", "photo_store_concurrency", "photo_chunk_max_wait_s",
                      "max_unsent_bytes", "held_frames", "store_calls_per_connection", "presence_flush_s",
                      "partial_photo_sweep_s", "shutdown_grace_s", "signal_poll_s", "session_announce_s",
                      "api_max_body_bytes", "console_lockout_threshold", "console_lockout_base_s",

@@ -95,7 +95,8 @@ class Gateway:
         self.failure_audit = FailureAudit(int(gateway.auth_audit_window_s * 1000))
         self.photo_max_bytes = settings.store.photo_max_bytes  # checked at the punch, the query and the chunk
         self.photo_slots = UploadSlots(gateway.photo_uploads_per_device, int(gateway.photo_upload_idle_s * 1000))
-        self.photo_intake = PhotoIntake(gateway.photo_store_concurrency, gateway.photo_chunks_waiting)
+        self.photo_intake = PhotoIntake(gateway.photo_store_concurrency, gateway.photo_chunks_waiting,
+                                        gateway.photo_chunk_max_wait_s)
         self.wheel = DeadlineWheel()
         self.presence = PresenceBook()
         self.sessions: dict[str, TerminalLink] = {}  # serial -> authenticated link
