@@ -118,18 +118,20 @@ class GatewaySettings:
                                             "its device's photo_uploads_per_device slots")
     # Each photo frame is two quick reads on the shared PostgreSQL pool (pg_pool_max less the
     # punches' own, 6), then a share of one photo transaction (many photos each): 16 at once
-    # make batches of up to 16 and leave room for presence, signals and the forwarder. A
-    # refused chunk is sent again, 32 KiB over a site's 4G, so the queue is long (2,048
-    # chunks: at most 64 MiB) and bounded in time (server/gateway/photo_intake.py).
+    # make batches of up to 16 and leave room for presence, signals and the forwarder. 512
+    # waiting chunks (at most 32 MiB) are about 2 s of work at the outage run's rate; 10,000
+    # terminals x 2 h: 512 and no time bound stored every photo in 631 s with 246,256
+    # refusals, 2,048 and 5 s in 697 s with 464,622 (server/gateway/photo_intake.py).
     photo_store_concurrency: int = key(16, "photo chunks and queries one process has in the store at once; the "
                                            "others wait their turn")
-    photo_chunks_waiting: int = key(2_048, "photo chunks and queries that may wait for a turn (at most 64 MiB of "
-                                           "32 KiB chunks); past that one is refused PHOTO_UPLOADS_BUSY and the "
-                                           "terminal tries later")
-    # Terminals resend what is unanswered after 15 s (docs/protocol.md 6.2), as for punches.
-    photo_chunk_max_wait_s: float = key(5.0, "seconds the oldest waiting photo frame may have waited before new ones "
-                                             "are refused PHOTO_UPLOADS_BUSY at once (an answer after the "
-                                             "terminal's 15-s timeout makes it send the chunk again)")
+    photo_chunks_waiting: int = key(512, "photo chunks and queries that may wait for a turn (at most 32 MiB of "
+                                         "32 KiB chunks); past that one is refused PHOTO_UPLOADS_BUSY and the "
+                                         "terminal tries later")
+    # Terminals resend what is unanswered after 15 s (docs/protocol.md 6.2), as for punches:
+    # a backstop for a store slowed below ~50 photos/s a process, where 512 would wait longer.
+    photo_chunk_max_wait_s: float = key(10.0, "seconds the oldest waiting photo frame may have waited before new "
+                                              "ones are refused PHOTO_UPLOADS_BUSY at once (an answer after the "
+                                              "terminal's 15-s timeout makes it send the chunk again)")
     partial_photo_sweep_s: float = key(3600.0, "seconds between deletions of partial photo uploads older than "
                                                "photo_partial_ttl_ms")
     shutdown_grace_s: float = key(10.0, "seconds SIGTERM gives in-flight commits, their ACKs and the GOODBYEs")
