@@ -119,9 +119,10 @@ class GatewaySettings:
     # Each photo frame is two quick reads on the shared PostgreSQL pool (pg_pool_max less the
     # punches' own, 6), then a share of one photo transaction (many photos each): 16 at once
     # make batches of up to 16 and leave room for presence, signals and the forwarder. 512
-    # waiting chunks (at most 32 MiB) are about 2 s of work at the outage run's rate; 10,000
-    # terminals x 2 h: 512 and no time bound stored every photo in 631 s with 246,256
-    # refusals, 2,048 and 5 s in 697 s with 464,622 (server/gateway/photo_intake.py).
+    # waiting chunks (at most 32 MiB) are about 2 s of work at the outage run's rate. 10,000
+    # terminals x 2 h stored every photo in 631-726 s over three runs whatever the queue
+    # (512 or 2,048, with or without a time bound): no setting won beyond that spread
+    # (server/gateway/photo_intake.py).
     photo_store_concurrency: int = key(16, "photo chunks and queries one process has in the store at once; the "
                                            "others wait their turn")
     photo_chunks_waiting: int = key(512, "photo chunks and queries that may wait for a turn (at most 32 MiB of "
