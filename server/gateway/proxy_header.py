@@ -58,9 +58,9 @@ def read_proxy_header(buffered: bytes) -> ProxyHeader | None:
         return NEED_MORE
     try:
         result = _DETECT.unpack(buffered[:length])
-    except ProxyProtocolIncompleteError as exc:  # the length said complete: the header lies about itself
-        raise ProxyHeaderError(f"malformed PROXY header: {exc}") from exc
-    except ValueError as exc:  # the library's syntax errors are ValueErrors
+    # Incomplete although the length said whole: the header lies about itself; the
+    # library's syntax errors are ValueErrors.
+    except (ProxyProtocolIncompleteError, ValueError) as exc:
         raise ProxyHeaderError(f"malformed PROXY header: {exc}") from exc
     if not result.proxied:
         return ProxyHeader(None, length)

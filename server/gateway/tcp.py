@@ -71,10 +71,7 @@ class TcpLink(TerminalLink, asyncio.Protocol):
         if found is None:
             return  # NEED_MORE
         rest = bytes(header[found.length:])
-        self._header = None
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        self._stop_header_wait()
         self._open(found.address or self.transport.get_extra_info("peername") or ("?", 0))
         if rest and not self.closed:
             self.bytes_received(rest)
@@ -83,11 +80,8 @@ class TcpLink(TerminalLink, asyncio.Protocol):
         """Not a balancer's connection (or a silent one): close it, count it, log it once in a while."""
         if self._header is None or self.closed:
             return
-        self._header = None
+        self._stop_header_wait()
         self.closed = True
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
         peer = self.transport.get_extra_info("peername") or ("?", 0)
         self.gateway.proxy_header_refused(f"{peer[0]}:{peer[1]}", why)
         self.transport.abort()
@@ -100,11 +94,15 @@ class TcpLink(TerminalLink, asyncio.Protocol):
         self.peer_finished()
         return not self.closed
 
-    def connection_lost(self, exc) -> None:
-        if self._header_timer is not None:  # gone before its header was complete
+    def _stop_header_wait(self) -> None:
+        """No PROXY header is awaited any more (it came, it was refused, or the peer left)."""
+        self._header = None
+        if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
-        self._header = None
+
+    def connection_lost(self, exc) -> None:
+        self._stop_header_wait()  # gone before its header was complete, if it was awaited
         if hasattr(self, "session"):
             self.transport_lost()
 
