@@ -136,8 +136,8 @@ async def test_a_node_moves_its_photo_files_of_before_version_7_into_the_databas
     assert await node_b.store.blobs.get(key) is None
     node_a = await start_node(partial_photo_sweep_s=0.05)
 
-    async def shared() -> bool:
-        return await node_b.store.blobs.get(key) == photo
+    async def moved() -> bool:
+        # the row commits first, the file goes after (adopt_files): wait for both
+        return await node_b.store.blobs.get(key) == photo and not node_a.store.blobs.fallback.path(key).exists()
 
-    await wait_for(shared, what="node A's old photo file readable on node B")
-    assert not node_a.store.blobs.fallback.path(key).exists()
+    await wait_for(moved, what="node A's old photo file readable on node B and gone from node A's disk")
